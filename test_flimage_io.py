@@ -1,0 +1,811 @@
+"""Tests for flimage_io: round trips, interop with the real flimage, every error path."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import warnings
+import zlib
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import flimage_io as fio
+
+with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
+    warnings.simplefilter("ignore")
+    import flimage
+
+DATA = pathlib.Path(__file__).parent / "tests" / "data"
+
+
+@pytest.fixture(params=["stdlib", "zlib-ng"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the standard library's zlib and with the zlib-ng extra."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(fio, "_zlib_ng", None)
+    else:
+        from zlib_ng import zlib_ng
+
+        monkeypatch.setattr(fio, "_zlib_ng", zlib_ng)
+    return str(request.param)
+
+
+def blob(shape: tuple[int, int] = (48, 64), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    lam = 100 + 2000 * np.exp(-((rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2) / 200.0)
+    return rng.poisson(lam).astype(np.float64)
+
+
+def assert_image_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    np.testing.assert_array_equal(a["raw"], b["raw"])
+    assert a["raw"].dtype == b["raw"].dtype
+    assert sorted(a["bg_data"]) == sorted(b["bg_data"])
+    for name in a["bg_data"]:
+        np.testing.assert_array_equal(a["bg_data"][name], b["bg_data"][name])
+        assert a["bg_data"][name].dtype == b["bg_data"][name].dtype
+    assert a["meta"] == b["meta"]
+
+
+# ---------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------
+
+DTYPES = ["float64", "float32", "uint8", "uint16", "int32", "bool"]
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+NUMBER = st.floats(allow_nan=False, width=64) | st.integers(-(2**40), 2**40)
+META = st.fixed_dictionaries(
+    {},
+    optional={
+        **{key: NUMBER for key in fio.NUMBER_KEYS},
+        **{key: TEXT for key in fio.TEXT_KEYS},
+        "sim center": st.lists(st.floats(allow_nan=False), min_size=1, max_size=3),
+    },
+)
+
+
+@st.composite
+def images(draw: st.DrawFn, shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    if shape is None:
+        shape = draw(st.tuples(st.integers(1, 24), st.integers(1, 24)))
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    elements = st.floats(width=dtype.itemsize * 8) if dtype.kind == "f" else None
+    raw = draw(hnp.arrays(dtype, shape, elements=elements))
+    bg = draw(st.sampled_from(["none", "array", "dict"]))
+    image: dict[str, Any] = {"raw": raw, "meta": draw(META)}
+    if bg == "array":
+        image["bg_data"] = draw(hnp.arrays(dtype, shape, elements=elements))
+    elif bg == "dict":
+        image["bg_data"] = {"data": draw(hnp.arrays(dtype, shape, elements=elements)), "fit": np.ones(shape)}
+    return image
+
+
+def expected_read(image: dict[str, Any], dtype: Any = None) -> dict[str, Any]:
+    """What read_image returns for a written image."""
+
+    def stored(array: Any) -> np.ndarray:
+        array = np.asarray(array)
+        if array.dtype == bool or dtype is None:
+            return array
+        return array.astype(dtype)
+
+    bg = image.get("bg_data")
+    if bg is None:
+        bg = {}
+    elif not isinstance(bg, dict):
+        bg = {"data": bg}
+    meta: dict[str, Any] = {}
+    for key, value in (image.get("meta") or {}).items():
+        meta[key] = tuple(float(v) for v in value) if key == "sim center" else value
+        if key in fio.NUMBER_KEYS:
+            meta[key] = float(value)
+    meta.setdefault("flimage version", f"flimage_io {fio.__version__}")
+    meta.setdefault("qpimage version", f"flimage_io {fio.__version__}")
+    return {"raw": stored(image["raw"]), "bg_data": {k: stored(v) for k, v in bg.items()}, "meta": meta}
+
+
+OPTIONS = st.sampled_from(
+    [{}, {"level": 9, "shuffle": False}, {"compression": None}, {"level": 1}, {"workers": 1}, {"workers": 3}]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(image=images(), options=OPTIONS, keep=st.booleans())
+def test_image_round_trip(backend: str, image: dict[str, Any], options: dict[str, Any], keep: bool) -> None:
+    buffer = io.BytesIO()
+    dtype = None if keep else "float32"
+    fio.write_image(buffer, image, dtype=dtype, **options)
+    got = fio.read_image(buffer)
+    assert_image_equal(got, expected_read(image, dtype))
+    # the dict that is read is the dict that is written: a second pass copies it exactly
+    copy = io.BytesIO()
+    fio.write_image(copy, got, dtype=None)
+    assert_image_equal(fio.read_image(copy), got)
+    # and plain h5py, which verifies every fletcher32 checksum, reads the same numbers
+    with h5py.File(buffer, "r") as h5:
+        np.testing.assert_array_equal(h5["fluorescence/raw"][()], got["raw"])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(images(shape=(5, 7)), max_size=14), identifier=st.none() | TEXT)
+def test_series_round_trip(backend: str, frames: list[dict[str, Any]], identifier: str | None) -> None:
+    for number, frame in enumerate(frames):  # identifiers must be unique
+        frame["meta"]["identifier"] = f"ω-{number}"
+    buffer = io.BytesIO()
+    fio.write_series(buffer, {"identifier": identifier, "images": iter(frames)})
+    got = fio.read_series(buffer)
+    assert got["identifier"] == identifier
+    assert len(got["images"]) == len(frames)
+    for read, written in zip(got["images"], frames):
+        assert_image_equal(read, expected_read(written, "float32"))
+
+
+def test_series_numeric_order_and_index(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    frames = [{"raw": np.full((3, 4), t), "meta": {"identifier": f"t{t}", "time": t}} for t in range(13)]
+    fio.write_series(path, {"identifier": "run", "images": (f for f in frames)})
+    got = fio.read_series(path)
+    assert [image["meta"]["time"] for image in got["images"]] == [float(t) for t in range(13)]
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5) == sorted(f"fli_{t}" for t in range(13))
+    assert fio.read_image(path, index=10)["raw"][0, 0] == 10
+    assert fio.read_image(path, index=-1)["meta"]["identifier"] == "t12"
+    assert fio.read_image(path, index=-13)["meta"]["time"] == 0.0
+    assert fio.read_image(path, index="t11")["raw"][0, 0] == 11
+
+
+def test_empty_series(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "empty.h5"
+    fio.write_series(path, {"identifier": None, "images": []})
+    assert fio.read_series(path) == {"identifier": None, "images": []}
+    with flimage.FLSeries(h5file=path, h5mode="r") as fls:
+        assert len(fls) == 0
+
+
+def test_nan_inf_and_meta_values_come_back_as_plain_python() -> None:
+    raw = np.array([[np.nan, np.inf], [-np.inf, 1.5]])
+    meta = {"time": 3, "sim center": np.array([1, 2]), "date": "2026-11-24", "identifier": "ü"}
+    buffer = io.BytesIO()
+    fio.write_image(buffer, {"raw": raw, "meta": meta}, dtype=None)
+    got = fio.read_image(buffer)
+    np.testing.assert_array_equal(got["raw"], raw)
+    assert got["meta"]["time"] == 3.0 and type(got["meta"]["time"]) is float
+    assert got["meta"]["sim center"] == (1.0, 2.0)
+    assert type(got["meta"]["date"]) is str and got["meta"]["identifier"] == "ü"
+    assert got["bg_data"] == {}
+
+
+def test_dtype_conversion_rules() -> None:
+    buffer = io.BytesIO()
+    fio.write_image(buffer, {"raw": np.arange(6, dtype=np.uint16).reshape(2, 3)})
+    assert fio.read_image(buffer)["raw"].dtype == np.float32
+    fio.write_image(buffer, {"raw": np.eye(2, dtype=bool), "bg_data": np.eye(2, dtype=bool)})
+    got = fio.read_image(buffer)
+    assert got["raw"].dtype == bool and got["bg_data"]["data"].dtype == bool
+    fio.write_image(buffer, {"raw": np.arange(4).reshape(2, 2)}, dtype="uint8")
+    assert fio.read_image(buffer)["raw"].dtype == np.uint8
+    big_endian = np.arange(6, dtype=">f8").reshape(2, 3)
+    fio.write_image(buffer, {"raw": big_endian}, dtype=None)
+    np.testing.assert_array_equal(fio.read_image(buffer)["raw"], big_endian)
+
+
+def test_layout_and_filters_on_disk(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "image.h5"
+    fio.write_image(path, {"raw": blob(), "bg_data": np.ones((48, 64)), "meta": {"pixel size": 1e-7}})
+    with h5py.File(path, "r") as h5:
+        assert set(h5) == {"fluorescence"}
+        assert set(h5["fluorescence"]) == {"raw", "bg_data"}
+        assert dict(h5["fluorescence"].attrs) == {}
+        assert set(h5.attrs) == {"pixel size", "flimage version", "qpimage version"}
+        assert h5.attrs["pixel size"].dtype == np.float64
+        for name in ("fluorescence/raw", "fluorescence/bg_data/data"):
+            dataset = h5[name]
+            assert dataset.dtype == np.float32 and dataset.chunks == (48, 64)
+            assert dataset.compression == "gzip" and dataset.shuffle and dataset.fletcher32
+            assert dict(dataset.attrs) == {
+                "CLASS": b"IMAGE",
+                "IMAGE_VERSION": b"1.2",
+                "IMAGE_SUBCLASS": b"IMAGE_GRAYSCALE",
+            }
+            assert isinstance(dataset.attrs["CLASS"], np.bytes_)
+    fio.write_image(path, {"raw": blob()}, level=9, shuffle=False)  # flimage's own settings
+    with h5py.File(path, "r") as h5:
+        dataset = h5["fluorescence/raw"]
+        assert (dataset.compression_opts, dataset.shuffle, dataset.fletcher32) == (9, False, True)
+    fio.write_image(path, {"raw": blob()}, compression=None, shuffle=False)
+    with h5py.File(path, "r") as h5:
+        assert h5["fluorescence/raw"].compression is None and h5["fluorescence/raw"].fletcher32
+
+
+def test_row_block_chunks_past_the_chunk_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a 4 GiB image is too big for a test: lower the limit instead
+    monkeypatch.setattr(fio, "_MAX_CHUNK_BYTES", 7 * 64 * 4)
+    raw = blob((30, 64))
+    buffer = io.BytesIO()
+    fio.write_image(buffer, {"raw": raw, "bg_data": raw / 2})
+    with h5py.File(buffer, "r") as h5:
+        assert h5["fluorescence/raw"].chunks == (7, 64)  # 5 chunks, the last one partial
+        np.testing.assert_array_equal(h5["fluorescence/raw"][()], raw.astype(np.float32))
+    np.testing.assert_array_equal(fio.read_image(buffer)["bg_data"]["data"], (raw / 2).astype(np.float32))
+    monkeypatch.setattr(fio, "_MAX_CHUNK_BYTES", 100)
+    with pytest.raises(ValueError, match=r"chunk limit"):
+        fio.write_image(io.BytesIO(), {"raw": raw})
+
+
+# ---------------------------------------------------------------------------
+# the codec against HDF5 itself
+# ---------------------------------------------------------------------------
+
+
+def fletcher32_reference(data: bytes) -> int:
+    """A literal transcription of HDF5's H5_checksum_fletcher32 (H5checksum.c)."""
+    sum1 = sum2 = 0
+    words = len(data) // 2
+    position = 0
+    while words:
+        block = min(words, 360)
+        words -= block
+        for _ in range(block):
+            sum1 += (data[position] << 8) | data[position + 1]
+            position += 2
+            sum2 += sum1
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    if len(data) % 2:
+        sum1 += data[position] << 8
+        sum2 += sum1
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+    sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    return (sum2 << 16) | sum1
+
+
+SPECIAL_BYTES = [
+    b"",
+    b"\x00",
+    b"\xff",
+    b"\x00" * 1001,
+    b"\xff" * 1000,
+    b"\xff" * 1001,
+    b"\xff\xff" * 360,  # sum1 lands exactly on 0xffff
+    b"\x00\x01" * 65535,
+    b"\xff\xfe" + b"\x00\x01",
+    bytes(range(256)) * 41,
+]
+
+
+@pytest.mark.parametrize("data", SPECIAL_BYTES, ids=range(len(SPECIAL_BYTES)))
+def test_fletcher32_matches_hdf5_on_edge_cases(data: bytes) -> None:
+    assert fio._fletcher32(data) == fletcher32_reference(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000))
+def test_fletcher32_matches_hdf5_reference(data: bytes) -> None:
+    assert fio._fletcher32(data) == fletcher32_reference(data)
+
+
+def test_fletcher32_blocks_over_a_million_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    monkeypatch.setattr(fio, "_FLETCHER_BLOCK", 7)
+    monkeypatch.setattr(fio, "_FLETCHER_WEIGHTS", np.arange(7, 0, -1, dtype=np.uint64))
+    assert fio._fletcher32(data) == fletcher32_reference(data)
+
+
+@pytest.mark.parametrize("columns", [1, 2, 3, 5, 360, 361, 721, 4099])
+@pytest.mark.parametrize("fill", ["zeros", "ones", "0xff", "random"])
+@pytest.mark.parametrize("options", [{"compression": None, "shuffle": False}, {}, {"level": 6}])
+def test_h5py_verifies_our_chunks(columns: int, fill: str, options: dict[str, Any]) -> None:
+    rng = np.random.default_rng(columns)
+    raw = {
+        "zeros": np.zeros((1, columns), np.uint8),
+        "ones": np.ones((1, columns), np.uint8),
+        "0xff": np.full((1, columns), 0xFF, np.uint8),
+        "random": rng.integers(0, 256, (1, columns), dtype=np.uint8),
+    }[fill]
+    for array in (raw, raw.view(np.int8), np.repeat(raw, 3, axis=0).astype(np.uint16) * 257):
+        buffer = io.BytesIO()
+        fio.write_image(buffer, {"raw": array}, dtype=None, **options)
+        with h5py.File(buffer, "r") as h5:  # h5py raises if the checksum is wrong
+            np.testing.assert_array_equal(h5["fluorescence/raw"][()], array)
+        np.testing.assert_array_equal(fio.read_image(buffer)["raw"], array)
+
+
+def test_old_hdf5_byte_swapped_checksum_is_accepted() -> None:
+    computed = fio._fletcher32(b"abcdef")
+    swapped = ((computed & 0x00FF00FF) << 8) | ((computed >> 8) & 0x00FF00FF)
+    assert fio._fletcher32_matches(computed, computed)
+    assert fio._fletcher32_matches(swapped, computed)
+    assert not fio._fletcher32_matches(computed ^ 1, computed)
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        {"compression": "lzf"},
+        {"chunks": None},
+        {"compression": "gzip", "scaleoffset": 0, "dtype": "int32"},
+        {"chunks": (3, 4), "compression": "gzip", "shuffle": True, "fletcher32": True},
+    ],
+    ids=["lzf", "contiguous", "scaleoffset", "tiles"],
+)
+def test_other_storage_layouts_are_read(create: dict[str, Any]) -> None:
+    raw = np.arange(70, dtype=create.pop("dtype", "float32")).reshape(7, 10)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5.create_dataset("fluorescence/raw", data=raw, **create)
+        h5.create_group("fluorescence/bg_data")
+    got = fio.read_image(buffer)
+    np.testing.assert_array_equal(got["raw"], raw)
+    assert got["raw"].dtype == raw.dtype
+
+
+def test_unwritten_chunks_read_as_fill_value() -> None:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        dataset = h5.create_dataset("fluorescence/raw", shape=(6, 6), dtype="f4", chunks=(3, 3), fillvalue=7)
+        dataset[:3, :3] = 1
+        h5.create_group("fluorescence/bg_data")
+    expected = np.full((6, 6), 7, np.float32)
+    expected[:3, :3] = 1
+    np.testing.assert_array_equal(fio.read_image(buffer)["raw"], expected)
+
+
+# ---------------------------------------------------------------------------
+# interop with the reference implementation
+# ---------------------------------------------------------------------------
+
+
+def test_fixture_files_written_by_flimage_0_1_and_0_2() -> None:
+    basic = fio.read_image(DATA / "basic.h5")
+    assert basic["raw"].shape == (10, 20) and basic["raw"].dtype == np.float32
+    assert basic["meta"] == {
+        "pixel size": 5.4e-08,
+        "flimage version": "0.1.0.post7",
+        "qpimage version": "0.5.2",
+    }
+    assert basic["bg_data"] == {}
+    retina = fio.read_image(DATA / "retina_p10.h5")
+    assert retina["meta"]["identifier"] == "cda88:49"
+    assert retina["meta"]["time"] == pytest.approx(0.04328)
+    for name in ("basic.h5", "retina_p10.h5"):
+        with flimage.FLImage(h5file=DATA / name, h5mode="r") as fli:
+            got = fio.read_image(DATA / name)
+            np.testing.assert_array_equal(got["raw"], fli.raw_fl)
+            assert got["meta"] == dict(fli.meta)
+
+
+def test_fixture_files_copy_exactly(tmp_path: pathlib.Path) -> None:
+    source = fio.read_image(DATA / "retina_p10.h5")
+    fio.write_image(tmp_path / "copy.h5", source)
+    assert_image_equal(fio.read_image(tmp_path / "copy.h5"), source)
+
+
+def test_reads_flimage_image_with_background(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ref.h5"
+    raw, bg = blob(seed=1), np.full((48, 64), 99.5)
+    meta = {"pixel size": 1.4e-7, "time": 2.0, "identifier": "cell 3", "sim center": [1.5, 2.0]}
+    with flimage.FLImage(data=raw, meta_data=meta, h5file=path, h5mode="w") as fli:
+        fli.set_bg_data(bg)
+        expected_fl = fli.fl
+    got = fio.read_image(path)
+    np.testing.assert_array_equal(got["raw"], raw.astype(np.float32))
+    np.testing.assert_array_equal(got["bg_data"]["data"], bg.astype(np.float32))
+    np.testing.assert_array_equal(got["raw"] - sum(got["bg_data"].values()), expected_fl)
+    assert got["meta"]["sim center"] == (1.5, 2.0)
+    assert got["meta"]["identifier"] == "cell 3" and got["meta"]["time"] == 2.0
+    assert got["meta"]["flimage version"] == flimage.__version__
+
+
+def flimage_series(count: int, group: Any) -> list[np.ndarray]:
+    raws = [blob((16, 24), seed) for seed in range(count)]
+    fls = flimage.FLSeries(h5file=group, identifier="ref-series")
+    for number, raw in enumerate(raws):
+        fli = flimage.FLImage(data=raw, meta_data={"time": float(number), "identifier": f"id{number}"})
+        fli.set_bg_data(np.ones_like(raw))
+        fls.add_flimage(fli)
+    return raws
+
+
+def test_reads_flimage_series_with_identifiers(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ref_series.h5"
+    with h5py.File(path, "w") as h5:
+        raws = flimage_series(12, h5)
+    got = fio.read_series(path)
+    assert got["identifier"] == "ref-series"
+    for number, (image, raw) in enumerate(zip(got["images"], raws)):
+        np.testing.assert_array_equal(image["raw"], raw.astype(np.float32))
+        np.testing.assert_array_equal(image["bg_data"]["data"], np.ones((16, 24), np.float32))
+        assert image["meta"]["identifier"] == f"id{number}"
+    np.testing.assert_array_equal(fio.read_image(path, index="id11")["raw"], raws[11].astype(np.float32))
+
+
+def test_reads_flimage_series_nested_in_a_group(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "cellsino.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group("qpseries")
+        raws = flimage_series(3, h5.create_group("flseries"))
+    with h5py.File(path, "r") as h5:
+        got = fio.read_series(h5["flseries"])
+        assert h5.id.valid  # not closed: the caller opened it
+    assert [image["meta"]["identifier"] for image in got["images"]] == ["id0", "id1", "id2"]
+    np.testing.assert_array_equal(got["images"][2]["raw"], raws[2].astype(np.float32))
+    with pytest.raises(fio.FormatError, match=r"flseries"):
+        fio.read_series(path)  # the root holds the two groups, not a series
+
+
+def test_flimage_opens_our_image_read_only(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ours.h5"
+    raw = blob()
+    meta = {key: 0.5 for key in fio.NUMBER_KEYS}
+    meta.update({key: "text" for key in ("date", "device", "identifier", "sim model", "software")})
+    fio.write_image(
+        path, {"raw": raw, "bg_data": np.full(raw.shape, 3.0), "meta": {**meta, "sim center": (1, 2)}}
+    )
+    with flimage.FLImage(h5file=path, h5mode="r") as fli:
+        np.testing.assert_array_equal(fli.raw_fl, raw.astype(np.float32))
+        np.testing.assert_array_equal(fli.bg_fl, np.full(raw.shape, 3.0))
+        np.testing.assert_array_equal(fli.fl, raw.astype(np.float32) - 3.0)
+        for key, value in meta.items():
+            assert fli.meta[key] == value
+        np.testing.assert_array_equal(fli.meta["sim center"], [1.0, 2.0])
+
+
+def test_flimage_opens_our_series_read_only(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ours_series.h5"
+    raws = [blob((20, 30), seed) for seed in range(12)]
+    frames = ({"raw": raw, "meta": {"identifier": f"f{n}", "time": n}} for n, raw in enumerate(raws))
+    fio.write_series(path, {"identifier": "mine", "images": frames})
+    with flimage.FLSeries(h5file=path, h5mode="r") as fls:
+        assert len(fls) == 12 and fls.identifier == "mine"
+        for number, raw in enumerate(raws):
+            fli = fls.get_flimage(number)
+            np.testing.assert_array_equal(fli.raw_fl, raw.astype(np.float32))
+            assert fli.meta["identifier"] == f"f{number}" and fli.meta["time"] == number
+        np.testing.assert_array_equal(fls.get_flimage("f10").raw_fl, raws[10].astype(np.float32))
+
+
+def test_our_series_in_a_group_beside_other_data(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group("qpseries")
+        target = h5.create_group("flseries")
+        fio.write_series(target, {"identifier": "sim", "images": [{"raw": blob()}]})
+        assert target.id.valid
+    with h5py.File(path, "r") as h5:
+        with flimage.FLSeries(h5file=h5["flseries"], h5mode="r") as fls:
+            np.testing.assert_array_equal(fls[0].raw_fl, blob().astype(np.float32))
+        assert fio.read_series(h5["flseries"])["identifier"] == "sim"
+
+
+def test_flimage_reads_our_non_default_settings(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "settings.h5"
+    for options in ({"compression": None}, {"level": 9, "shuffle": False}, {"dtype": None}):
+        fio.write_image(path, {"raw": blob(), "bg_data": {"data": np.ones((48, 64))}}, **options)
+        with flimage.FLImage(h5file=path, h5mode="r") as fli:
+            np.testing.assert_array_equal(fli.fl, blob().astype(fli.raw_fl.dtype) - 1)
+
+
+# ---------------------------------------------------------------------------
+# targets
+# ---------------------------------------------------------------------------
+
+
+def test_targets_path_pathlike_fileobj_group(tmp_path: pathlib.Path) -> None:
+    image = {"raw": blob()}
+    expected = blob().astype(np.float32)
+    fio.write_image(str(tmp_path / "a.h5"), image)
+    np.testing.assert_array_equal(fio.read_image(str(tmp_path / "a.h5"))["raw"], expected)
+    fio.write_image(tmp_path / "b.h5", image)
+    np.testing.assert_array_equal(fio.read_image(tmp_path / "b.h5")["raw"], expected)
+    with open(tmp_path / "c.h5", "wb") as handle:
+        fio.write_image(handle, image)
+        assert not handle.closed
+    with open(tmp_path / "c.h5", "rb") as handle:
+        np.testing.assert_array_equal(fio.read_image(handle)["raw"], expected)
+        assert not handle.closed
+    with h5py.File(tmp_path / "d.h5", "w") as h5:
+        fio.write_image(h5.create_group("nested"), image)
+        np.testing.assert_array_equal(fio.read_image(h5["nested"])["raw"], expected)
+        assert h5.id.valid
+
+
+def test_writing_to_a_path_replaces_the_whole_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "x.h5"
+    fio.write_series(path, {"identifier": "old", "images": [{"raw": blob()}] * 3})
+    fio.write_image(path, {"raw": np.ones((2, 2))})
+    assert fio.read_image(path)["raw"].shape == (2, 2)
+    assert sorted(os.listdir(tmp_path)) == ["x.h5"]
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "words"),
+    [
+        ({}, KeyError, "no 'raw'"),
+        ({"raw": np.ones((2, 2)), "metadata": {}}, KeyError, "'meta'"),
+        ({"raw": np.ones(3)}, ValueError, r"2-D.*\(3,\)"),
+        ({"raw": np.ones((3, 0))}, ValueError, "empty"),
+        ({"raw": np.ones((2, 2), complex)}, TypeError, "complex"),
+        ({"raw": np.array([["a"]])}, TypeError, "<U1"),
+        ({"raw": np.array([[None]])}, TypeError, "object"),
+        ({"raw": "image.png"}, TypeError, "str"),
+        (
+            {"raw": np.ones((2, 2)), "bg_data": np.ones((2, 3))},
+            ValueError,
+            r"shape of raw \(2, 2\).*\(2, 3\)",
+        ),
+        ({"raw": np.ones((2, 2)), "bg_data": {"a/b": np.ones((2, 2))}}, ValueError, "'a/b'"),
+        (
+            {"raw": np.ones((2, 2)), "meta": {"pixelsize": 1}},
+            KeyError,
+            "'pixelsize'.*did you mean 'pixel size'",
+        ),
+        ({"raw": np.ones((2, 2)), "meta": {"time": "3"}}, TypeError, r"\['time'\] must be a real number"),
+        ({"raw": np.ones((2, 2)), "meta": {"time": True}}, TypeError, "real number"),
+        ({"raw": np.ones((2, 2)), "meta": {"time": 1j}}, TypeError, "real number"),
+        ({"raw": np.ones((2, 2)), "meta": {"device": 3}}, TypeError, r"\['device'\] must be a str"),
+        ({"raw": np.ones((2, 2)), "meta": {"device": "a\x00b"}}, ValueError, "NUL"),
+        ({"raw": np.ones((2, 2)), "meta": {"device": "\ud800"}}, ValueError, "Unicode"),
+        ({"raw": np.ones((2, 2)), "meta": {"sim center": "1,2"}}, TypeError, "sequence of numbers"),
+        ({"raw": np.ones((2, 2)), "meta": {"sim center": [1, "a"]}}, TypeError, "real numbers"),
+        ({"raw": np.ones((2, 2)), "meta": [("time", 1)]}, TypeError, "dict of meta data"),
+        ([np.ones((2, 2))], TypeError, "must be a dict"),
+    ],
+)
+def test_invalid_images_are_refused_and_leave_no_file(
+    tmp_path: pathlib.Path, image: Any, error: type[Exception], words: str
+) -> None:
+    path = tmp_path / "never.h5"
+    with pytest.raises(error, match=words):
+        fio.write_image(path, image)
+    with pytest.raises(error, match=words):
+        fio.write_series(path, {"identifier": None, "images": [{"raw": np.ones((2, 2))}, image]})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"dtype": "complex64"}, TypeError, "complex64"),
+        ({"dtype": "no such"}, TypeError, "no such"),
+        ({"compression": "lzf"}, ValueError, "'lzf'"),
+        ({"level": 0}, ValueError, "1 to 9"),
+        ({"level": 2.5}, TypeError, "float"),
+        ({"compression": None, "level": 4}, ValueError, "level=4"),
+        ({"shuffle": "yes"}, TypeError, "shuffle"),
+        ({"workers": 0}, ValueError, "workers"),
+        ({"dtype": "int16"}, TypeError, "truncate"),
+    ],
+)
+def test_invalid_options(
+    tmp_path: pathlib.Path, options: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        fio.write_image(tmp_path / "x.h5", {"raw": np.ones((2, 2))}, **options)
+    assert os.listdir(tmp_path) == []
+
+
+def test_integer_overflow_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"from 0 to 300.*uint8"):
+        fio.write_image(io.BytesIO(), {"raw": np.array([[0, 300]])}, dtype="uint8")
+
+
+@pytest.mark.parametrize(
+    ("series", "error", "words"),
+    [
+        ({"images": [], "identifier": 3}, TypeError, "identifier"),
+        ({"identifier": None}, KeyError, "no 'images'"),
+        ({"images": [], "name": "x"}, KeyError, "'name'"),
+        ({"images": {"raw": np.ones((2, 2))}}, TypeError, "iterable of image dicts"),
+        ({"images": 5}, TypeError, "int"),
+        (
+            {"images": [{"raw": np.ones((2, 2)), "meta": {"identifier": "a"}}] * 2},
+            ValueError,
+            "'a', already used by image 0",
+        ),
+    ],
+)
+def test_invalid_series_are_refused(
+    tmp_path: pathlib.Path, series: Any, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        fio.write_series(tmp_path / "never.h5", series)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "keep.h5"
+    fio.write_image(path, {"raw": blob()})
+    before = path.read_bytes()
+
+    def frames() -> Any:
+        yield {"raw": np.ones((4, 4))}
+        raise RuntimeError("camera unplugged")
+
+    with pytest.raises(RuntimeError, match=r"camera unplugged"):
+        fio.write_series(path, {"identifier": None, "images": frames()})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["keep.h5"]
+
+
+def test_failed_write_into_a_group_is_undone() -> None:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        group = h5.create_group("flseries")
+        group.create_group("unrelated")
+        images = [{"raw": np.ones((2, 2)), "meta": {"identifier": "a"}}, {"raw": np.ones(2)}]
+        with pytest.raises(ValueError, match=r"\[1\]\['raw'\] must be 2-D"):
+            fio.write_series(group, {"identifier": "x", "images": images})
+        assert list(group) == ["unrelated"] and dict(group.attrs) == {}
+
+
+def test_writing_into_an_occupied_group_is_refused() -> None:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        fio.write_series(h5, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]})
+        with pytest.raises(ValueError, match=r"already holds members.*fli_0"):
+            fio.write_series(h5, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]})
+        with pytest.raises(ValueError, match=r"already holds"):
+            fio.write_image(h5, {"raw": np.ones((2, 2))})
+        image_group = h5.create_group("image")
+        fio.write_image(image_group, {"raw": np.ones((2, 2))})
+        with pytest.raises(ValueError, match=r"fluorescence"):
+            fio.write_image(image_group, {"raw": np.ones((2, 2))})
+    with h5py.File(buffer, "r") as h5, pytest.raises(ValueError, match=r"read-only"):
+        fio.write_image(h5, {"raw": np.ones((2, 2))})
+
+
+def test_bad_targets(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(TypeError, match=r"h5file must be"):
+        fio.write_image(42, {"raw": np.ones((2, 2))})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"h5file must be"):
+        fio.read_image(b"bytes.h5")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        fio.write_image(tmp_path / "missing" / "x.h5", {"raw": np.ones((2, 2))})
+    with pytest.raises(IsADirectoryError):
+        fio.write_image(tmp_path, {"raw": np.ones((2, 2))})
+
+
+def test_reading_errors_name_the_file_and_what_was_found(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "missing.h5"
+    with pytest.raises(FileNotFoundError, match=r"missing.h5"):
+        fio.read_image(missing)
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5 at all")
+    with pytest.raises(fio.FormatError, match=r"notes.h5.*not a readable HDF5 file"):
+        fio.read_image(text)
+    empty = tmp_path / "empty.h5"
+    empty.touch()
+    with pytest.raises(fio.FormatError, match=r"empty.h5"):
+        fio.read_series(empty)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as h5:
+        h5["measurements"] = np.ones(3)
+    with pytest.raises(fio.FormatError, match=r"other.h5 holds neither.*measurements"):
+        fio.read_image(other)
+    with pytest.raises(fio.FormatError, match=r"holds neither"):
+        fio.read_series(other)
+
+    series = tmp_path / "series.h5"
+    fio.write_series(series, {"identifier": None, "images": [{"raw": np.ones((2, 2))}] * 3})
+    with pytest.raises(fio.FormatError, match=r"series.h5 holds an FLSeries of 3 images.*index="):
+        fio.read_image(series)
+    with pytest.raises(fio.ImageNotFoundError, match=r"3 images; index 3 is out of range"):
+        fio.read_image(series, index=3)
+    with pytest.raises(IndexError, match=r"index -4"):
+        fio.read_image(series, index=-4)
+    with pytest.raises(KeyError, match=r"no image with identifier 'nope'"):
+        fio.read_image(series, index="nope")
+    with pytest.raises(TypeError, match=r"float"):
+        fio.read_image(series, index=1.0)  # type: ignore[arg-type]
+    image = tmp_path / "image.h5"
+    fio.write_image(image, {"raw": np.ones((2, 2))})
+    with pytest.raises(fio.FormatError, match=r"image.h5 holds a single FLImage.*read_image"):
+        fio.read_series(image)
+    with pytest.raises(fio.FormatError, match=r"single FLImage.*index=0"):
+        fio.read_image(image, index=0)
+
+
+def test_malformed_series_names(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "gap.h5"
+    fio.write_series(path, {"identifier": None, "images": [{"raw": np.full((2, 2), n)} for n in range(4)]})
+    with h5py.File(path, "r+") as h5:
+        del h5["fli_2"]
+    with pytest.raises(fio.FormatError, match=r"gap.*'fli_2' is missing"):
+        fio.read_series(path)
+    for index in ("x", 2, -1):
+        with pytest.raises(fio.FormatError, match=r"'fli_2' is missing"):
+            fio.read_image(path, index=index)
+    with flimage.FLSeries(h5file=path, h5mode="r") as fls, pytest.raises(KeyError):
+        fls.get_flimage(2)  # flimage breaks on the gap as well
+    with h5py.File(path, "r+") as h5:
+        h5.move("fli_3", "fli_02")
+    with pytest.raises(fio.FormatError, match=r"'fli_02'.*no valid series name"):
+        fio.read_series(path)
+
+
+def test_malformed_images(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bad.h5"
+
+    def make(edit: Any) -> None:
+        fio.write_image(path, {"raw": np.ones((3, 3)), "bg_data": np.ones((3, 3))})
+        with h5py.File(path, "r+") as h5:
+            edit(h5)
+
+    make(lambda h5: h5.attrs.__setitem__("pixelsize", 1.0))
+    with pytest.raises(fio.FormatError, match=r"unknown meta data attribute 'pixelsize'.*'pixel size'"):
+        fio.read_image(path)
+    make(lambda h5: h5.attrs.__setitem__("time", "noon"))
+    with pytest.raises(fio.FormatError, match=r"'time' must hold numbers"):
+        fio.read_image(path)
+    make(lambda h5: h5.attrs.__setitem__("device", 3))
+    with pytest.raises(fio.FormatError, match=r"'device' must be text"):
+        fio.read_image(path)
+    make(lambda h5: h5.attrs.__setitem__("device", np.bytes_(b"\xff\xfe")))
+    with pytest.raises(fio.FormatError, match=r"UTF-8"):
+        fio.read_image(path)
+    make(lambda h5: h5["fluorescence/bg_data"].__setitem__("fit", np.ones((2, 2))))
+    with pytest.raises(fio.FormatError, match=r"bg_data/fit has shape \(2, 2\).*\(3, 3\)"):
+        fio.read_image(path)
+    make(lambda h5: h5.__delitem__("fluorescence/raw"))
+    with pytest.raises(fio.FormatError, match=r"no 'raw' dataset"):
+        fio.read_image(path)
+    make(lambda h5: (h5.__delitem__("fluorescence/raw"), h5["fluorescence"].__setitem__("raw", np.ones(3))))
+    with pytest.raises(fio.FormatError, match=r"2-D image.*\(3,\)"):
+        fio.read_image(path)
+
+
+def test_old_writers_bytes_attributes_are_decoded(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bytes.h5"
+    fio.write_image(path, {"raw": np.ones((2, 2))})
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["device"] = np.bytes_("µscope".encode())
+        h5.attrs["time"] = np.int32(5)
+    meta = fio.read_image(path)["meta"]
+    assert meta["device"] == "µscope" and meta["time"] == 5.0 and type(meta["time"]) is float
+
+
+def test_flipped_byte_in_a_chunk_raises(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "flip.h5"
+    raw = blob((64, 64))
+    fio.write_image(path, {"raw": raw})
+    with h5py.File(path, "r") as h5:
+        offset = h5["fluorescence/raw"].id.get_offset()
+        if offset is None:  # chunked: find the chunk's address
+            offset = h5["fluorescence/raw"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 100] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(fio.FormatError, match=r"flip.h5:/fluorescence/raw.*checksum"):
+        fio.read_image(path)
+
+
+def test_module_version_matches_pyproject() -> None:
+    text = (pathlib.Path(__file__).parent / "pyproject.toml").read_text()
+    assert f'version = "{fio.__version__}"' in text
+
+
+def test_demo_runs(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
+    assert fio._main(["demo", str(tmp_path / "demo.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "5 images" in out and "fli_4: 'frame 4'" in out
+    assert len(fio.read_series(tmp_path / "demo.h5")["images"]) == 5
+    assert fio._main(["bogus"]) == 2
+
+
+def test_stdlib_zlib_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fio, "_zlib_ng", None)
+    assert fio._zlib() is zlib
