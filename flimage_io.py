@@ -261,8 +261,9 @@ def write_series(
     level: int | None = None,
     shuffle: bool = True,
     workers: int | None = None,
+    append: bool = False,
 ) -> None:
-    """Write a series of images in the FLSeries layout.
+    """Write a series of images in the FLSeries layout, or append to one.
 
     Parameters
     ----------
@@ -277,6 +278,14 @@ def write_series(
         (``meta["identifier"]``) must be unique.
     dtype, compression, level, shuffle, workers
         As for :func:`write_image`.
+    append
+        Add the images after the last ``fli_N`` of the series already in
+        ``h5file`` (a path, file object or group; created when missing or
+        empty). The cost is that of the new images; when they carry
+        identifiers, the existing identifiers are read once to keep all
+        unique. ``series["identifier"]`` must be None or match the file's.
+        Appending to a path changes the file in place (not atomically): if
+        the call fails, the images it added are removed again.
 
     Raises
     ------
@@ -284,6 +293,8 @@ def write_series(
         For invalid arguments or images. An invalid image found while the
         images are consumed removes what was written: a path is left as it
         was before the call, a group as it was.
+    FormatError
+        ``append=True`` and the target holds an FLImage or another layout.
     OSError
         When the target cannot be written.
 
@@ -294,24 +305,63 @@ def write_series(
     >>> write_series(io.BytesIO(), {"identifier": "run 1", "images": images})
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
+    if not isinstance(append, bool):
+        raise TypeError(f"append must be True or False, not {type(append).__name__}")
     identifier, images = _check_series(series)
-    with _WriteTarget(h5file, append=False) as group:
-        _refuse_occupied(group, series=True)
-        if identifier is not None:
+    with _WriteTarget(h5file, append=append) as group:
+        if append:
+            start = _prepare_append(group, identifier)
+        else:
+            _refuse_occupied(group, series=True)
+            start = 0
+        if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        seen: dict[str, int] = {}
+        seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
         with _ChunkWriter(options) as writer:
-            for position, image in enumerate(images):
-                checked = _check_image(image, options.dtype, f"series['images'][{position}]")
+            for position, image in enumerate(images, start):
+                what = f"series['images'][{position - start}]"
+                checked = _check_image(image, options.dtype, what)
                 ident = checked.meta.get("identifier")
                 if isinstance(ident, str):
+                    if seen is None:
+                        seen = _identifiers(group, start)
                     if ident in seen:
                         raise ValueError(
-                            f"series['images'][{position}] has identifier {ident!r}, "
-                            f"already used by image {seen[ident]}; identifiers must be unique"
+                            f"{what} has identifier {ident!r}, already used by fli_{seen[ident]}; "
+                            "identifiers must be unique within a series"
                         )
                     seen[ident] = position
                 writer.add_image(group, f"fli_{position}", checked)
+
+
+def _prepare_append(group: Any, identifier: str | None) -> int:
+    """Check that a group holds a series to append to; return its length."""
+    where = _where(group)
+    if len(group):
+        if _layout_of(group, where) == "image":
+            raise FormatError(f"{where} holds an FLImage, not an FLSeries: cannot append images to it")
+        count = _series_length(group, where)
+    else:
+        count = 0
+    if identifier is not None and "identifier" in group.attrs:
+        existing = _read_text_attr(group, "identifier", where)
+        if existing != identifier:
+            raise ValueError(
+                f"series['identifier'] is {identifier!r}, but the series in {where} is {existing!r}; "
+                "pass None to keep it"
+            )
+    return count
+
+
+def _identifiers(group: Any, count: int) -> dict[str, int]:
+    """Identifier -> position of the first ``count`` images of a series."""
+    found: dict[str, int] = {}
+    source = group.file.filename
+    for position in range(count):
+        identifier = _identifier_of(group, f"fli_{position}", source)
+        if identifier is not None:
+            found.setdefault(identifier, position)
+    return found
 
 
 def read_series(h5file: Target, *, workers: int | None = None) -> Series:
@@ -592,15 +642,21 @@ def _is_fileobj(h5file: Any) -> bool:
 
 
 class _WriteTarget:
-    """Yields a writable group; a path is written to a temporary file and
-    moved into place only on success, so a failed write leaves no trace."""
+    """Yields a writable group and makes a failed write leave no trace.
+
+    A new file at a path is written to a temporary file beside it and moved
+    into place only when complete. An existing group, or an existing file
+    opened to append, gets back the members and attributes it had before.
+    """
 
     def __init__(self, h5file: Any, *, append: bool) -> None:
-        self._file: Any = None
+        self._append = append
+        self._file: Any = None  # an h5py.File this object opened
         self._temp: str | None = None
         self._path: str | None = None
-        self._group: Any = None
-        self._created_before: set[str] = set()
+        self._file_obj: Any = None
+        self._group: Any = None  # the group written to, once open
+        self._members_before: set[str] | None = None  # set when writing into existing data
         self._attrs_before: set[str] = set()
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
@@ -627,39 +683,51 @@ class _WriteTarget:
             raise TypeError(
                 f"h5file must be a path, a binary file object or an h5py.Group, not {type(h5file).__name__}"
             )
-        self._h5file = h5file
 
     def __enter__(self) -> Any:
-        if self._group is not None:
-            self._created_before = set(self._group.keys())
-            self._attrs_before = set(self._group.attrs.keys())
-            return self._group
+        if self._group is None:
+            self._group = self._file = self._open()
+        if self._temp is None:
+            self._members_before = set(self._group)
+            self._attrs_before = set(self._group.attrs)
+        return self._group
+
+    def _open(self) -> Any:
         if self._path is not None:
+            if self._append and os.path.exists(self._path):
+                return _open_existing(self._path, self._path)
             directory, base = os.path.split(os.path.abspath(self._path))
             fd, self._temp = tempfile.mkstemp(prefix=f".{base}.", suffix=_TEMP_SUFFIX, dir=directory)
             os.close(fd)
-            self._file = h5py.File(self._temp, "w")
-        else:
-            # like a path, a file object is replaced whole (h5py would keep old bytes)
-            self._file_obj.seek(0)
-            self._file_obj.truncate()
-            self._file = h5py.File(self._file_obj, "w")
-        return self._file
+            return h5py.File(self._temp, "w")
+        handle = self._file_obj
+        if self._append and handle.seek(0, os.SEEK_END) > 0:
+            return _open_existing(handle, getattr(handle, "name", f"<{type(handle).__name__}>"))
+        # like a path, a file object is replaced whole (h5py would keep its old bytes)
+        handle.seek(0)
+        handle.truncate()
+        return h5py.File(handle, "w")
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._group is not None:
-            if exc_type is not None:
-                self._undo_group()
+        try:
+            if exc_type is not None and self._members_before is not None:
+                self._undo()
+        finally:
+            self._close(failed=exc_type is not None)
+
+    def _close(self, *, failed: bool) -> None:
+        if self._file is None:
             return
         try:
             self._file.close()
-        except Exception:
-            if exc_type is None:
-                self._discard_temp()
+        except BaseException:
+            self._discard_temp()
+            if not failed:
                 raise
+            return
         if self._temp is None:
             return
-        if exc_type is not None:
+        if failed:
             self._discard_temp()
             return
         try:
@@ -675,13 +743,21 @@ class _WriteTarget:
         if self._temp is not None and os.path.exists(self._temp):
             os.unlink(self._temp)
 
-    def _undo_group(self) -> None:
-        """Remove what a failed write added to a caller's group."""
+    def _undo(self) -> None:
+        """Remove what a failed write added to existing data."""
         group = self._group
-        for name in set(group.keys()) - self._created_before:
+        assert self._members_before is not None
+        for name in set(group) - self._members_before:
             del group[name]
-        for name in set(group.attrs.keys()) - self._attrs_before:
+        for name in set(group.attrs) - self._attrs_before:
             del group.attrs[name]
+
+
+def _open_existing(h5file: Any, where: str) -> Any:
+    try:
+        return h5py.File(h5file, "r+")
+    except OSError as exc:
+        raise FormatError(f"{where} cannot be opened to append to it (not HDF5, or damaged): {exc}") from None
 
 
 def _fsync_path(path: str) -> None:
@@ -817,8 +893,8 @@ def _series_length(group: Any, where: str) -> int:
 
 def _find_image(group: Any, source: str, index: int | str) -> str:
     where = _at(source, group)
+    count = _series_length(group, where)
     if isinstance(index, int):
-        count = _series_length(group, where)
         position = index + count if index < 0 else index
         if not 0 <= position < count:
             raise ImageNotFoundError(f"{where} has {count} images; index {index} is out of range")
@@ -826,12 +902,15 @@ def _find_image(group: Any, source: str, index: int | str) -> str:
         if name not in group:
             _series_names(group, where)  # raises on the gap that hides it
         return name
-    found = [
-        name
-        for name in _series_names(group, where)
-        if "identifier" in group[name].attrs
-        and _read_text_attr(group[name], "identifier", _at(source, group[name])) == index
-    ]
+    # Reading an identifier costs an object header per image, so first try
+    # the positions that numbers in the identifier suggest ("frame-0500"
+    # is usually fli_500 or fli_499), then scan the whole series.
+    numbers = [int(digits) for digits in re.findall(r"[0-9]+", index)[-3:]]
+    guesses = [n - shift for n in reversed(numbers) for shift in (0, 1) if 0 <= n - shift < count]
+    for position in dict.fromkeys(guesses):
+        if _identifier_of(group, f"fli_{position}", source) == index:
+            return f"fli_{position}"
+    found = [name for name in _series_names(group, where) if _identifier_of(group, name, source) == index]
     if not found:
         raise ImageNotFoundError(f"{where} has no image with identifier {index!r}")
     if len(found) > 1:
@@ -839,8 +918,19 @@ def _find_image(group: Any, source: str, index: int | str) -> str:
     return found[0]
 
 
+def _identifier_of(group: Any, name: str, source: str) -> str | None:
+    image = group.get(name)
+    if not isinstance(image, h5py.Group):
+        return None
+    value = image.attrs.get("identifier")
+    return None if value is None else _as_text(value, "identifier", _at(source, image))
+
+
 def _read_text_attr(group: Any, key: str, where: str) -> str:
-    value = group.attrs[key]
+    return _as_text(group.attrs[key], key, where)
+
+
+def _as_text(value: Any, key: str, where: str) -> str:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bytes, np.bytes_)):

@@ -614,7 +614,7 @@ def test_integer_overflow_is_refused() -> None:
         (
             {"images": [{"raw": np.ones((2, 2)), "meta": {"identifier": "a"}}] * 2},
             ValueError,
-            "'a', already used by image 0",
+            "'a', already used by fli_0",
         ),
     ],
 )
@@ -809,3 +809,131 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -
 def test_stdlib_zlib_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fio, "_zlib_ng", None)
     assert fio._zlib() is zlib
+
+
+# ---------------------------------------------------------------------------
+# streaming and appending
+# ---------------------------------------------------------------------------
+
+
+def test_read_image_by_identifier_without_numbers_and_with_misleading_numbers(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ids.h5"
+    names = ["alpha", "frame 7", "beta 1", "gamma"]  # "frame 7" is fli_1: the guess misses
+    fio.write_series(
+        path,
+        {
+            "identifier": None,
+            "images": [{"raw": np.full((2, 2), n), "meta": {"identifier": s}} for n, s in enumerate(names)],
+        },
+    )
+    for number, name in enumerate(names):
+        assert fio.read_image(path, index=name)["raw"][0, 0] == number
+    with h5py.File(path, "r+") as h5:
+        h5["fli_3"].attrs["identifier"] = "alpha"
+    with pytest.raises(fio.FormatError, match=r"2 images with identifier 'alpha'"):
+        fio.read_image(path, index="alpha")
+
+
+def test_streaming_holds_only_a_few_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import weakref
+
+    alive: list[weakref.ref[np.ndarray]] = []
+    most = 0
+
+    def frames() -> Any:
+        nonlocal most
+        for number in range(40):
+            gc.collect()
+            most = max(most, sum(ref() is not None for ref in alive))
+            frame = np.full((64, 64), float(number))
+            alive.append(weakref.ref(frame))
+            yield {"raw": frame}
+
+    buffer = io.BytesIO()
+    fio.write_series(buffer, {"identifier": None, "images": frames()}, workers=2)
+    assert most <= 2 * 2 + 2  # the in-flight window, not the series length
+    got = fio.read_series(buffer)["images"]
+    assert [image["raw"][0, 0] for image in got] == list(range(40))
+
+
+@pytest.mark.parametrize("kind", ["path", "fileobj", "group"])
+def test_append_adds_after_the_last_image(tmp_path: pathlib.Path, kind: str) -> None:
+    path = tmp_path / "grow.h5"
+    first = [{"raw": np.full((3, 3), n), "meta": {"identifier": f"f{n}"}} for n in range(11)]
+    more = [{"raw": np.full((3, 3), n), "meta": {"identifier": f"f{n}"}} for n in range(11, 14)]
+    fio.write_series(path, {"identifier": "grow", "images": first})
+    if kind == "path":
+        fio.write_series(path, {"identifier": None, "images": more[:1]}, append=True)
+        fio.write_series(path, {"identifier": "grow", "images": more[1:]}, append=True)
+    elif kind == "fileobj":
+        with open(path, "r+b") as handle:
+            fio.write_series(handle, {"identifier": None, "images": iter(more)}, append=True)
+    else:
+        with h5py.File(path, "r+") as h5:
+            for image in more:  # one frame at a time, as cellsino does
+                fio.write_series(h5, {"identifier": None, "images": [image]}, append=True)
+    got = fio.read_series(path)
+    assert got["identifier"] == "grow"
+    assert [image["raw"][0, 0] for image in got["images"]] == list(range(14))
+    with flimage.FLSeries(h5file=path, h5mode="r") as fls:
+        assert len(fls) == 14 and fls.get_flimage("f13").raw_fl[0, 0] == 13
+
+
+def test_append_creates_missing_targets(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "new.h5"
+    fio.write_series(path, {"identifier": "x", "images": [{"raw": np.ones((2, 2))}]}, append=True)
+    fio.write_series(path, {"identifier": None, "images": [{"raw": np.zeros((2, 2))}]}, append=True)
+    assert len(fio.read_series(path)["images"]) == 2
+    buffer = io.BytesIO()
+    fio.write_series(buffer, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]}, append=True)
+    fio.write_series(buffer, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]}, append=True)
+    assert len(fio.read_series(buffer)["images"]) == 2
+    with h5py.File(buffer, "r+") as h5:
+        group = h5.create_group("flseries")
+        fio.write_series(group, {"identifier": "y", "images": [{"raw": np.ones((2, 2))}]}, append=True)
+        assert group.attrs["identifier"] == "y" and list(group) == ["fli_0"]
+
+
+def test_append_errors_leave_the_series_as_it_was(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(
+        path, {"identifier": "s", "images": [{"raw": np.ones((2, 2)), "meta": {"identifier": "a"}}]}
+    )
+    before = fio.read_series(path)
+    duplicate = [
+        {"raw": np.ones((2, 2)), "meta": {"identifier": "b"}},
+        {"raw": np.ones((2, 2)), "meta": {"identifier": "a"}},
+    ]
+    with pytest.raises(ValueError, match=r"'a', already used by fli_0"):
+        fio.write_series(path, {"identifier": None, "images": duplicate}, append=True)
+    with pytest.raises(ValueError, match=r"'other', but the series .* is 's'"):
+        fio.write_series(path, {"identifier": "other", "images": []}, append=True)
+    with pytest.raises(TypeError, match=r"append must be"):
+        fio.write_series(path, {"identifier": None, "images": []}, append="yes")  # type: ignore[arg-type]
+
+    def broken() -> Any:
+        yield {"raw": np.ones((2, 2))}
+        raise RuntimeError("disk unplugged")
+
+    with pytest.raises(RuntimeError, match=r"disk unplugged"):
+        fio.write_series(path, {"identifier": None, "images": broken()}, append=True)
+    after = fio.read_series(path)
+    assert len(after["images"]) == 1 and after["identifier"] == "s"
+    assert_image_equal(after["images"][0], before["images"][0])
+    assert os.listdir(tmp_path) == ["s.h5"]
+
+    image = tmp_path / "image.h5"
+    fio.write_image(image, {"raw": np.ones((2, 2))})
+    with pytest.raises(fio.FormatError, match=r"holds an FLImage.*cannot append"):
+        fio.write_series(image, {"identifier": None, "images": []}, append=True)
+    text = tmp_path / "text.h5"
+    text.write_text("hello")
+    with pytest.raises(fio.FormatError, match=r"text.h5 cannot be opened to append"):
+        fio.write_series(text, {"identifier": None, "images": []}, append=True)
+    gap = tmp_path / "gap.h5"
+    fio.write_series(gap, {"identifier": None, "images": [{"raw": np.ones((2, 2))}] * 3})
+    with h5py.File(gap, "r+") as h5:
+        del h5["fli_1"]
+    with pytest.raises(fio.FormatError, match=r"'fli_1' is missing"):
+        fio.write_series(gap, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]}, append=True)
