@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
@@ -631,6 +632,12 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
 # ---------------------------------------------------------------------------
 
 _TEMP_SUFFIX = ".flimage_io-tmp"
+# The HDF5 1.10 file format checksums its metadata (object headers with the
+# attributes and links, and the chunk index), so a damaged file raises instead
+# of returning wrong meta data or a fill value. Readable by HDF5 >= 1.10 (2016),
+# which every h5py wheel since 2.8 bundles.
+_LIBVER = ("v110", "v110")
+_STALE_SECONDS = 60.0
 
 
 def _is_path(h5file: Any) -> bool:
@@ -697,16 +704,17 @@ class _WriteTarget:
             if self._append and os.path.exists(self._path):
                 return _open_existing(self._path, self._path)
             directory, base = os.path.split(os.path.abspath(self._path))
+            _remove_stale_temporaries(directory, base)
             fd, self._temp = tempfile.mkstemp(prefix=f".{base}.", suffix=_TEMP_SUFFIX, dir=directory)
             os.close(fd)
-            return h5py.File(self._temp, "w")
+            return h5py.File(self._temp, "w", libver=_LIBVER)
         handle = self._file_obj
         if self._append and handle.seek(0, os.SEEK_END) > 0:
             return _open_existing(handle, getattr(handle, "name", f"<{type(handle).__name__}>"))
         # like a path, a file object is replaced whole (h5py would keep its old bytes)
         handle.seek(0)
         handle.truncate()
-        return h5py.File(handle, "w")
+        return h5py.File(handle, "w", libver=_LIBVER)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
@@ -753,6 +761,35 @@ class _WriteTarget:
             del group.attrs[name]
 
 
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    """Delete temporaries a killed writer of this path left behind.
+
+    A temporary is stale when it is older than a minute and no process holds
+    HDF5's lock on it (a live writer does); files of other names are never touched.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    prefix = f".{base}."
+    try:
+        names = [
+            name for name in os.listdir(directory) if name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)
+        ]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if time.time() - os.stat(path).st_mtime < _STALE_SECONDS:
+                continue
+            with open(path, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+            os.unlink(path)
+        except OSError:
+            continue
+
+
 def _open_existing(h5file: Any, where: str) -> Any:
     try:
         return h5py.File(h5file, "r+")
@@ -792,13 +829,15 @@ class _ReadSource:
     def __init__(self, h5file: Any) -> None:
         self._h5file = h5file
         self._file: Any = None
+        self._where = "?"
 
     def __enter__(self) -> tuple[Any, str]:
         h5file = self._h5file
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
-            return h5file, h5file.file.filename
+            self._where = h5file.file.filename
+            return h5file, self._where
         if _is_path(h5file):
             path = os.fspath(h5file)
             if not os.path.exists(path):
@@ -817,15 +856,23 @@ class _ReadSource:
             )
         try:
             self._file = h5py.File(h5file, "r")
-        except OSError as exc:
+        except Exception as exc:  # h5py raises OSError, RuntimeError, ... for damaged files
             raise FormatError(
                 f"{where} is not a readable HDF5 file (empty, truncated or another format): {exc}"
             ) from None
+        self._where = where
         return self._file, where
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._file is not None:
             self._file.close()
+        if (
+            exc is not None
+            and isinstance(exc, Exception)
+            and not isinstance(exc, (FormatError, ImageNotFoundError, MemoryError))
+        ):
+            # h5py reports damaged metadata as OSError, RuntimeError, KeyError, ...
+            raise FormatError(f"{self._where} cannot be read, the file is damaged: {exc}") from exc
 
 
 def _at(source: str, node: Any) -> str:
@@ -944,29 +991,23 @@ def _as_text(value: Any, key: str, where: str) -> str:
 
 
 def _read_meta(group: Any, where: str) -> dict[str, MetaValue]:
-    meta: dict[str, MetaValue] = {}
-    for key in group.attrs:
-        if key not in META_KEYS:
-            raise FormatError(
-                f"{where} has the unknown meta data attribute {key!r}{_suggest(key, META_KEYS)}"
-            )
-        if key in TEXT_KEYS:
-            meta[key] = _read_text_attr(group, key, where)
-            continue
-        value = np.asarray(group.attrs[key])
-        if value.dtype.kind not in "iuf":
-            raise FormatError(
-                f"{where} attribute {key!r} must hold numbers, but holds {value.dtype} {value!r}"
-            )
-        if key in NUMBER_KEYS:
-            if value.size != 1 or value.ndim > 1:
-                raise FormatError(
-                    f"{where} attribute {key!r} must be one number, but has shape {value.shape}"
-                )
-            meta[key] = float(value.reshape(()))
-        else:
-            meta[key] = tuple(float(v) for v in value.ravel())
-    return meta
+    return {key: _meta_value(group, key, where) for key in group.attrs}
+
+
+def _meta_value(group: Any, key: str, where: str) -> MetaValue:
+    """One meta data attribute as plain Python, or FormatError."""
+    if key not in META_KEYS:
+        raise FormatError(f"{where} has the unknown meta data attribute {key!r}{_suggest(key, META_KEYS)}")
+    if key in TEXT_KEYS:
+        return _read_text_attr(group, key, where)
+    value = np.asarray(group.attrs[key])
+    if value.dtype.kind not in "iuf":
+        raise FormatError(f"{where} attribute {key!r} must hold numbers, but holds {value.dtype} {value!r}")
+    if key in NUMBER_KEYS:
+        if value.size != 1 or value.ndim > 1:
+            raise FormatError(f"{where} attribute {key!r} must be one number, but has shape {value.shape}")
+        return float(value.reshape(()))
+    return tuple(float(v) for v in value.ravel())
 
 
 # ---------------------------------------------------------------------------
@@ -1336,9 +1377,10 @@ class _ChunkReader:
         for offset in _product(grid):
             try:
                 mask, stored = dataset.id.read_direct_chunk(offset)
-            except (OSError, RuntimeError, KeyError, ValueError):
-                # e.g. a chunk never written (fill value): let HDF5 do it all
-                return _Done(_read_with_h5py(dataset, what))
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                # Writers of this layout store every chunk: a missing one means a
+                # damaged index or an unfinished write, not a fill value to return.
+                raise FormatError(f"{what}: the chunk at {offset} cannot be read ({exc})") from None
             slices = tuple(slice(o, min(o + c, s)) for o, c, s in zip(offset, chunk_shape, dataset.shape))
             future = self._pool.submit(_decode_native, stored, mask, plan, dtype, chunk_shape, what)
             assembled.parts.append((slices, future))
@@ -1419,11 +1461,179 @@ def _demo(path: str | None) -> int:
     return 0
 
 
+def _check_file(h5file: Target) -> list[str]:
+    """Every problem found in a file, checked against the layout; [] when clean."""
+    problems: list[str] = []
+    try:
+        with _ReadSource(h5file) as (group, source):
+            where = _at(source, group)
+            names = list(group)
+            if "fluorescence" in group:
+                _check_image_group(group, source, problems)
+            elif names and not any(name.startswith("fli_") for name in names):
+                problems.append(
+                    f"{where} holds neither an FLImage nor an FLSeries; found members {sorted(names)[:10]}"
+                )
+            else:
+                _check_series_group(group, source, problems)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, FormatError) as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _check_series_group(group: Any, source: str, problems: list[str]) -> None:
+    where = _at(source, group)
+    for key in group.attrs:
+        if key != "identifier":
+            problems.append(f"{where} has the attribute {key!r}; a series root holds only 'identifier'")
+    if "identifier" in group.attrs:
+        try:
+            _read_text_attr(group, "identifier", where)
+        except FormatError as exc:
+            problems.append(str(exc))
+    numbers: list[int] = []
+    for name in group:
+        if not name.startswith("fli_"):
+            problems.append(f"{where} has the member {name!r}, which is not part of an FLSeries")
+        elif _SERIES_NAME.match(name) is None:
+            problems.append(
+                f"{where} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+            )
+        else:
+            numbers.append(int(name[4:]))
+    missing = sorted(set(range(max(numbers, default=-1) + 1)) - set(numbers))
+    if missing:
+        shown = ", ".join(f"fli_{n}" for n in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        problems.append(f"{where} has gaps in its numbering: missing {shown} (flimage fails on them)")
+    owners: dict[str, list[str]] = {}
+    for number in sorted(numbers):
+        name = f"fli_{number}"
+        _check_image_group(group[name], source, problems)
+        try:
+            identifier = _identifier_of(group, name, source)
+        except FormatError:
+            continue  # reported with the image's meta data
+        if identifier is not None:
+            owners.setdefault(identifier, []).append(name)
+    for identifier, owner in owners.items():
+        if len(owner) > 1:
+            problems.append(f"{where} has the identifier {identifier!r} on {len(owner)} images: {owner}")
+
+
+def _check_image_group(group: Any, source: str, problems: list[str]) -> None:
+    where = _at(source, group)
+    if not isinstance(group, h5py.Group):
+        problems.append(f"{where} should be an FLImage group, but is {type(group).__name__}")
+        return
+    for key in group.attrs:
+        try:
+            _meta_value(group, key, where)
+        except FormatError as exc:
+            problems.append(str(exc))
+    for key in ("flimage version", "qpimage version"):
+        if key not in group.attrs:
+            problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
+    fluorescence = group.get("fluorescence")
+    if not isinstance(fluorescence, h5py.Group):
+        problems.append(f"{where} has no 'fluorescence' group")
+        return
+    if len(fluorescence.attrs):
+        problems.append(
+            f"{_at(source, fluorescence)} has attributes {sorted(fluorescence.attrs)}; it should have none"
+        )
+    if "bg_data" not in fluorescence:
+        problems.append(
+            f"{_at(source, fluorescence)} has no 'bg_data' group: flimage cannot open it read-only"
+        )
+    with _ChunkReader(1) as reader:
+        try:
+            reader.read_image(group, source).result()  # shapes, dtypes, every checksum
+        except FormatError as exc:
+            problems.append(str(exc))
+
+
+def _describe_filters(dataset: Any) -> str:
+    names = {_FILTER_DEFLATE: "gzip", _FILTER_SHUFFLE: "shuffle", _FILTER_FLETCHER32: "fletcher32"}
+    plist = dataset.id.get_create_plist()
+    filters = []
+    for position in range(plist.get_nfilters()):
+        code, _, values, name = plist.get_filter(position)
+        label = names.get(code, name.decode(errors="replace") if isinstance(name, bytes) else str(name))
+        if code == _FILTER_DEFLATE and values:
+            label += f" level {values[0]}"
+        filters.append(label)
+    return ", ".join(filters) or "none"
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.1f} KiB"
+
+
+def _info(h5file: Target) -> str:
+    """A short summary of a file: kind, images, shape, dtype, filters, ratio, meta."""
+    with _ReadSource(h5file) as (group, source):
+        where = _at(source, group)
+        if _layout_of(group, where) == "image":
+            images, title = [group], f"{where}: FLImage"
+        else:
+            names = _series_names(group, where)
+            identifier = _read_text_attr(group, "identifier", where) if "identifier" in group.attrs else None
+            images = [group[name] for name in names]
+            title = f"{where}: FLSeries {identifier!r}, {len(images)} images"
+        lines = [title]
+        if not images:
+            return title
+        raws = [image["fluorescence/raw"] for image in images]
+        shapes = {(raw.shape, raw.dtype.str) for raw in raws}
+        first = raws[0]
+        shape = "x".join(map(str, first.shape))
+        same = " (all images)" if len(shapes) == 1 else f" (fli_0; {len(shapes)} different shapes or dtypes)"
+        backgrounds = sorted(images[0]["fluorescence"].get("bg_data", {}))
+        lines.append(f"  raw: {shape} {first.dtype}{same}; background: {', '.join(backgrounds) or 'none'}")
+        stored = sum(raw.id.get_storage_size() for raw in raws)
+        logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
+        chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
+        lines.append(
+            f"  filters: {_describe_filters(first)}; chunks {chunks}; raw data stored in "
+            f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})"
+        )
+        meta = _read_meta(images[0], _at(source, images[0]))
+        label = "meta" if len(images) == 1 and images[0] is group else "meta of fli_0"
+        lines.append(
+            f"  {label}: " + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none")
+        )
+        return "\n".join(lines)
+
+
+_USAGE = """usage: python -m flimage_io demo [PATH]      write a sample series and print what was read back
+       python -m flimage_io check FILE...     list every problem; exit status 0 only when all are clean
+       python -m flimage_io info FILE...      summarise each file"""
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["demo"] and len(args) <= 2:
-        return _demo(args[1] if len(args) == 2 else None)
-    print("usage: python -m flimage_io demo [PATH]", file=sys.stderr)
+    command, files = (args[0], args[1:]) if args else ("", [])
+    if command == "demo" and len(files) <= 1:
+        return _demo(files[0] if files else None)
+    if command == "check" and files:
+        status = 0
+        for name in files:
+            problems = _check_file(name)
+            print(f"{name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            for problem in problems:
+                print(f"  - {problem}")
+            status = status or (1 if problems else 0)
+        return status
+    if command == "info" and files:
+        status = 0
+        for name in files:
+            try:
+                print(_info(name))
+            except (OSError, FormatError) as exc:
+                print(f"{name}: {exc}", file=sys.stderr)
+                status = 1
+        return status
+    print(_USAGE, file=sys.stderr)
     return 2
 
 

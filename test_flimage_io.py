@@ -348,15 +348,15 @@ def test_other_storage_layouts_are_read(create: dict[str, Any]) -> None:
     assert got["raw"].dtype == raw.dtype
 
 
-def test_unwritten_chunks_read_as_fill_value() -> None:
+def test_unwritten_chunks_are_an_error() -> None:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         dataset = h5.create_dataset("fluorescence/raw", shape=(6, 6), dtype="f4", chunks=(3, 3), fillvalue=7)
         dataset[:3, :3] = 1
         h5.create_group("fluorescence/bg_data")
-    expected = np.full((6, 6), 7, np.float32)
-    expected[:3, :3] = 1
-    np.testing.assert_array_equal(fio.read_image(buffer)["raw"], expected)
+    # flimage and this library always store every chunk: a missing one is damage
+    with pytest.raises(fio.FormatError, match=r"raw: the chunk at \(0, 3\) cannot be read"):
+        fio.read_image(buffer)
 
 
 # ---------------------------------------------------------------------------
@@ -937,3 +937,221 @@ def test_append_errors_leave_the_series_as_it_was(tmp_path: pathlib.Path) -> Non
         del h5["fli_1"]
     with pytest.raises(fio.FormatError, match=r"'fli_1' is missing"):
         fio.write_series(gap, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]}, append=True)
+
+
+# ---------------------------------------------------------------------------
+# nothing lost: atomic writes, damaged files, check and info
+# ---------------------------------------------------------------------------
+
+
+def open_hdf5_objects() -> int:
+    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_ALL))
+
+
+def test_no_hdf5_handle_stays_open(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "h.h5"
+    before = open_hdf5_objects()
+    fio.write_series(
+        path, {"identifier": None, "images": [{"raw": np.ones((3, 3)), "meta": {"identifier": "a"}}]}
+    )
+    fio.read_series(path)
+    fio.read_image(path, index="a")
+    fio.write_series(path, {"identifier": None, "images": [{"raw": np.ones((3, 3))}]}, append=True)
+    for call in (
+        lambda: fio.read_image(path),
+        lambda: fio.read_image(path, index=9),
+        lambda: fio.write_series(path, {"identifier": None, "images": [{"raw": np.ones(3)}]}, append=True),
+        lambda: fio.write_series(
+            path, {"identifier": None, "images": [{"raw": np.ones((3, 3))}, {"raw": 1}]}
+        ),
+    ):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            call()
+    assert fio._check_file(path) == []
+    assert open_hdf5_objects() == before
+
+
+def test_failed_store_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "full.h5"
+    fio.write_image(path, {"raw": blob()})
+    before = path.read_bytes()
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fio._ChunkWriter, "_store_dataset", disk_full)
+    with pytest.raises(OSError, match=r"No space left"):
+        fio.write_series(path, {"identifier": None, "images": [{"raw": blob()}] * 3})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["full.h5"]
+
+
+def test_keyboard_interrupt_in_the_generator_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ki.h5"
+    fio.write_image(path, {"raw": blob()})
+    before = path.read_bytes()
+
+    def frames() -> Any:
+        yield {"raw": blob()}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fio.write_series(path, {"identifier": None, "images": frames()})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ki.h5"]
+
+
+KILLED_WRITER = """
+import sys, time, numpy as np
+sys.path.insert(0, {root!r})
+import flimage_io as fio
+def frames():
+    for n in range(100000):
+        if n == 3:
+            print("writing", flush=True)
+        time.sleep(0.01)
+        yield {{"raw": np.full((64, 64), float(n))}}
+fio.write_series({path!r}, {{"identifier": None, "images": frames()}}, workers=1)
+"""
+
+
+def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.h5"
+    fio.write_image(path, {"raw": blob()})
+    before = path.read_bytes()
+    script = KILLED_WRITER.format(root=str(pathlib.Path(fio.__file__).parent), path=str(path))
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert path.read_bytes() == before
+    leftovers = [name for name in os.listdir(tmp_path) if name != "killed.h5"]
+    assert len(leftovers) == 1 and leftovers[0].endswith(fio._TEMP_SUFFIX)
+    # a fresh temporary may belong to a live writer: it is kept ...
+    fio.write_image(path, {"raw": np.ones((2, 2))})
+    assert len(os.listdir(tmp_path)) == 2
+    # ... and once stale (unlocked and old) the next write removes it
+    old = os.stat(tmp_path / leftovers[0]).st_mtime - 2 * fio._STALE_SECONDS
+    os.utime(tmp_path / leftovers[0], (old, old))
+    unrelated = tmp_path / ".other.h5.x.flimage_io-tmp"
+    unrelated.touch()
+    os.utime(unrelated, (old, old))
+    fio.write_image(path, {"raw": np.zeros((2, 2))})
+    assert sorted(os.listdir(tmp_path)) == sorted(["killed.h5", unrelated.name])
+    assert fio.read_image(path)["raw"].sum() == 0
+
+
+def test_a_live_writers_temporary_is_never_removed(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    temporary = tmp_path / f".live.h5.abc{fio._TEMP_SUFFIX}"
+    with h5py.File(temporary, "w"):  # HDF5 holds its lock while the file is open
+        old = os.stat(temporary).st_mtime - 2 * fio._STALE_SECONDS
+        os.utime(temporary, (old, old))
+        fio.write_image(path, {"raw": np.ones((2, 2))})
+        assert temporary.exists()
+
+
+def read_frame(arguments: tuple[str, int]) -> float:
+    path, index = arguments
+    return float(fio.read_image(path, index=index)["raw"][0, 0])
+
+
+def test_many_processes_read_one_file(tmp_path: pathlib.Path) -> None:
+    import multiprocessing
+
+    path = str(tmp_path / "shared.h5")
+    fio.write_series(path, {"identifier": None, "images": [{"raw": np.full((32, 32), n)} for n in range(8)]})
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        got = pool.map(read_frame, [(path, n % 8) for n in range(24)])
+    assert got == [float(n % 8) for n in range(24)]
+
+
+def test_check_passes_files_of_flimage_and_ours(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ours = tmp_path / "ours.h5"
+    fio.write_series(ours, {"identifier": "x", "images": [{"raw": blob(), "meta": {"identifier": "a"}}] * 1})
+    theirs = tmp_path / "theirs.h5"
+    with h5py.File(theirs, "w") as h5:
+        flimage_series(3, h5)
+    with flimage.FLImage(data=blob(), h5file=tmp_path / "fit.h5", h5mode="w") as fli:
+        fli._fl.estimate_bg(fit_offset="mean", fit_profile="tilt", border_px=5)
+    files = [str(p) for p in (ours, theirs, tmp_path / "fit.h5", DATA / "basic.h5", DATA / "retina_p10.h5")]
+    assert fio._main(["check", *files]) == 0
+    assert capsys.readouterr().out.count(": ok") == 5
+
+
+def test_check_reports_every_problem(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.h5"
+    frames = [
+        {"raw": np.full((4, 4), n), "bg_data": np.ones((4, 4)), "meta": {"identifier": f"i{n}"}}
+        for n in range(5)
+    ]
+    fio.write_series(path, {"identifier": "s", "images": frames})
+    with h5py.File(path, "r+") as h5:
+        h5.copy("fli_0", "fli_6")
+        h5.attrs["colour"] = "red"
+        h5["fli_0"].attrs["pixelsize"] = 1.0
+        h5["fli_0"].attrs["time"] = "noon"
+        del h5["fli_1"].attrs["qpimage version"]
+        h5["fli_1"].attrs["identifier"] = "i0"
+        del h5["fli_2/fluorescence/bg_data"]
+        del h5["fli_3/fluorescence/bg_data/data"]
+        h5["fli_3/fluorescence/bg_data/data"] = np.ones((2, 2))
+        h5.move("fli_4", "fli_04")
+        h5["fli_2/fluorescence"].attrs["note"] = 1
+        h5["stray"] = np.ones(2)
+    assert fio._main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    for words in (
+        "has the attribute 'colour'",
+        "unknown meta data attribute 'pixelsize'",
+        "'time' must hold numbers",
+        "lacks the attribute 'qpimage version': flimage cannot open it read-only",
+        "identifier 'i0' on 3 images: ['fli_0', 'fli_1', 'fli_6']",
+        "fli_2/fluorescence has no 'bg_data' group",
+        "fli_2/fluorescence has attributes ['note']",
+        "bg_data/data has shape (2, 2), but raw has shape (4, 4)",
+        "'fli_04', which is no valid series name",
+        "member 'stray', which is not part of an FLSeries",
+        "gaps in its numbering: missing fli_4, fli_5 (flimage fails on them)",
+    ):
+        assert words in out, words
+    assert "12 problem(s)" in out
+
+
+def test_check_reports_checksum_failures_and_unreadable_files(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "flip.h5"
+    fio.write_image(path, {"raw": blob((64, 64))})
+    with h5py.File(path, "r") as h5:
+        offset = h5["fluorescence/raw"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    (tmp_path / "text.h5").write_text("hello")
+    assert fio._main(["check", str(path), str(tmp_path / "text.h5"), str(tmp_path / "missing.h5")]) == 1
+    out = capsys.readouterr().out
+    assert "flip.h5:/fluorescence/raw: the fletcher32 checksum of a chunk does not match" in out
+    assert "text.h5 is not a readable HDF5 file" in out and "no such file" in out
+
+
+def test_info_summarises(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "i.h5"
+    frames = [{"raw": blob(), "bg_data": np.ones((48, 64)), "meta": {"time": 1.5}}] * 3
+    fio.write_series(path, {"identifier": "run", "images": frames})
+    assert fio._main(["info", str(path), str(DATA / "basic.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "FLSeries 'run', 3 images" in out
+    assert "raw: 48x64 float32 (all images); background: data" in out
+    assert "filters: shuffle, gzip level 1, fletcher32; chunks 48x64" in out and "ratio" in out
+    assert "meta of fli_0:" in out and "time=1.5" in out
+    assert "basic.h5: FLImage" in out and "gzip level 9" in out
+    assert fio._main(["info", str(tmp_path / "missing.h5")]) == 1
+    assert fio._main(["info"]) == 2
