@@ -965,12 +965,20 @@ def _find_image(group: Any, source: str, index: int | str) -> str:
     return found[0]
 
 
+def _member(group: Any, name: str) -> Any:
+    """The member, or None when there is no such link.
+
+    Unlike ``group.get``, which returns None for a member that fails to open,
+    this lets a damaged member raise.
+    """
+    return group[name] if name in group else None
+
+
 def _identifier_of(group: Any, name: str, source: str) -> str | None:
-    image = group.get(name)
-    if not isinstance(image, h5py.Group):
+    image = _member(group, name)
+    if not isinstance(image, h5py.Group) or "identifier" not in image.attrs:
         return None
-    value = image.attrs.get("identifier")
-    return None if value is None else _as_text(value, "identifier", _at(source, image))
+    return _read_text_attr(image, "identifier", _at(source, image))
 
 
 def _read_text_attr(group: Any, key: str, where: str) -> str:
@@ -1340,20 +1348,20 @@ class _ChunkReader:
         if not isinstance(group, h5py.Group):
             raise FormatError(f"{where} should be an FLImage group, but is {type(group).__name__}")
         meta = _read_meta(group, where)
-        fluorescence = group.get("fluorescence")
+        fluorescence = _member(group, "fluorescence")
         if not isinstance(fluorescence, h5py.Group):
             raise FormatError(f"{where} has no 'fluorescence' group, so it is no FLImage")
-        raw_node = fluorescence.get("raw")
+        raw_node = _member(fluorescence, "raw")
         if not isinstance(raw_node, h5py.Dataset):
             raise FormatError(f"{_at(source, fluorescence)} has no 'raw' dataset")
         raw = self._read_dataset(raw_node, _at(source, raw_node), None)
         bg_data: dict[str, Any] = {}
-        background = fluorescence.get("bg_data")
+        background = _member(fluorescence, "bg_data")
         if background is not None:
             if not isinstance(background, h5py.Group):
                 raise FormatError(f"{_at(source, background)} should be a group")
             for name in background:
-                node = background.get(name)
+                node = background[name]
                 what = _at(source, node)
                 if not isinstance(node, h5py.Dataset):
                     raise FormatError(f"{what} should be a dataset")
@@ -1533,7 +1541,7 @@ def _check_image_group(group: Any, source: str, problems: list[str]) -> None:
     for key in ("flimage version", "qpimage version"):
         if key not in group.attrs:
             problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
-    fluorescence = group.get("fluorescence")
+    fluorescence = _member(group, "fluorescence")
     if not isinstance(fluorescence, h5py.Group):
         problems.append(f"{where} has no 'fluorescence' group")
         return
@@ -1588,7 +1596,7 @@ def _info(h5file: Target) -> str:
         first = raws[0]
         shape = "x".join(map(str, first.shape))
         same = " (all images)" if len(shapes) == 1 else f" (fli_0; {len(shapes)} different shapes or dtypes)"
-        backgrounds = sorted(images[0]["fluorescence"].get("bg_data", {}))
+        backgrounds = sorted(_member(images[0]["fluorescence"], "bg_data") or {})
         lines.append(f"  raw: {shape} {first.dtype}{same}; background: {', '.join(backgrounds) or 'none'}")
         stored = sum(raw.id.get_storage_size() for raw in raws)
         logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
