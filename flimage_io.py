@@ -971,7 +971,7 @@ def _member(group: Any, name: str) -> Any:
     Unlike ``group.get``, which returns None for a member that fails to open,
     this lets a damaged member raise.
     """
-    return group[name] if name in group else None
+    return group[name] if name in group else None  # noqa: SIM401 - .get hides damage
 
 
 def _identifier_of(group: Any, name: str, source: str) -> str | None:
