@@ -636,7 +636,7 @@ _TEMP_SUFFIX = ".flimage_io-tmp"
 # attributes and links, and the chunk index), so a damaged file raises instead
 # of returning wrong meta data or a fill value. Readable by HDF5 >= 1.10 (2016),
 # which every h5py wheel since 2.8 bundles.
-_LIBVER = ("v110", "v110")
+_LIBVER = ("v108", "v108")
 _STALE_SECONDS = 60.0
 
 
@@ -792,9 +792,24 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
 
 def _open_existing(h5file: Any, where: str) -> Any:
     try:
-        return h5py.File(h5file, "r+")
+        opened = h5py.File(h5file, "r+", libver=_LIBVER)
     except OSError as exc:
         raise FormatError(f"{where} cannot be opened to append to it (not HDF5, or damaged): {exc}") from None
+    _hold_metadata_until_close(opened)
+    return opened
+
+
+def _hold_metadata_until_close(h5: Any) -> None:
+    """Keep HDF5 from writing changed metadata before the file is closed.
+
+    New chunks go to fresh space at the end of the file, so until the close
+    the file on disk still describes the old series: a process killed while
+    appending leaves the series as it was. Only the final flush is at risk.
+    """
+    config = h5.id.get_mdc_config()
+    config.incr_mode = config.decr_mode = config.flash_incr_mode = 0  # H5C_*__off
+    config.evictions_enabled = False
+    h5.id.set_mdc_config(config)
 
 
 def _fsync_path(path: str) -> None:

@@ -1065,6 +1065,42 @@ def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
     assert fio.read_image(path)["raw"].sum() == 0
 
 
+KILLED_APPENDER = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+import flimage_io as fio
+base = np.random.default_rng(0).poisson(500, (128, 128)).astype(np.float32)
+def frames():
+    for n in range(10**6):
+        if n == 50:
+            print("appending", flush=True)
+        yield {{"raw": base + n, "bg_data": base, "meta": {{"identifier": f"new{{n}}"}}}}
+fio.write_series({path!r}, {{"identifier": None, "images": frames()}}, append=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
+def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, delay: float) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "grow.h5"
+    old = [{"raw": np.full((8, 8), -n), "meta": {"identifier": f"old{n}"}} for n in range(5)]
+    fio.write_series(path, {"identifier": "s", "images": old})
+    before = fio.read_series(path)
+    script = KILLED_APPENDER.format(root=str(pathlib.Path(fio.__file__).parent), path=str(path))
+    appender = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert appender.stdout is not None and appender.stdout.readline() == "appending\n"
+    time.sleep(delay)  # thousands of images appended by then: far more than HDF5 caches by default
+    appender.send_signal(signal.SIGKILL)
+    appender.wait()
+    after = fio.read_series(path)
+    assert series_equal(after, before)
+    assert fio._check_file(path) == []
+
+
 def test_a_live_writers_temporary_is_never_removed(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
     temporary = tmp_path / f".live.h5.abc{fio._TEMP_SUFFIX}"
