@@ -632,10 +632,10 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
 # ---------------------------------------------------------------------------
 
 _TEMP_SUFFIX = ".flimage_io-tmp"
-# The HDF5 1.10 file format checksums its metadata (object headers with the
-# attributes and links, and the chunk index), so a damaged file raises instead
-# of returning wrong meta data or a fill value. Readable by HDF5 >= 1.10 (2016),
-# which every h5py wheel since 2.8 bundles.
+# The HDF5 1.8 file format checksums object headers (the attributes and links),
+# so damaged meta data raises instead of reading as other values; readable by
+# every HDF5 since 1.8 (2008). Not 1.10: its superblock marks a file open for
+# writing, and a process killed while appending would leave the file refused.
 _LIBVER = ("v108", "v108")
 _STALE_SECONDS = 60.0
 
