@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import shutil
 import warnings
 import zlib
 from typing import Any
@@ -1325,3 +1326,88 @@ def test_random_input_gives_a_valid_file_or_a_clear_error(tmp_path: pathlib.Path
     assert fio._check_file(path) == []
     got = fio.read_image(path)
     np.testing.assert_array_equal(got["raw"], np.asarray(image["raw"]).astype(got["raw"].dtype))
+
+
+# ---------------------------------------------------------------------------
+# where scientists work: vendoring, processes, dask
+# ---------------------------------------------------------------------------
+
+
+def test_vendored_copy_works_alone(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    vendor = tmp_path / "yourpkg" / "_vendor"
+    vendor.mkdir(parents=True)
+    (tmp_path / "yourpkg" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    shutil.copy(fio.__file__, vendor / "flimage_io.py")
+    script = """
+import numpy as np
+from yourpkg._vendor import flimage_io as fio
+assert fio.__name__ == "yourpkg._vendor.flimage_io", fio.__name__
+fio.write_series("v.h5", {"identifier": "v", "images": [{"raw": np.eye(3), "meta": {"time": 1.0}}]})
+image = fio.read_image("v.h5", index=0)
+assert image["raw"].trace() == 3 and image["meta"]["time"] == 1.0
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # -I would drop PYTHONPATH; -S is not wanted either: numpy and h5py come from site-packages
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stdout == "ok\n", result.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "yourpkg._vendor.flimage_io", "check", "v.h5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and check.stdout == "v.h5: ok\n", check.stderr
+
+
+def test_functions_and_errors_pickle() -> None:
+    import pickle
+
+    for function in (fio.read_image, fio.read_series, fio.write_image, fio.write_series):
+        assert pickle.loads(pickle.dumps(function)) is function
+    for error in (fio.FormatError("damaged"), fio.ImageNotFoundError("no image 'x'")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+
+
+def readme_block(heading: str) -> str:
+    """The first python code block after a README heading."""
+    text = (pathlib.Path(__file__).parent / "README.md").read_text()
+    after = text[text.index(heading) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_readme_dask_recipe_on_local_processes(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "run7.h5"
+    frames = [{"raw": np.full((16, 24), float(n)), "meta": {"time": float(n)}} for n in range(6)]
+    fio.write_series(path, {"identifier": "run 7", "images": frames})
+    script = tmp_path / "recipe.py"
+    script.write_text(readme_block("### A long series as a lazy dask array"))
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        result.stdout.split()[-6:] == ["[0.", "1.", "2.", "3.", "4.", "5.]"]
+        or "[0. 1. 2. 3. 4. 5.]" in result.stdout
+    )
+
+
+def test_readme_quickstart_runs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("## Quickstart").replace("range(1000)", "range(12)")
+    exec(compile(code, "README quickstart", "exec"), {})
+    assert len(fio.read_series(tmp_path / "run7.h5")["images"]) == 12
+    assert fio.read_image(tmp_path / "cell.h5")["meta"]["identifier"] == "cell 3"
