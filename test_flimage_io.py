@@ -1408,3 +1408,10 @@ def test_readme_quickstart_runs(tmp_path: pathlib.Path, monkeypatch: pytest.Monk
     exec(compile(code, "README quickstart", "exec"), {})
     assert len(fio.read_series(tmp_path / "run7.h5")["images"]) == 12
     assert fio.read_image(tmp_path / "cell.h5")["meta"]["identifier"] == "cell 3"
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(fio, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 4 and result.failed == 0
