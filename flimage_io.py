@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import difflib
+import itertools
 import math
 import numbers
 import os
@@ -1132,20 +1133,21 @@ def _encode_chunk(chunk: npt.NDArray[Any], codec: _Codec) -> bytes:
     return bytes(data) + _fletcher32(data).to_bytes(4, "little")
 
 
-class _FilterPlan(NamedTuple):
-    filters: tuple[int, ...]  # filter ids in pipeline (write) order
-
-
 def _decode_chunk(
-    stored: bytes, mask: int, plan: _FilterPlan, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
+    stored: bytes,
+    mask: int,
+    filters: tuple[int, ...],
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    what: str,
 ) -> npt.NDArray[Any]:
     """Undo the pipeline in reverse order, verifying the checksum."""
     data: Any = stored
     expected = int(np.prod(shape)) * dtype.itemsize
-    for position in reversed(range(len(plan.filters))):
+    for position in reversed(range(len(filters))):
         if mask & (1 << position):
             continue  # HDF5 skipped this optional filter for this chunk
-        code = plan.filters[position]
+        code = filters[position]
         if code == _FILTER_FLETCHER32:
             if len(data) < 4:
                 raise FormatError(f"{what}: stored chunk of {len(data)} bytes is too short for its checksum")
@@ -1391,13 +1393,13 @@ class _ChunkReader:
             raise FormatError(f"{what} must be a non-empty 2-D image, but has shape {dataset.shape}")
         if shape is not None and dataset.shape != shape:
             raise FormatError(f"{what} has shape {dataset.shape}, but raw has shape {shape}")
-        plan = _filter_plan(dataset)
-        if plan is None:
+        filters = _decodable_filters(dataset)
+        if filters is None:
             return _Done(_read_with_h5py(dataset, what))
         assembled = _AssembledDataset(dataset.shape, dtype)
         chunk_shape = tuple(dataset.chunks)
         grid = [range(0, size, step) for size, step in zip(dataset.shape, chunk_shape)]
-        for offset in _product(grid):
+        for offset in itertools.product(*grid):
             try:
                 mask, stored = dataset.id.read_direct_chunk(offset)
             except (OSError, RuntimeError, KeyError, ValueError) as exc:
@@ -1405,27 +1407,12 @@ class _ChunkReader:
                 # damaged index or an unfinished write, not a fill value to return.
                 raise FormatError(f"{what}: the chunk at {offset} cannot be read ({exc})") from None
             slices = tuple(slice(o, min(o + c, s)) for o, c, s in zip(offset, chunk_shape, dataset.shape))
-            future = self._pool.submit(_decode_native, stored, mask, plan, dtype, chunk_shape, what)
+            future = self._pool.submit(_decode_chunk, stored, mask, filters, dtype, chunk_shape, what)
             assembled.parts.append((slices, future))
         return assembled
 
 
-def _decode_native(
-    stored: bytes, mask: int, plan: _FilterPlan, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
-) -> npt.NDArray[Any]:
-    return _decode_chunk(stored, mask, plan, dtype, shape, what)
-
-
-def _product(grid: list[range]) -> Iterator[tuple[int, ...]]:
-    if not grid:
-        yield ()
-        return
-    for first in grid[0]:
-        for rest in _product(grid[1:]):
-            yield (first, *rest)
-
-
-def _filter_plan(dataset: Any) -> _FilterPlan | None:
+def _decodable_filters(dataset: Any) -> tuple[int, ...] | None:
     """The filters of a chunked dataset if we can decode them all, else None."""
     if dataset.chunks is None or not hasattr(dataset.id, "read_direct_chunk"):
         return None
@@ -1436,7 +1423,7 @@ def _filter_plan(dataset: Any) -> _FilterPlan | None:
         if code not in (_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32):
             return None  # lzf, szip, scale-offset, plugins: h5py decodes them
         filters.append(code)
-    return _FilterPlan(tuple(filters))
+    return tuple(filters)
 
 
 def _read_with_h5py(dataset: Any, what: str) -> npt.NDArray[Any]:
