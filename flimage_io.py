@@ -109,21 +109,18 @@ class FormatError(ValueError):
     """A file is damaged, or does not hold the FLImage / FLSeries layout asked for."""
 
 
-class ImageNotFoundError(KeyError, IndexError):
-    """The index or identifier names no image of the series.
-
-    A ``KeyError`` (as in ``flimage``) and an ``IndexError`` (as for lists).
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
 class _KeyError(KeyError):
     """A ``KeyError`` whose message prints as written, not quoted."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ImageNotFoundError(_KeyError, IndexError):
+    """The index or identifier names no image of the series.
+
+    A ``KeyError`` (as in ``flimage``) and an ``IndexError`` (as for lists).
+    """
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +224,9 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     >>> read_image(f)["raw"].shape
     (3, 3)
     """
-    if index is not None and (isinstance(index, bool) or not isinstance(index, (int, str))):
+    if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
+        index = int(index)  # numpy integers too
+    elif index is not None and not isinstance(index, str):
         raise TypeError(f"index must be an int, a str or None, not {type(index).__name__}")
     workers = _check_workers(workers)
     with _ReadSource(h5file) as (group, source):

@@ -157,6 +157,7 @@ def test_series_numeric_order_and_index(tmp_path: pathlib.Path) -> None:
     with h5py.File(path, "r") as h5:
         assert sorted(h5) == sorted(f"fli_{t}" for t in range(13))
     assert fio.read_image(path, index=10)["raw"][0, 0] == 10
+    assert fio.read_image(path, index=np.int64(10))["raw"][0, 0] == 10
     assert fio.read_image(path, index=-1)["meta"]["identifier"] == "t12"
     assert fio.read_image(path, index=-13)["meta"]["time"] == 0.0
     assert fio.read_image(path, index="t11")["raw"][0, 0] == 11
@@ -712,6 +713,8 @@ def test_reading_errors_name_the_file_and_what_was_found(tmp_path: pathlib.Path)
         fio.read_image(series, index="nope")
     with pytest.raises(TypeError, match=r"float"):
         fio.read_image(series, index=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"bool"):
+        fio.read_image(series, index=True)
     image = tmp_path / "image.h5"
     fio.write_image(image, {"raw": np.ones((2, 2))})
     with pytest.raises(fio.FormatError, match=r"image.h5 holds a single FLImage.*read_image"):
