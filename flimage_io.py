@@ -1561,6 +1561,49 @@ def _check_image_group(group: Any, source: str, problems: list[str]) -> None:
             problems.append(str(exc))
 
 
+# A damaged global heap (where HDF5 keeps text) can make the HDF5 library loop
+# forever; `check` is for suspicious files, so it runs in a child it can stop.
+_CHECK_BASE_SECONDS = 60.0
+_CHECK_SECONDS_PER_MIB = 0.5
+
+
+def _check_file_guarded(name: str) -> list[str]:
+    """:func:`_check_file` in a forked child process, stopped if it takes too long."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
+        return _check_file(name)
+    try:
+        size = os.path.getsize(name) / 2**20
+    except OSError:
+        size = 0.0
+    limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_check_into, args=(name, sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if receiver.poll(limit):
+            problems: list[str] = receiver.recv()
+            return problems
+        return [
+            f"{name}: checking took over {limit:.0f} s and was stopped; HDF5 may be looping on damaged data"
+        ]
+    except EOFError:
+        return [f"{name}: the check crashed (exit code {child.exitcode}); the file is damaged"]
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+
+
+def _check_into(name: str, sender: Any) -> None:
+    sender.send(_check_file(name))
+    sender.close()
+
+
 def _describe_filters(dataset: Any) -> str:
     names = {_FILTER_DEFLATE: "gzip", _FILTER_SHUFFLE: "shuffle", _FILTER_FLETCHER32: "fletcher32"}
     plist = dataset.id.get_create_plist()
@@ -1627,7 +1670,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if command == "check" and files:
         status = 0
         for name in files:
-            problems = _check_file(name)
+            problems = _check_file_guarded(name)
             print(f"{name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
             for problem in problems:
                 print(f"  - {problem}")

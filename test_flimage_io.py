@@ -1418,3 +1418,23 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(fio, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_check_stops_a_looping_hdf5(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    path = tmp_path / "loops.h5"
+    fio.write_image(path, {"raw": np.ones((2, 2))})
+
+    def loop_forever(name: str) -> list[str]:  # what HDF5 does on some damaged global heaps
+        time.sleep(600)
+        return []
+
+    monkeypatch.setattr(fio, "_check_file", loop_forever)  # the forked child inherits it
+    monkeypatch.setattr(fio, "_CHECK_BASE_SECONDS", 1.0)
+    started = time.monotonic()
+    assert fio._main(["check", str(path)]) == 1
+    assert time.monotonic() - started < 30
+    assert "checking took over 1 s and was stopped" in capsys.readouterr().out
