@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextvars
 import difflib
 import itertools
 import math
@@ -845,13 +846,24 @@ class _ReadSource:
         self._h5file = h5file
         self._file: Any = None
         self._where = "?"
+        self._raw: Any = None  # a binary handle on the file's bytes, for _HeapGuard
+        self._opened_raw = False
+        self._token: contextvars.Token[_HeapGuard | None] | None = None
 
     def __enter__(self) -> tuple[Any, str]:
+        group, where = self._open()
+        if self._raw is not None:
+            self._token = _HEAP_GUARD.set(_HeapGuard(self._raw, where))
+        return group, where
+
+    def _open(self) -> tuple[Any, str]:
         h5file = self._h5file
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
             self._where = h5file.file.filename
+            if h5file.file.driver in ("sec2", "stdio", "direct") and os.path.isfile(self._where):
+                self._raw, self._opened_raw = open(self._where, "rb"), True  # noqa: SIM115 - closed in __exit__
             return h5file, self._where
         if _is_path(h5file):
             path = os.fspath(h5file)
@@ -876,9 +888,17 @@ class _ReadSource:
                 f"{where} is not a readable HDF5 file (empty, truncated or another format): {exc}"
             ) from None
         self._where = where
+        if _is_path(h5file):
+            self._raw, self._opened_raw = open(h5file, "rb"), True  # noqa: SIM115 - closed in __exit__
+        else:
+            self._raw = h5file
         return self._file, where
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._token is not None:
+            _HEAP_GUARD.reset(self._token)
+        if self._opened_raw:
+            self._raw.close()
         if self._file is not None:
             self._file.close()
         if (
@@ -997,6 +1017,7 @@ def _identifier_of(group: Any, name: str, source: str) -> str | None:
 
 
 def _read_text_attr(group: Any, key: str, where: str) -> str:
+    _guard_text(group)
     return _as_text(group.attrs[key], key, where)
 
 
@@ -1014,6 +1035,7 @@ def _as_text(value: Any, key: str, where: str) -> str:
 
 
 def _read_meta(group: Any, where: str) -> dict[str, MetaValue]:
+    _guard_text(group)
     return {key: _meta_value(group, key, where) for key in group.attrs}
 
 
@@ -1031,6 +1053,190 @@ def _meta_value(group: Any, key: str, where: str) -> MetaValue:
             raise FormatError(f"{where} attribute {key!r} must be one number, but has shape {value.shape}")
         return float(value.reshape(()))
     return tuple(float(v) for v in value.ravel())
+
+
+# ---------------------------------------------------------------------------
+# global heap guard
+# ---------------------------------------------------------------------------
+
+# HDF5 keeps variable-length strings (the text meta data) in "global heap
+# collections", which carry no checksum, and its parser loops forever on a
+# collection whose object list does not advance (a zeroed block, for one).
+# So before text attributes are read, the collections they point to are walked
+# here, and a malformed one raises FormatError. Structures this code does not
+# parse (dense attribute storage, 4-byte addresses) are left to HDF5.
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_UNDEFINED_ADDRESS = 2**64 - 1
+
+
+class _Unparsed(Exception):
+    """A structure the guard does not parse: leave it to HDF5."""
+
+
+def _u(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "little")
+
+
+class _HeapGuard:
+    def __init__(self, handle: Any, where: str) -> None:
+        self._handle = handle
+        self._where = where
+        self._base: int | None = None
+        self._objects: set[int] = set()
+        self._collections: set[int] = set()
+        self._collection_objects: dict[int, set[int]] = {}
+
+    def check(self, node: Any) -> None:
+        """Raise FormatError if a text attribute of ``node`` points into a damaged collection."""
+        try:
+            address = int(h5py.h5o.get_info(node.id).addr)
+        except Exception:  # e.g. an h5py without .addr
+            return
+        if address in self._objects:
+            return
+        self._objects.add(address)
+        try:
+            if self._base is None:
+                self._base = self._find_base()
+            references = [
+                ref for kind, body in self._messages(address) for ref in _heap_references(kind, body)
+            ]
+        except (_Unparsed, IndexError):
+            return
+        for collection, index in references:
+            try:
+                self._check_collection(collection, index)
+            except (_Unparsed, IndexError):
+                return
+
+    def _read(self, address: int, size: int) -> bytes:
+        self._handle.seek((self._base or 0) + address)
+        data: bytes = self._handle.read(size)
+        return data
+
+    def _find_base(self) -> int:
+        for offset in (0, 512, 1024, 2048, 4096, 8192):
+            self._handle.seek(offset)
+            head = self._handle.read(16)
+            if head[:8] == _HDF5_SIGNATURE:
+                sizes = head[13:15] if head[8] in (0, 1) else head[9:11]
+                if sizes != b"\x08\x08":
+                    raise _Unparsed
+                return offset
+        raise _Unparsed
+
+    def _messages(self, address: int) -> Iterator[tuple[int, bytes]]:
+        """(type, body) of every message of the object header at ``address``."""
+        head = self._read(address, 16)
+        if head[:4] == b"OHDR":
+            if head[4] != 2:
+                raise _Unparsed
+            flags = head[5]
+            start = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+            width = 1 << (flags & 0x03)
+            length = _u(self._read(address + start, width), 0, width)
+            blocks = [(address + start + width, length, False)]
+            version, prefix = 2, 4 + (2 if flags & 0x04 else 0)
+        elif head[:1] == b"\x01":
+            blocks = [(address + 16, _u(head, 8, 4), False)]
+            version, prefix = 1, 8
+        else:
+            raise _Unparsed
+        count = 0
+        while blocks:
+            start, length, continued = blocks.pop()
+            count += 1
+            if count > 64 or length > 1 << 20:
+                raise _Unparsed
+            body = self._read(start, length)
+            if continued and version == 2:
+                if body[:4] != b"OCHK":
+                    raise _Unparsed
+                body = body[4:-4]
+            position = 0
+            while position + prefix <= len(body):
+                kind = body[position] if version == 2 else _u(body, position, 2)
+                size = _u(body, position + (1 if version == 2 else 2), 2)
+                message = body[position + prefix : position + prefix + size]
+                position += prefix + size
+                if kind == 0x10:  # continuation: another block of messages
+                    blocks.append((_u(message, 0, 8), _u(message, 8, 8), True))
+                elif (
+                    kind == 0x15
+                    and len(message) >= 10
+                    and _u(message, 2 + 2 * (message[1] & 1), 8) != _UNDEFINED_ADDRESS
+                ):
+                    raise _Unparsed  # attributes in dense storage (a fractal heap)
+                else:
+                    yield kind, message
+
+    def _check_collection(self, address: int, index: int) -> None:
+        if address not in self._collections:
+            head = self._read(address, 16)
+            size = _u(head, 8, 8)
+            if head[:4] != b"GCOL" or not 16 <= size <= 1 << 32:
+                raise FormatError(f"{self._where}: the global heap collection at {address} is damaged")
+            data = self._read(address, size)
+            position, objects = 16, set()
+            while position + 16 <= len(data):
+                number, length = _u(data, position, 2), _u(data, position + 8, 8)
+                need = length if number == 0 else 16 + ((length + 7) & ~7)
+                if need == 0 or position + need > size:  # HDF5 would loop, or read past the end
+                    raise FormatError(
+                        f"{self._where}: the global heap collection at {address}, which holds "
+                        "text meta data, is damaged"
+                    )
+                objects.add(number)
+                position += need
+            self._collection_objects[address] = objects
+            self._collections.add(address)
+        if index not in self._collection_objects[address]:
+            raise FormatError(f"{self._where}: text meta data point to a missing global heap object")
+
+
+def _heap_references(kind: int, message: bytes) -> list[tuple[int, int]]:
+    """(collection address, object index) of the variable-length data in an attribute message."""
+    if kind != 0x0C:
+        return []
+    version = message[0]
+    if version not in (1, 2, 3):
+        raise _Unparsed
+    sizes = [_u(message, 2, 2), _u(message, 4, 2), _u(message, 6, 2)]  # name, datatype, dataspace
+    position = 9 if version == 3 else 8
+    parts = []
+    for size in sizes:
+        parts.append(message[position : position + size])
+        position += (size + 7) & ~7 if version == 1 else size
+    datatype, dataspace, data = parts[1], parts[2], message[position:]
+    if datatype[0] & 0x0F != 9:  # not variable-length: stored in the header itself
+        return []
+    rank = dataspace[1]
+    if dataspace[0] == 2 and dataspace[3] == 2:  # null dataspace
+        return []
+    offset = 8 if dataspace[0] == 1 else 4
+    count = 1
+    for axis in range(rank):
+        count *= _u(dataspace, offset + 8 * axis, 8)
+    if count > 1 << 16 or len(data) < 16 * count:
+        raise _Unparsed
+    references = []
+    for element in range(count):
+        address, index = _u(data, 16 * element + 4, 8), _u(data, 16 * element + 12, 4)
+        if address not in (0, _UNDEFINED_ADDRESS):
+            references.append((address, index))
+    return references
+
+
+_HEAP_GUARD: contextvars.ContextVar[_HeapGuard | None] = contextvars.ContextVar(
+    "flimage_io_heap_guard", default=None
+)
+
+
+def _guard_text(node: Any) -> None:
+    guard = _HEAP_GUARD.get()
+    if guard is not None:
+        guard.check(node)
 
 
 # ---------------------------------------------------------------------------
