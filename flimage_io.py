@@ -666,6 +666,9 @@ class _WriteTarget:
         self._group: Any = None  # the group written to, once open
         self._members_before: set[str] | None = None  # set when writing into existing data
         self._attrs_before: set[str] = set()
+        self._raw: Any = None
+        self._opened_raw = False
+        self._token: contextvars.Token[_HeapGuard | None] | None = None
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
@@ -698,6 +701,10 @@ class _WriteTarget:
         if self._temp is None:
             self._members_before = set(self._group)
             self._attrs_before = set(self._group.attrs)
+            # existing text meta data are read (identifiers): guard them as reads do
+            self._raw, self._opened_raw = _raw_handle(self._file_obj or self._path or self._group)
+            if self._raw is not None:
+                self._token = _HEAP_GUARD.set(_HeapGuard(self._raw, _where(self._group)))
         return self._group
 
     def _open(self) -> Any:
@@ -718,6 +725,10 @@ class _WriteTarget:
         return h5py.File(handle, "w", libver=_LIBVER)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._token is not None:
+            _HEAP_GUARD.reset(self._token)
+        if self._opened_raw:
+            self._raw.close()
         try:
             if exc_type is not None and self._members_before is not None:
                 self._undo()
@@ -862,8 +873,7 @@ class _ReadSource:
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
             self._where = h5file.file.filename
-            if h5file.file.driver in ("sec2", "stdio", "direct") and os.path.isfile(self._where):
-                self._raw, self._opened_raw = open(self._where, "rb"), True  # noqa: SIM115 - closed in __exit__
+            self._raw, self._opened_raw = _raw_handle(h5file)
             return h5file, self._where
         if _is_path(h5file):
             path = os.fspath(h5file)
@@ -888,10 +898,7 @@ class _ReadSource:
                 f"{where} is not a readable HDF5 file (empty, truncated or another format): {exc}"
             ) from None
         self._where = where
-        if _is_path(h5file):
-            self._raw, self._opened_raw = open(h5file, "rb"), True  # noqa: SIM115 - closed in __exit__
-        else:
-            self._raw = h5file
+        self._raw, self._opened_raw = _raw_handle(h5file)
         return self._file, where
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -908,6 +915,18 @@ class _ReadSource:
         ):
             # h5py reports damaged metadata as OSError, RuntimeError, KeyError, ...
             raise FormatError(f"{self._where} cannot be read, the file is damaged: {exc}") from exc
+
+
+def _raw_handle(h5file: Any) -> tuple[Any, bool]:
+    """A binary handle on the bytes of a file, for _HeapGuard, and whether it was opened here."""
+    if isinstance(h5file, h5py.Group):
+        name = h5file.file.filename
+        if h5file.file.driver not in ("sec2", "stdio", "direct") or not os.path.isfile(name):
+            return None, False  # in memory, or a file object h5py does not hand out
+        h5file = name
+    if _is_path(h5file):
+        return open(h5file, "rb"), True
+    return (h5file, False) if _is_fileobj(h5file) else (None, False)
 
 
 def _at(source: str, node: Any) -> str:
