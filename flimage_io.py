@@ -1103,8 +1103,7 @@ class _HeapGuard:
         self._where = where
         self._base: int | None = None
         self._objects: set[int] = set()
-        self._collections: set[int] = set()
-        self._collection_objects: dict[int, set[int]] = {}
+        self._collection_objects: dict[int, dict[int, int]] = {}
 
     def check(self, node: Any) -> None:
         """Raise FormatError if a text attribute of ``node`` points into a damaged collection."""
@@ -1123,9 +1122,9 @@ class _HeapGuard:
             ]
         except (_Unparsed, IndexError):
             return
-        for collection, index in references:
+        for collection, index, length in references:
             try:
-                self._check_collection(collection, index)
+                self._check_collection(collection, index, length)
             except (_Unparsed, IndexError):
                 return
 
@@ -1190,32 +1189,32 @@ class _HeapGuard:
                 else:
                     yield kind, message
 
-    def _check_collection(self, address: int, index: int) -> None:
-        if address not in self._collections:
+    def _check_collection(self, address: int, index: int, length: int) -> None:
+        if address not in self._collection_objects:
             head = self._read(address, 16)
             size = _u(head, 8, 8)
             if head[:4] != b"GCOL" or not 16 <= size <= 1 << 32:
                 raise FormatError(f"{self._where}: the global heap collection at {address} is damaged")
             data = self._read(address, size)
-            position, objects = 16, set()
+            position, objects = 16, {}  # object index -> its size in bytes
             while position + 16 <= len(data):
-                number, length = _u(data, position, 2), _u(data, position + 8, 8)
-                need = length if number == 0 else 16 + ((length + 7) & ~7)
+                number, stored = _u(data, position, 2), _u(data, position + 8, 8)
+                need = stored if number == 0 else 16 + ((stored + 7) & ~7)
                 if need == 0 or position + need > size:  # HDF5 would loop, or read past the end
                     raise FormatError(
                         f"{self._where}: the global heap collection at {address}, which holds "
                         "text meta data, is damaged"
                     )
-                objects.add(number)
+                objects[number] = stored
                 position += need
             self._collection_objects[address] = objects
-            self._collections.add(address)
-        if index not in self._collection_objects[address]:
-            raise FormatError(f"{self._where}: text meta data point to a missing global heap object")
+        # a string's length is its size in bytes; other sequences are longer in bytes
+        if length > self._collection_objects[address].get(index, -1):
+            raise FormatError(f"{self._where}: text meta data point to a missing or short global heap object")
 
 
-def _heap_references(kind: int, message: bytes) -> list[tuple[int, int]]:
-    """(collection address, object index) of the variable-length data in an attribute message."""
+def _heap_references(kind: int, message: bytes) -> list[tuple[int, int, int]]:
+    """(collection address, object index, length) of the variable-length data of an attribute message."""
     if kind != 0x0C:
         return []
     version = message[0]
@@ -1241,9 +1240,10 @@ def _heap_references(kind: int, message: bytes) -> list[tuple[int, int]]:
         raise _Unparsed
     references = []
     for element in range(count):
+        length = _u(data, 16 * element, 4)
         address, index = _u(data, 16 * element + 4, 8), _u(data, 16 * element + 12, 4)
         if address not in (0, _UNDEFINED_ADDRESS):
-            references.append((address, index))
+            references.append((address, index, length))
     return references
 
 
