@@ -1106,27 +1106,27 @@ class _HeapGuard:
         self._collection_objects: dict[int, dict[int, int]] = {}
 
     def check(self, node: Any) -> None:
-        """Raise FormatError if a text attribute of ``node`` points into a damaged collection."""
+        """Raise FormatError if a text attribute of ``node`` points into a damaged collection.
+
+        Only a clean object is remembered: a damaged one raises on every check.
+        """
         try:
             address = int(h5py.h5o.get_info(node.id).addr)
         except Exception:  # e.g. an h5py without .addr
             return
         if address in self._objects:
             return
-        self._objects.add(address)
         try:
             if self._base is None:
                 self._base = self._find_base()
             references = [
                 ref for kind, body in self._messages(address) for ref in _heap_references(kind, body)
             ]
-        except (_Unparsed, IndexError):
-            return
-        for collection, index, length in references:
-            try:
+            for collection, index, length in references:
                 self._check_collection(collection, index, length)
-            except (_Unparsed, IndexError):
-                return
+        except (_Unparsed, IndexError):
+            pass  # not parsed here: HDF5 reads it unchecked
+        self._objects.add(address)
 
     def _read(self, address: int, size: int) -> bytes:
         self._handle.seek((self._base or 0) + address)
@@ -1712,7 +1712,7 @@ def _check_file(h5file: Target) -> list[str]:
                 _check_series_group(group, source, problems)
     except (FileNotFoundError, IsADirectoryError, PermissionError, FormatError) as exc:
         problems.append(str(exc))
-    return problems
+    return list(dict.fromkeys(problems))  # one damage can surface in several places
 
 
 def _check_series_group(group: Any, source: str, problems: list[str]) -> None:

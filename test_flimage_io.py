@@ -1345,6 +1345,16 @@ except fio.FormatError as error:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "global heap collection" in result.stdout and "damaged" in result.stdout, result.stderr
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
+    check = subprocess.run(
+        [sys.executable, "-m", "flimage_io", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert check.returncode == 1
+    assert "1 problem(s)" in check.stdout and "global heap collection" in check.stdout, check.stdout
 
 
 ANY_VALUE = st.recursive(
