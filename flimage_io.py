@@ -1369,9 +1369,16 @@ def _decode_chunk(
     data: Any = stored
     expected = int(np.prod(shape)) * dtype.itemsize
     for position in reversed(range(len(filters))):
-        if mask & (1 << position):
-            continue  # HDF5 skipped this optional filter for this chunk
         code = filters[position]
+        if mask & (1 << position):
+            # HDF5 skips only an optional filter that failed on a chunk; shuffle
+            # cannot fail and fletcher32 is mandatory, so such a mark means the
+            # (unchecksummed) chunk index is damaged.
+            if code != _FILTER_DEFLATE:
+                raise FormatError(
+                    f"{what}: a chunk is marked as stored without a filter that cannot be skipped"
+                )
+            continue
         if code == _FILTER_FLETCHER32:
             if len(data) < 4:
                 raise FormatError(f"{what}: stored chunk of {len(data)} bytes is too short for its checksum")

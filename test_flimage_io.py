@@ -1503,3 +1503,26 @@ def test_check_stops_a_looping_hdf5(
     assert fio._main(["check", str(path)]) == 1
     assert time.monotonic() - started < 30
     assert "checking took over 1 s and was stopped" in capsys.readouterr().out
+
+
+def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
+    # the filter mask lives in the chunk index, which the HDF5 1.8 format does not checksum
+    raw = blob((16, 16)).astype(np.float32)
+    stored = fio._encode_chunk(raw, fio._Codec(compress=True, level=None, shuffle=True))
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        dataset = h5.create_dataset(
+            "fluorescence/raw",
+            shape=raw.shape,
+            dtype="f4",
+            chunks=raw.shape,
+            compression="gzip",
+            shuffle=True,
+            fletcher32=True,
+        )
+        dataset.id.write_direct_chunk((0, 0), stored, 1)  # bit 0: "shuffle was skipped"
+        h5.create_group("fluorescence/bg_data")
+    with h5py.File(buffer, "r") as h5:
+        assert h5["fluorescence/raw"].id.read_direct_chunk((0, 0))[0] == 1
+    with pytest.raises(fio.FormatError, match=r"raw: a chunk is marked as stored without a filter"):
+        fio.read_image(buffer)
