@@ -51,10 +51,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "META_KEYS",
+    "NUMBER_KEYS",
+    "SEQUENCE_KEYS",
+    "TEXT_KEYS",
     "FormatError",
     "Image",
     "ImageNotFoundError",
+    "MetaValue",
     "Series",
+    "Target",
     "read_image",
     "read_series",
     "write_image",
