@@ -1323,7 +1323,7 @@ def _shuffle(chunk: npt.NDArray[Any]) -> npt.NDArray[Any]:
     flat = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
     if itemsize == 1:
         return flat
-    return np.ascontiguousarray(flat.reshape(-1, itemsize).T)
+    return np.ascontiguousarray(flat.reshape(-1, itemsize).T).reshape(-1)
 
 
 def _unshuffle(data: bytes | memoryview, itemsize: int) -> bytes | memoryview | npt.NDArray[Any]:
@@ -1360,6 +1360,60 @@ def _encode_chunk(chunk: npt.NDArray[Any], codec: _Codec) -> bytes:
     else:
         data = data.tobytes()
     return bytes(data) + _fletcher32(data).to_bytes(4, "little")
+
+
+# A chunk above this size is deflated in segments, one task each, so that one
+# big image uses every core. Segments end in a sync flush (byte-aligned, no
+# final bit), so their concatenation is one ordinary deflate stream.
+_SPLIT_BYTES = 8 << 20
+
+
+def _deflate_segment(data: Any, codec: _Codec, final: bool) -> tuple[bytes, int]:
+    """Raw deflate of one segment, and its adler32."""
+    backend = _zlib()
+    if codec.level is None:
+        encoder = backend.compressobj(1, backend.DEFLATED, -15, 8, backend.Z_RLE)
+    else:
+        encoder = backend.compressobj(codec.level, backend.DEFLATED, -15, 8, backend.Z_DEFAULT_STRATEGY)
+    out = encoder.compress(data) + encoder.flush(backend.Z_FINISH if final else backend.Z_SYNC_FLUSH)
+    return out, zlib.adler32(data)
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """adler32 of two buffers joined, from theirs (zlib's adler32_combine)."""
+    base = 65521
+    remainder = second_length % base
+    sum1 = ((first & 0xFFFF) + (second & 0xFFFF) + base - 1) % base
+    sum2 = ((remainder * (first & 0xFFFF)) + (first >> 16) + (second >> 16) + base - remainder) % base
+    return (sum2 << 16) | sum1
+
+
+class _SegmentedChunk:
+    """A chunk deflated in segments by the pool, joined into one zlib stream."""
+
+    def __init__(
+        self,
+        segments: list[concurrent.futures.Future[tuple[bytes, int]]],
+        lengths: list[int],
+        level: int | None,
+    ) -> None:
+        self._segments = segments
+        self._lengths = lengths
+        self._level = level
+
+    def result(self) -> bytes:
+        level = 1 if self._level is None else self._level
+        flags = 0x01 if level == 1 else 0x5E if level < 6 else 0x9C if level == 6 else 0xDA  # as zlib writes
+        parts = [segment.result() for segment in self._segments]
+        checksum = parts[0][1]
+        for (_, adler), length in zip(parts[1:], self._lengths[1:]):
+            checksum = _adler32_combine(checksum, adler, length)
+        stream = b"".join([bytes((0x78, flags)), *(data for data, _ in parts), checksum.to_bytes(4, "big")])
+        return stream + _fletcher32(stream).to_bytes(4, "little")
+
+    def cancel(self) -> None:
+        for segment in self._segments:
+            segment.cancel()
 
 
 def _decode_chunk(
@@ -1429,7 +1483,7 @@ class _PendingDataset(NamedTuple):
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     chunk_rows: int
-    chunks: list[concurrent.futures.Future[bytes]]
+    chunks: list[Any]  # futures of the stored bytes: concurrent.futures.Future or _SegmentedChunk
 
 
 class _PendingImage(NamedTuple):
@@ -1496,15 +1550,34 @@ class _ChunkWriter:
     def _submit(self, name: str, array: npt.NDArray[Any]) -> _PendingDataset:
         dtype = _storage_dtype(array.dtype, self._options.dtype)
         rows = _chunk_rows(array.shape, dtype.itemsize)
-        chunks = []
+        chunks: list[Any] = []
         for start in range(0, array.shape[0], rows):
             block = array[start : start + rows]
             if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
                 padded = np.zeros((rows, array.shape[1]), dtype=dtype)
                 padded[: block.shape[0]] = block
                 block = padded
-            chunks.append(self._pool.submit(_convert_and_encode, block, dtype, self._codec))
+            if (
+                self._codec.compress
+                and self._options.workers > 1
+                and block.size * dtype.itemsize > _SPLIT_BYTES
+            ):
+                chunks.append(self._submit_segments(np.ascontiguousarray(block, dtype=dtype)))
+            else:
+                chunks.append(self._pool.submit(_convert_and_encode, block, dtype, self._codec))
         return _PendingDataset(name, dtype, array.shape, rows, chunks)
+
+    def _submit_segments(self, chunk: npt.NDArray[Any]) -> _SegmentedChunk:
+        data = (_shuffle(chunk) if self._codec.shuffle else chunk).reshape(-1).view(np.uint8)
+        size = max(_SPLIT_BYTES // 2, -(-data.size // (4 * self._options.workers)))
+        bounds = [*range(0, data.size, size), data.size]
+        segments = [
+            self._pool.submit(_deflate_segment, data[low:high], self._codec, high == data.size)
+            for low, high in zip(bounds[:-1], bounds[1:])
+        ]
+        return _SegmentedChunk(
+            segments, [high - low for low, high in zip(bounds[:-1], bounds[1:])], self._codec.level
+        )
 
     def _store(self, pending: _PendingImage) -> None:
         group = pending.parent if pending.name is None else pending.parent.create_group(pending.name)

@@ -1526,3 +1526,28 @@ def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
         assert h5["fluorescence/raw"].id.read_direct_chunk((0, 0))[0] == 1
     with pytest.raises(fio.FormatError, match=r"raw: a chunk is marked as stored without a filter"):
         fio.read_image(buffer)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.binary(max_size=3000), second=st.binary(max_size=3000))
+def test_adler32_combine_matches_zlib(first: bytes, second: bytes) -> None:
+    combined = fio._adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second))
+    assert combined == zlib.adler32(first + second)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"level": 1}, {"level": 4}, {"level": 6}, {"level": 9, "shuffle": False}]
+)
+@pytest.mark.parametrize("dtype", ["float32", "uint16", "uint8", "bool"])
+def test_big_chunks_deflate_in_segments(
+    backend: str, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], dtype: str
+) -> None:
+    monkeypatch.setattr(fio, "_SPLIT_BYTES", 1000)  # a big image is too slow for a test: lower the bar
+    raw = blob((97, 61), seed=4)
+    raw = raw > 1000 if dtype == "bool" else raw.astype(dtype)
+    buffer = io.BytesIO()
+    fio.write_image(buffer, {"raw": raw, "bg_data": np.zeros_like(raw)}, dtype=None, workers=3, **options)
+    with h5py.File(buffer, "r") as h5:  # HDF5 inflates the joined stream and verifies adler32 and fletcher32
+        np.testing.assert_array_equal(h5["fluorescence/raw"][()], raw)
+        np.testing.assert_array_equal(h5["fluorescence/bg_data/data"][()], np.zeros_like(raw))
+    np.testing.assert_array_equal(fio.read_image(buffer)["raw"], raw)
