@@ -1350,13 +1350,8 @@ def _encode_chunk(chunk: npt.NDArray[Any], codec: _Codec) -> bytes:
     """Apply the pipeline shuffle -> deflate -> fletcher32, as HDF5 would."""
     data: Any = _shuffle(chunk) if codec.shuffle else np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
     if codec.compress:
-        backend = _zlib()
-        if codec.level is None:
-            # run-length deflate: on shuffled images both faster and smaller than level 1
-            encoder = backend.compressobj(1, backend.DEFLATED, 15, 8, backend.Z_RLE)
-            data = encoder.compress(data) + encoder.flush()
-        else:
-            data = backend.compress(data, codec.level)
+        encoder = _compressor(codec, 15)
+        data = encoder.compress(data) + encoder.flush()
     else:
         data = data.tobytes()
     return bytes(data) + _fletcher32(data).to_bytes(4, "little")
@@ -1368,15 +1363,21 @@ def _encode_chunk(chunk: npt.NDArray[Any], codec: _Codec) -> bytes:
 _SPLIT_BYTES = 8 << 20
 
 
-def _deflate_segment(data: Any, codec: _Codec, final: bool) -> tuple[bytes, int]:
-    """Raw deflate of one segment, and its adler32."""
+def _compressor(codec: _Codec, wbits: int) -> Any:
+    """A deflate encoder for ``codec``: wbits 15 writes a zlib stream, -15 raw deflate."""
     backend = _zlib()
     if codec.level is None:
-        encoder = backend.compressobj(1, backend.DEFLATED, -15, 8, backend.Z_RLE)
-    else:
-        encoder = backend.compressobj(codec.level, backend.DEFLATED, -15, 8, backend.Z_DEFAULT_STRATEGY)
+        # run-length deflate: on shuffled images both faster and smaller than level 1
+        return backend.compressobj(1, backend.DEFLATED, wbits, 8, backend.Z_RLE)
+    return backend.compressobj(codec.level, backend.DEFLATED, wbits, 8, backend.Z_DEFAULT_STRATEGY)
+
+
+def _deflate_segment(data: Any, codec: _Codec, final: bool) -> tuple[bytes, int, int]:
+    """Raw deflate of one segment, its adler32 and its length."""
+    encoder = _compressor(codec, -15)
+    backend = _zlib()
     out = encoder.compress(data) + encoder.flush(backend.Z_FINISH if final else backend.Z_SYNC_FLUSH)
-    return out, zlib.adler32(data)
+    return out, zlib.adler32(data), len(data)
 
 
 def _adler32_combine(first: int, second: int, second_length: int) -> int:
@@ -1392,23 +1393,18 @@ class _SegmentedChunk:
     """A chunk deflated in segments by the pool, joined into one zlib stream."""
 
     def __init__(
-        self,
-        segments: list[concurrent.futures.Future[tuple[bytes, int]]],
-        lengths: list[int],
-        level: int | None,
+        self, segments: list[concurrent.futures.Future[tuple[bytes, int, int]]], codec: _Codec
     ) -> None:
         self._segments = segments
-        self._lengths = lengths
-        self._level = level
+        self._codec = codec
 
     def result(self) -> bytes:
-        level = 1 if self._level is None else self._level
-        flags = 0x01 if level == 1 else 0x5E if level < 6 else 0x9C if level == 6 else 0xDA  # as zlib writes
+        header = _compressor(self._codec, 15).flush()[:2]  # the 2-byte zlib header zlib writes
         parts = [segment.result() for segment in self._segments]
         checksum = parts[0][1]
-        for (_, adler), length in zip(parts[1:], self._lengths[1:]):
+        for _, adler, length in parts[1:]:
             checksum = _adler32_combine(checksum, adler, length)
-        stream = b"".join([bytes((0x78, flags)), *(data for data, _ in parts), checksum.to_bytes(4, "big")])
+        stream = b"".join([header, *(data for data, _, _ in parts), checksum.to_bytes(4, "big")])
         return stream + _fletcher32(stream).to_bytes(4, "little")
 
     def cancel(self) -> None:
@@ -1575,9 +1571,7 @@ class _ChunkWriter:
             self._pool.submit(_deflate_segment, data[low:high], self._codec, high == data.size)
             for low, high in zip(bounds[:-1], bounds[1:])
         ]
-        return _SegmentedChunk(
-            segments, [high - low for low, high in zip(bounds[:-1], bounds[1:])], self._codec.level
-        )
+        return _SegmentedChunk(segments, self._codec)
 
     def _store(self, pending: _PendingImage) -> None:
         group = pending.parent if pending.name is None else pending.parent.create_group(pending.name)
