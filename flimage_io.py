@@ -671,9 +671,7 @@ class _WriteTarget:
         self._group: Any = None  # the group written to, once open
         self._members_before: set[str] | None = None  # set when writing into existing data
         self._attrs_before: set[str] = set()
-        self._raw: Any = None
-        self._opened_raw = False
-        self._token: contextvars.Token[_HeapGuard | None] | None = None
+        self._guard: _GuardScope | None = None
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
@@ -707,9 +705,7 @@ class _WriteTarget:
             self._members_before = set(self._group)
             self._attrs_before = set(self._group.attrs)
             # existing text meta data are read (identifiers): guard them as reads do
-            self._raw, self._opened_raw = _raw_handle(self._file_obj or self._path or self._group)
-            if self._raw is not None:
-                self._token = _HEAP_GUARD.set(_HeapGuard(self._raw, _where(self._group)))
+            self._guard = _GuardScope(self._file_obj or self._path or self._group, _where(self._group))
         return self._group
 
     def _open(self) -> Any:
@@ -730,10 +726,8 @@ class _WriteTarget:
         return h5py.File(handle, "w", libver=_LIBVER)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._token is not None:
-            _HEAP_GUARD.reset(self._token)
-        if self._opened_raw:
-            self._raw.close()
+        if self._guard is not None:
+            self._guard.close()
         try:
             if exc_type is not None and self._members_before is not None:
                 self._undo()
@@ -862,14 +856,11 @@ class _ReadSource:
         self._h5file = h5file
         self._file: Any = None
         self._where = "?"
-        self._raw: Any = None  # a binary handle on the file's bytes, for _HeapGuard
-        self._opened_raw = False
-        self._token: contextvars.Token[_HeapGuard | None] | None = None
+        self._guard: _GuardScope | None = None
 
     def __enter__(self) -> tuple[Any, str]:
         group, where = self._open()
-        if self._raw is not None:
-            self._token = _HEAP_GUARD.set(_HeapGuard(self._raw, where))
+        self._guard = _GuardScope(self._h5file, where)
         return group, where
 
     def _open(self) -> tuple[Any, str]:
@@ -878,7 +869,6 @@ class _ReadSource:
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
             self._where = h5file.file.filename
-            self._raw, self._opened_raw = _raw_handle(h5file)
             return h5file, self._where
         if _is_path(h5file):
             path = os.fspath(h5file)
@@ -903,14 +893,11 @@ class _ReadSource:
                 f"{where} is not a readable HDF5 file (empty, truncated or another format): {exc}"
             ) from None
         self._where = where
-        self._raw, self._opened_raw = _raw_handle(h5file)
         return self._file, where
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._token is not None:
-            _HEAP_GUARD.reset(self._token)
-        if self._opened_raw:
-            self._raw.close()
+        if self._guard is not None:
+            self._guard.close()
         if self._file is not None:
             self._file.close()
         if (
@@ -920,6 +907,20 @@ class _ReadSource:
         ):
             # h5py reports damaged metadata as OSError, RuntimeError, KeyError, ...
             raise FormatError(f"{self._where} cannot be read, the file is damaged: {exc}") from exc
+
+
+class _GuardScope:
+    """Guards text reads (see _HeapGuard) over the bytes of ``h5file`` until closed."""
+
+    def __init__(self, h5file: Any, where: str) -> None:
+        self._handle, self._opened = _raw_handle(h5file)
+        self._token = None if self._handle is None else _HEAP_GUARD.set(_HeapGuard(self._handle, where))
+
+    def close(self) -> None:
+        if self._token is not None:
+            _HEAP_GUARD.reset(self._token)
+        if self._opened:
+            self._handle.close()
 
 
 def _raw_handle(h5file: Any) -> tuple[Any, bool]:
