@@ -14,28 +14,49 @@ takes, and the same for :func:`read_series` / :func:`write_series`.
 
 This module is self-contained: copy ``flimage_io.py`` into a project as is.
 If the optional ``zlib-ng`` package is installed it is used for (de)compression,
-otherwise the standard library's ``zlib``; both write the same standard
-deflate streams that every HDF5 install reads.
+otherwise the standard library's ``zlib``; both write standard deflate streams.
+
+Sections, in order:
+
+1. Public API: the types, the errors and the four functions.
+2. Argument checks: turn what the caller passes into what is stored, or refuse it.
+3. Opening: one way in (``_open_read``) and one way out (``_open_write``) for
+   paths, file objects and groups, with locks and the atomic replace.
+4. Layout: find the images of a series and read their meta data.
+5. Chunks: HDF5's shuffle, deflate and fletcher32 filters, and the ordered
+   thread pipeline that runs them.
+6. Storing and loading: images to and from HDF5 groups through that pipeline.
+7. Lazy series: a sequence of images that reads on access.
+8. Command line: demo, check, info, preview.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import concurrent.futures
-import contextvars
+import contextlib
+import datetime
 import difflib
+import errno
+import functools
+import io
 import itertools
 import math
 import numbers
 import os
 import re
+import secrets
+import stat
+import struct
 import sys
-import tempfile
+import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import IO, Any, NamedTuple, TypedDict, Union
+from typing import IO, Any, NamedTuple, TypedDict, TypeVar, Union
 
 import h5py
 import numpy as np
@@ -47,7 +68,7 @@ try:  # optional accelerator, ``pip install "flimage_io[fast]"``
 except ImportError:  # pragma: no cover - depends on the environment
     _zlib_ng = None
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "META_KEYS",
@@ -60,11 +81,16 @@ __all__ = [
     "MetaValue",
     "Series",
     "Target",
+    "UnknownMetaWarning",
     "read_image",
     "read_series",
     "write_image",
     "write_series",
 ]
+
+# ---------------------------------------------------------------------------
+# 1. public API
+# ---------------------------------------------------------------------------
 
 #: Meta data keys that hold real numbers (stored as float64), with their unit.
 NUMBER_KEYS: dict[str, str] = {
@@ -105,10 +131,14 @@ class Image(TypedDict):
 
 
 class Series(TypedDict):
-    """A series as :func:`read_series` returns it and :func:`write_series` takes it."""
+    """A series as :func:`read_series` returns it and :func:`write_series` takes it.
+
+    ``images`` is a list, or with ``lazy=True`` a read-only sequence of
+    read-only mappings with the same keys as :class:`Image`.
+    """
 
     identifier: str | None
-    images: list[Image]
+    images: Sequence[Image]
 
 
 class FormatError(ValueError):
@@ -129,16 +159,20 @@ class ImageNotFoundError(_KeyError, IndexError):
     """
 
 
-# ---------------------------------------------------------------------------
-# public API
-# ---------------------------------------------------------------------------
+class UnknownMetaWarning(UserWarning):
+    """A file holds attributes that are not among the 16 meta data keys.
+
+    Older ``flimage`` releases wrote ``wavelength``, ``medium index`` and
+    ``sim index``; other tools add their own. The pixels and the known keys
+    are read; the unknown attributes are left out of ``meta``.
+    """
 
 
 def write_image(
     h5file: Target,
-    image: Mapping[str, Any],
+    image: Mapping[str, Any] | npt.NDArray[Any],
     *,
-    dtype: npt.DTypeLike = "float32",
+    dtype: npt.DTypeLike | None = None,
     compression: str | None = "gzip",
     level: int | None = None,
     shuffle: bool = True,
@@ -149,21 +183,24 @@ def write_image(
     Parameters
     ----------
     h5file
-        A path (created, or replaced whole and atomically), a binary file
-        object opened for writing, or an open, writable ``h5py.Group`` that
-        does not yet hold an image or series.
+        A path (created, or replaced whole and atomically; a symlink's target
+        is replaced), a binary file object opened ``"w+b"`` or ``"r+b"``
+        (replaced whole, not atomically), or an open, writable ``h5py.Group``
+        that does not yet hold an image or series.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None,
-        "meta": {key: value} | None}``; only ``raw`` is required.
+        "meta": {key: value} | None}``; only ``raw`` is required. A bare 2-D
+        array means ``{"raw": array}``.
     dtype
-        Storage dtype of the image datasets (default ``float32``, as
-        ``flimage``); ``None`` keeps each array's dtype. Boolean arrays stay
-        boolean. Integer storage of float data is refused.
+        ``None`` (default): every array is stored with its own dtype, so every
+        value comes back exactly. ``"float32"`` stores what ``flimage`` stores
+        (integers it cannot hold exactly and finite values it would turn into
+        inf are refused). Boolean arrays stay boolean.
     compression
         ``"gzip"`` (deflate, read by every HDF5 install) or ``None``.
     level
-        ``None`` (default): fast run-length deflate, smaller and 3x faster
-        than level 1 on shuffled images. ``1`` to ``9``: a zlib level
+        ``None`` (default): fast run-length deflate, smaller and faster than
+        level 1 on shuffled images. ``1`` to ``9``: a zlib level
         (``level=9, shuffle=False`` are ``flimage``'s own settings).
     shuffle
         Apply HDF5's byte shuffle filter before compression.
@@ -174,8 +211,11 @@ def write_image(
     ------
     TypeError, ValueError, KeyError
         For invalid arguments or image contents, before the disk is touched.
+    BlockingIOError
+        The path is in use by another process (after waiting a few seconds).
     OSError
-        When the target cannot be written.
+        When the target cannot be written (``PermissionError`` for a
+        write-protected file, errno ``ENOSPC`` for a full disk).
 
     Examples
     --------
@@ -184,10 +224,9 @@ def write_image(
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
     checked = _check_image(image, options.dtype, "image")
-    with _WriteTarget(h5file, append=False) as group:
+    with _open_write(h5file, append=False) as (group, _):
         _refuse_occupied(group, series=False)
-        with _ChunkWriter(options) as writer:
-            writer.add_image(group, None, checked)
+        _store_images(group, [(None, checked)], options)
 
 
 def read_image(h5file: Target, index: int | str | None = None, *, workers: int | None = None) -> Image:
@@ -200,7 +239,8 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     index
         ``None`` for an FLImage file. For an FLSeries file: the position of
         the image (an int, negative counts from the end) or its identifier
-        (a str). Only that image is read.
+        (a str). Only that image is read, so ``index=-1`` follows a series
+        that another process is appending to.
     workers
         Threads that decode chunks (default: the CPUs available).
 
@@ -209,19 +249,26 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     Image
         ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}``;
         numbers in ``meta`` are ``float``, text is ``str``, ``sim center`` a
-        tuple of floats.
+        tuple of floats. Arrays have the dtype they were stored with.
 
     Raises
     ------
     FileNotFoundError
         The path does not exist.
     FormatError
-        The file is not HDF5, is damaged, or holds another layout (e.g. a
-        series read without ``index``).
+        The file is not HDF5, is damaged, points outside itself, or holds
+        another layout (e.g. a series read without ``index``).
     ImageNotFoundError
         ``index`` names no image of the series.
     TypeError
         ``index`` is neither int, str nor None.
+    BlockingIOError
+        The path is being written by another process (after a few seconds).
+
+    Warns
+    -----
+    UnknownMetaWarning
+        The image has attributes beyond the 16 meta data keys.
 
     Examples
     --------
@@ -232,38 +279,37 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     """
     if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
         index = int(index)  # numpy integers too
-    elif index is not None and not isinstance(index, str):
+    elif isinstance(index, str):
+        index = str(index)
+    elif index is not None:
         raise TypeError(f"index must be an int, a str or None, not {type(index).__name__}")
     workers = _check_workers(workers)
-    with _ReadSource(h5file) as (group, source):
-        where = _at(source, group)
-        kind = _layout_of(group, where)
-        if kind == "image":
+    unknown: list[tuple[str, str]] = []
+    with _open_read(h5file) as (group, label):
+        if _layout_of(group, label) == "image":
             if index is not None:
                 raise FormatError(
-                    f"{where} holds a single FLImage, not an FLSeries: "
+                    f"{label} holds a single FLImage, not an FLSeries: "
                     f"read it with index=None, not index={index!r}"
                 )
-            image_group = group
+            names: list[str | None] = [None]
         else:
             if index is None:
-                count = len(_series_names(group, where))
                 raise FormatError(
-                    f"{where} holds an FLSeries of {count} images, not an FLImage: pass "
-                    "index=<position or identifier> to read one image, or use read_series"
+                    f"{label} holds an FLSeries of {_series_length(group, label)} images, not an FLImage: "
+                    "pass index=<position or identifier> to read one image, or use read_series"
                 )
-            name = _find_image(group, source, index)
-            image_group = group[name]
-        with _ChunkReader(workers) as reader:
-            pending = reader.read_image(image_group, source)
-            return pending.result()
+            names = [f"fli_{_select(group, label, [index])[0]}"]
+        (image,) = _load_images(group, label, names, workers, unknown)
+    _warn_unknown(unknown)
+    return image
 
 
 def write_series(
     h5file: Target,
     series: Mapping[str, Any],
     *,
-    dtype: npt.DTypeLike = "float32",
+    dtype: npt.DTypeLike | None = None,
     compression: str | None = "gzip",
     level: int | None = None,
     shuffle: bool = True,
@@ -276,32 +322,34 @@ def write_series(
     ----------
     h5file
         A path (created, or replaced whole and atomically), a binary file
-        object opened for writing, or an open, writable ``h5py.Group`` that
-        does not yet hold an image or series (e.g. ``f.create_group("flseries")``).
+        object opened ``"w+b"`` or ``"r+b"``, or an open, writable
+        ``h5py.Group`` that does not yet hold an image or series.
     series
-        ``{"identifier": str | None, "images": iterable of images}``. The
-        images may come from a generator: it is consumed once, and only a few
-        images are held in memory at a time. Image identifiers
-        (``meta["identifier"]``) must be unique.
+        ``{"identifier": str | None, "images": iterable of images}``. An image
+        is a dict as for :func:`write_image` or a bare 2-D array; ``images``
+        may be a 3-D array, a generator (consumed once, with only a few images
+        in memory), or the lazy sequence of ``read_series(..., lazy=True)``.
+        Each image is stored as it was when it was yielded, so a camera may
+        reuse its buffer. Image identifiers must be unique.
     dtype, compression, level, shuffle, workers
         As for :func:`write_image`.
     append
-        Add the images after the last ``fli_N`` of the series already in
-        ``h5file`` (a path, file object or group; created when missing or
-        empty). The cost is that of the new images; when they carry
-        identifiers, the existing identifiers are read once to keep all
-        unique. ``series["identifier"]`` must be None or match the file's.
-        Appending to a path changes the file in place (not atomically): if
-        the call fails, the images it added are removed again.
+        Add the images after the last ``fli_N`` of the series in ``h5file``
+        (created when missing or empty; two processes appending to a missing
+        path both land). ``series["identifier"]`` must be None or match the
+        file's. A failed append (a bad image, a full disk, an interrupt)
+        leaves the series exactly as it was.
 
     Raises
     ------
     TypeError, ValueError, KeyError
         For invalid arguments or images. An invalid image found while the
-        images are consumed removes what was written: a path is left as it
-        was before the call, a group as it was.
+        images are consumed undoes the call: a path or file object is left as
+        it was (a file object written without ``append`` is not restored).
     FormatError
         ``append=True`` and the target holds an FLImage or another layout.
+    BlockingIOError
+        The path is in use by another process (after waiting a few seconds).
     OSError
         When the target cannot be written.
 
@@ -315,69 +363,44 @@ def write_series(
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {type(append).__name__}")
     identifier, images = _check_series(series)
-    with _WriteTarget(h5file, append=append) as group:
+    # the first image is checked before the target is touched (a file object is truncated)
+    first = next(images, None)
+    first_checked = None if first is None else _check_image(first, options.dtype, "series['images'][0]")
+    with _open_write(h5file, append=append) as (group, label):
         if append:
-            start = _prepare_append(group, identifier)
+            start = _prepare_append(group, label, identifier)
         else:
             _refuse_occupied(group, series=True)
             start = 0
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
-        with _ChunkWriter(options) as writer:
-            for position, image in enumerate(images, start):
-                what = f"series['images'][{position - start}]"
-                checked = _check_image(image, options.dtype, what)
-                ident = checked.meta.get("identifier")
-                if isinstance(ident, str):
-                    if seen is None:
-                        seen = _identifiers(group, start)
-                    if ident in seen:
-                        raise ValueError(
-                            f"{what} has identifier {ident!r}, already used by fli_{seen[ident]}; "
-                            "identifiers must be unique within a series"
-                        )
-                    seen[ident] = position
-                writer.add_image(group, f"fli_{position}", checked)
+        _store_images(group, _numbered(group, start, first_checked, images, options), options)
 
 
-def _prepare_append(group: Any, identifier: str | None) -> int:
-    """Check that a group holds a series to append to; return its length."""
-    where = _where(group)
-    if len(group):
-        if _layout_of(group, where) == "image":
-            raise FormatError(f"{where} holds an FLImage, not an FLSeries: cannot append images to it")
-        count = _series_length(group, where)
-    else:
-        count = 0
-    if identifier is not None and "identifier" in group.attrs:
-        existing = _read_text_attr(group, "identifier", where)
-        if existing != identifier:
-            raise ValueError(
-                f"series['identifier'] is {identifier!r}, but the series in {where} is {existing!r}; "
-                "pass None to keep it"
-            )
-    return count
-
-
-def _identifiers(group: Any, count: int) -> dict[str, int]:
-    """Identifier -> position of the first ``count`` images of a series."""
-    found: dict[str, int] = {}
-    source = group.file.filename
-    for position in range(count):
-        identifier = _identifier_of(group, f"fli_{position}", source)
-        if identifier is not None:
-            found.setdefault(identifier, position)
-    return found
-
-
-def read_series(h5file: Target, *, workers: int | None = None) -> Series:
-    """Read every image of an FLSeries file, in numeric order.
+def read_series(
+    h5file: Target,
+    index: slice | range | Sequence[int | str] | None = None,
+    *,
+    lazy: bool = False,
+    workers: int | None = None,
+) -> Series:
+    """Read the images of an FLSeries file, in numeric order.
 
     Parameters
     ----------
     h5file
         A path, a binary file object, or an open ``h5py.Group`` holding a series.
+    index
+        ``None`` for every image; a ``slice`` or ``range`` of positions; or a
+        sequence of positions (negative count from the end) and identifiers,
+        read in the order given. Only the named images are read.
+    lazy
+        Return at once: ``series["images"]`` is then a read-only sequence
+        whose ``len()`` reads nothing, whose images read their ``"meta"``
+        without pixels and their arrays on first access, and whose iteration
+        reads ahead on the worker threads, a few images at a time. It holds
+        no open file between accesses, so it pickles (for a path) and
+        survives forks; for a group target the caller keeps the group open.
     workers
         Threads that decode chunks (default: the CPUs available).
 
@@ -392,35 +415,45 @@ def read_series(h5file: Target, *, workers: int | None = None) -> Series:
     FileNotFoundError
         The path does not exist.
     FormatError
-        The file is not HDF5, is damaged, holds an FLImage, another layout,
-        or a gap in the ``fli_`` numbering.
+        The file is not HDF5, is damaged, points outside itself, holds an
+        FLImage, another layout, or a gap in the ``fli_`` numbering.
+    ImageNotFoundError
+        ``index`` names positions or identifiers the series lacks.
+
+    Warns
+    -----
+    UnknownMetaWarning
+        Images have attributes beyond the 16 meta data keys.
 
     Examples
     --------
     >>> import numpy as np, io
     >>> f = io.BytesIO()
-    >>> write_series(f, {"identifier": None, "images": [{"raw": np.eye(2)}] * 2})
-    >>> len(read_series(f)["images"])
-    2
+    >>> write_series(f, {"identifier": None, "images": [np.eye(2)] * 3})
+    >>> len(read_series(f, lazy=True)["images"]), len(read_series(f, [0, -1])["images"])
+    (3, 2)
     """
     workers = _check_workers(workers)
-    with _ReadSource(h5file) as (group, source):
-        where = _at(source, group)
-        if _layout_of(group, where) == "image":
-            raise FormatError(f"{where} holds a single FLImage, not an FLSeries: read it with read_image")
-        names = _series_names(group, where)
-        identifier = _read_text_attr(group, "identifier", where) if "identifier" in group.attrs else None
-        with _ChunkReader(workers) as reader:
-            pending = [reader.read_image(group[name], source) for name in names]
-            images = [p.result() for p in pending]
+    selection = _check_selection(index)
+    if not isinstance(lazy, bool):
+        raise TypeError(f"lazy must be True or False, not {type(lazy).__name__}")
+    unknown: list[tuple[str, str]] = []
+    with _open_read(h5file) as (group, label):
+        if _layout_of(group, label) == "image":
+            raise FormatError(f"{label} holds a single FLImage, not an FLSeries: read it with read_image")
+        identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+        positions = _select(group, label, selection)
+        if lazy:
+            images: Sequence[Image] = _LazyImages(h5file, positions, workers)
+        else:
+            images = list(_load_images(group, label, [f"fli_{p}" for p in positions], workers, unknown))
+    _warn_unknown(unknown)
     return {"identifier": identifier, "images": images}
 
 
 # ---------------------------------------------------------------------------
-# argument checks
+# 2. argument checks
 # ---------------------------------------------------------------------------
-
-_STORABLE_KINDS = "biuf"
 
 
 class _Options(NamedTuple):
@@ -432,7 +465,7 @@ class _Options(NamedTuple):
 
 
 class _CheckedImage(NamedTuple):
-    raw: npt.NDArray[Any]
+    raw: npt.NDArray[Any]  # a private copy in the storage dtype
     bg_data: dict[str, npt.NDArray[Any]]
     meta: dict[str, Any]
 
@@ -443,15 +476,19 @@ def _check_workers(workers: int | None) -> int:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # pragma: no cover - not on Linux
             return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int):
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
         raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
-    return workers
+    return int(workers)
 
 
 def _check_options(
-    dtype: npt.DTypeLike, compression: str | None, level: int | None, shuffle: bool, workers: int | None
+    dtype: npt.DTypeLike | None,
+    compression: str | None,
+    level: int | None,
+    shuffle: bool,
+    workers: int | None,
 ) -> _Options:
     storage: np.dtype[Any] | None = None
     if dtype is not None:
@@ -459,7 +496,11 @@ def _check_options(
             storage = np.dtype(dtype)
         except TypeError as exc:
             raise TypeError(f"dtype {dtype!r} is not a numpy dtype: {exc}") from None
-        _check_storable(storage, "dtype")
+        if not _storable(storage):
+            raise TypeError(
+                "dtype must be a real numeric or bool dtype (bool, int8-64, uint8-64, "
+                f"float16/32/64) or None, not {storage}"
+            )
     if compression not in ("gzip", None):
         raise ValueError(
             f"compression must be 'gzip' or None, not {compression!r} "
@@ -477,12 +518,9 @@ def _check_options(
     return _Options(storage, compression == "gzip", level, shuffle, _check_workers(workers))
 
 
-def _check_storable(dtype: np.dtype[Any], what: str) -> None:
-    if dtype.kind not in _STORABLE_KINDS or dtype.itemsize > 8:
-        raise TypeError(
-            f"{what} must be a real numeric or bool dtype (bool, int8-64, uint8-64, "
-            f"float16/32/64), not {dtype}"
-        )
+def _storable(dtype: np.dtype[Any]) -> bool:
+    """Real numbers or bools of at most 8 bytes: what the layout holds."""
+    return dtype.kind in "biuf" and dtype.itemsize <= 8
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:
@@ -490,47 +528,80 @@ def _suggest(name: str, valid: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _check_array(
-    value: Any, storage: np.dtype[Any] | None, what: str, shape: tuple[int, ...] | None
-) -> npt.NDArray[Any]:
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{what} must be a 2-D numeric array, not {type(value).__name__}")
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not an array: {exc}") from None
-    if array.dtype.kind not in _STORABLE_KINDS or array.dtype.itemsize > 8:
-        raise TypeError(f"{what} must hold real numbers or bools, but has dtype {array.dtype}")
-    if shape is None:
-        if array.ndim != 2:
-            raise ValueError(f"{what} must be 2-D, but has shape {array.shape}")
-        if array.size == 0:
-            raise ValueError(f"{what} must not be empty, but has shape {array.shape}")
-    elif array.shape != shape:
-        raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {array.shape}")
-    target = _storage_dtype(array.dtype, storage)
-    if target.kind in "iu" and array.dtype.kind == "f":
-        raise TypeError(
-            f"{what} holds {array.dtype} values; storing them as {target} would truncate "
-            "them: pass dtype=None or a float dtype, or convert the array yourself"
-        )
-    if target.kind in "iu" and array.dtype.kind in "iu" and not np.can_cast(array.dtype, target):
-        info = np.iinfo(target)
-        low, high = int(array.min()), int(array.max())
-        if low < info.min or high > info.max:
-            raise ValueError(
-                f"{what} holds values from {low} to {high}, outside the range of "
-                f"the storage dtype {target} ({info.min} to {info.max})"
-            )
-    return array
-
-
 def _storage_dtype(source: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dtype[Any]:
-    """The dtype an array is stored with: bool stays bool, like ``flimage``."""
+    """The dtype an array is stored with: its own or the one asked for, little-endian;
+    bool stays bool, like ``flimage``."""
     if source.kind == "b":
         return np.dtype(bool)
     chosen = source if storage is None else storage
     return chosen.newbyteorder("<") if chosen.itemsize > 1 else chosen
+
+
+def _check_array(
+    value: Any, storage: np.dtype[Any] | None, what: str, shape: tuple[int, ...] | None
+) -> npt.NDArray[Any]:
+    """A private copy of ``value`` in its storage dtype, or a clear error.
+
+    Copied while the caller waits, so a camera may refill its buffer as soon
+    as the next image is asked for; the checks see exactly what is stored.
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{what} must be a 2-D numeric array, not {type(value).__name__}")
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)")
+    try:
+        source = np.array(value, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not an array: {exc}") from None
+    if not _storable(source.dtype):
+        raise TypeError(f"{what} must hold real numbers or bools, but has dtype {source.dtype}")
+    if shape is None:
+        if source.ndim != 2:
+            raise ValueError(f"{what} must be 2-D, but has shape {source.shape}")
+        if source.size == 0:
+            raise ValueError(f"{what} must not be empty, but has shape {source.shape}")
+    elif source.shape != shape:
+        raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {source.shape}")
+    target = _storage_dtype(source.dtype, storage)
+    if source.shape[-1] * target.itemsize > _MAX_CHUNK_BYTES:
+        raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {source.shape})")
+    if target == source.dtype:
+        return source
+    if target.kind in "iu":
+        if source.dtype.kind == "f":
+            raise TypeError(
+                f"{what} holds {source.dtype} values; storing them as {target} would truncate "
+                "them: pass dtype=None or a float dtype, or convert the array yourself"
+            )
+        if not np.can_cast(source.dtype, target):
+            info = np.iinfo(target)
+            low, high = int(source.min()), int(source.max())
+            if low < info.min or high > info.max:
+                raise ValueError(
+                    f"{what} holds values from {low} to {high}, outside the range of "
+                    f"the storage dtype {target} ({info.min} to {info.max}): pass dtype=None"
+                )
+        return source.astype(target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = source.astype(target)
+        if source.dtype.kind in "iu":
+            # exact only up to 2**(mantissa bits + 1); above it, check the values themselves
+            limit = 2 ** (np.finfo(target).nmant + 1)
+            big = np.abs(source.astype(np.float64)) > limit
+            if big.any() and not np.array_equal(stored[big].astype(source.dtype), source[big]):
+                wrong = source[big][stored[big].astype(source.dtype) != source[big]][0]
+                raise ValueError(
+                    f"{what} holds the integer {int(wrong)}, which {target} cannot represent exactly: "
+                    "pass dtype=None (or float64) to keep every value"
+                )
+        elif source.dtype.kind == "f":
+            overflow = np.isinf(stored) & np.isfinite(source)
+            if overflow.any():
+                raise ValueError(
+                    f"{what} holds the finite value {source[overflow][0]!r}, which becomes inf in "
+                    f"{target}: pass dtype=None (or float64) to keep every value"
+                )
+    return stored
 
 
 def _check_meta(meta: Any, what: str) -> dict[str, Any]:
@@ -543,52 +614,61 @@ def _check_meta(meta: Any, what: str) -> dict[str, Any]:
     for key, value in meta.items():
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be str, not {type(key).__name__} ({key!r})")
+        key = str(key)
+        where = f"{what}[{key!r}]"
         if key not in META_KEYS:
             raise _KeyError(
                 f"{what} has the unknown key {key!r}{_suggest(key, META_KEYS)} "
                 f"(valid keys: {', '.join(sorted(META_KEYS))})"
             )
         if key in NUMBER_KEYS:
-            if not _is_real_number(value):
-                raise TypeError(
-                    f"{what}[{key!r}] must be a real number, not {type(value).__name__} ({value!r})"
-                )
-            checked[key] = float(value)
+            checked[key] = _check_number(value, where)
         elif key in TEXT_KEYS:
-            checked[key] = _check_text(value, f"{what}[{key!r}]")
+            if key == "date" and type(value) is datetime.date:
+                value = value.isoformat()
+            checked[key] = _check_text(value, where)
         else:
             if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
                 raise TypeError(
-                    f"{what}[{key!r}] must be a sequence of numbers, not {type(value).__name__} ({value!r})"
+                    f"{where} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
                 )
-            items = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value)
-            if (isinstance(value, np.ndarray) and value.ndim != 1) or not all(map(_is_real_number, items)):
-                raise TypeError(f"{what}[{key!r}] must be a flat sequence of real numbers, not {value!r}")
-            checked[key] = np.array([float(v) for v in items], dtype=np.float64)
+            if isinstance(value, np.ndarray) and value.ndim != 1:
+                raise TypeError(f"{where} must be a flat sequence of numbers, but has shape {value.shape}")
+            checked[key] = np.array([_check_number(v, where) for v in value], dtype=np.float64)
     checked.setdefault("flimage version", f"flimage_io {__version__}")
     checked.setdefault("qpimage version", f"flimage_io {__version__}")
     return checked
 
 
+def _check_number(value: Any, what: str) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a real number, not {type(value).__name__} ({value!r})")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is {value!r}, too large for a float64") from None
+
+
 def _check_text(value: Any, what: str, expected: str = "a str") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be {expected}, not {type(value).__name__} ({value!r})")
-    if "\x00" in value:
-        raise ValueError(f"{what} contains a NUL character, which HDF5 strings cannot hold: {value!r}")
+    text = str(value)  # numpy's str_ too
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character, which HDF5 strings cannot hold: {text!r}")
     try:
-        value.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode text ({exc}): {value!r}") from None
-    return value
-
-
-def _is_real_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+        raise ValueError(f"{what} is not valid Unicode text ({exc}): {text!r}") from None
+    return text
 
 
 def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _CheckedImage:
+    if isinstance(image, np.ndarray):
+        image = {"raw": image}
     if not isinstance(image, Mapping):
-        raise TypeError(f"{what} must be a dict with 'raw', 'bg_data', 'meta', not {type(image).__name__}")
+        raise TypeError(
+            f"{what} must be a dict with 'raw', 'bg_data', 'meta' or a 2-D array, not {type(image).__name__}"
+        )
     for key in image:
         if key not in ("raw", "bg_data", "meta"):
             raise _KeyError(
@@ -600,14 +680,14 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
     raw = _check_array(image["raw"], storage, f"{what}['raw']", None)
     bg_value = image.get("bg_data")
     bg_data: dict[str, npt.NDArray[Any]] = {}
-    if bg_value is None:
-        pass
-    elif isinstance(bg_value, Mapping):
+    if isinstance(bg_value, Mapping):
         for name, array in bg_value.items():
-            if not isinstance(name, str) or not name or "/" in name or name == ".":
-                raise ValueError(f"{what}['bg_data'] has the invalid dataset name {name!r}")
+            label = f"{what}['bg_data'] name {name!r}"
+            name = _check_text(name, label)
+            if not name or "/" in name or name == ".":
+                raise ValueError(f"{label} is no valid dataset name (empty, '.' or with '/')")
             bg_data[name] = _check_array(array, storage, f"{what}['bg_data'][{name!r}]", raw.shape)
-    else:
+    elif bg_value is not None:
         bg_data["data"] = _check_array(bg_value, storage, f"{what}['bg_data']", raw.shape)
     meta = _check_meta(image.get("meta"), f"{what}['meta']")
     return _CheckedImage(raw, bg_data, meta)
@@ -628,213 +708,503 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
     if identifier is not None:
         identifier = _check_text(identifier, "series['identifier']", "a str or None")
     images = series["images"]
-    if isinstance(images, (str, bytes, Mapping, np.ndarray)) or not isinstance(images, Iterable):
-        raise TypeError(f"series['images'] must be an iterable of image dicts, not {type(images).__name__}")
+    if isinstance(images, np.ndarray) and images.ndim != 3:
+        raise ValueError(f"series['images'] as an array must be 3-D (a stack of images), not {images.shape}")
+    if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Iterable):
+        raise TypeError(f"series['images'] must be an iterable of images, not {type(images).__name__}")
     return identifier, iter(images)
 
 
+def _check_selection(index: Any) -> slice | range | list[int | str] | None:
+    if index is None or isinstance(index, (slice, range)):
+        return index
+    if isinstance(index, (str, bytes, numbers.Integral)) or not isinstance(index, (Sequence, np.ndarray)):
+        raise TypeError(
+            "index must be None, a slice, a range or a list of positions and identifiers, "
+            f"not {type(index).__name__} {index!r} (read one image with read_image)"
+        )
+    chosen: list[int | str] = []
+    for item in index:
+        if isinstance(item, numbers.Integral) and not isinstance(item, (bool, np.bool_)):
+            chosen.append(int(item))
+        elif isinstance(item, str):
+            chosen.append(str(item))
+        else:
+            raise TypeError(f"index items must be ints or strs, not {type(item).__name__} {item!r}")
+    return chosen
+
+
 # ---------------------------------------------------------------------------
-# opening targets
+# 3. opening: one way in, one way out
 # ---------------------------------------------------------------------------
 
-_TEMP_SUFFIX = ".flimage_io-tmp"
 # The HDF5 1.8 file format checksums object headers (the attributes and links),
 # so damaged meta data raises instead of reading as other values; readable by
 # every HDF5 since 1.8 (2008). Not 1.10: its superblock marks a file open for
 # writing, and a process killed while appending would leave the file refused.
 _LIBVER = ("v108", "v108")
+_TEMP_SUFFIX = ".fio~"
 _STALE_SECONDS = 60.0
+_LOCK_WAIT = 5.0  # seconds a call waits for a file another process holds
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - not POSIX: no advisory locks
+    _fcntl = None  # type: ignore[assignment]
 
 
 def _is_path(h5file: Any) -> bool:
     return isinstance(h5file, (str, os.PathLike))
 
 
-def _is_fileobj(h5file: Any) -> bool:
-    return all(hasattr(h5file, name) for name in ("read", "seek", "tell"))
+def _fileobj_name(handle: Any) -> str:
+    name = getattr(handle, "name", None)
+    return name if isinstance(name, str) else f"<{type(handle).__name__}>"
 
 
-class _WriteTarget:
-    """Yields a writable group and makes a failed write leave no trace.
+def _check_fileobj(handle: Any, *, write: bool, read: bool = True) -> None:
+    """Refuse file objects HDF5 cannot use, before anything is read or written."""
+    if not all(hasattr(handle, name) for name in ("read", "seek", "tell")):
+        raise TypeError(
+            f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle).__name__}"
+        )
+    name = _fileobj_name(handle)
+    if isinstance(handle, io.TextIOBase) or "b" not in str(getattr(handle, "mode", "b")) + "b" * isinstance(
+        getattr(handle, "mode", ""), int
+    ):
+        raise TypeError(f"{name} is opened in text mode; open it in binary mode ('rb', 'r+b' or 'w+b')")
+    if getattr(handle, "closed", False):
+        raise ValueError(f"{name} is closed")
+    if "a" in str(getattr(handle, "mode", "")):
+        raise ValueError(f"{name} is opened in append mode, where every write goes to the end: open it 'r+b'")
+    readable = getattr(handle, "readable", lambda: True)()
+    if write and (not hasattr(handle, "write") or not getattr(handle, "writable", lambda: True)()):
+        raise ValueError(f"{name} is opened read-only; open it 'w+b' or 'r+b' to write")
+    if read and not readable:
+        raise ValueError(f"{name} is not readable (HDF5 reads back what it writes); open it 'w+b' or 'r+b'")
 
-    A new file at a path is written to a temporary file beside it and moved
-    into place only when complete. An existing group, or an existing file
-    opened to append, gets back the members and attributes it had before.
+
+def _regular_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
+    """(as given, real path, stat or None): symlinks followed, non-files refused."""
+    shown = os.fspath(h5file)
+    if not isinstance(shown, str):
+        shown = os.fsdecode(shown)
+    real = os.path.realpath(shown)
+    try:
+        info: os.stat_result | None = os.stat(real)
+    except FileNotFoundError:
+        info = None
+    if info is None and not write:
+        raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}", shown)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, f"{shown} is a directory, not an HDF5 file", shown)
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket"}.get(
+            stat.S_IFMT(info.st_mode), "a device"
+        )
+        raise ValueError(f"{shown} is {kind}, not a regular file; flimage_io reads and writes only files")
+    return shown, real, info
+
+
+def _in_use(shown: str) -> BlockingIOError:
+    return BlockingIOError(
+        errno.EWOULDBLOCK,
+        f"{shown} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again when it is done",
+        shown,
+    )
+
+
+def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tuple[IO[bytes], bool]:
+    """Open ``real`` and take our advisory lock on it: (handle, whether this call created it).
+
+    Readers share the lock, writers hold it alone, whether or not HDF5's own
+    locking is on. A lock on a file that was replaced meanwhile is retried on
+    the new file. Waits at most _LOCK_WAIT seconds, then raises BlockingIOError.
+    """
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        created = False
+        if create:
+            try:
+                os.close(
+                    os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
+                )
+                created = True
+            except FileExistsError:
+                pass
+        handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
+        if _fcntl is None:  # pragma: no cover - not POSIX
+            return handle, created
+        try:
+            _fcntl.flock(handle, (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            if created:
+                os.unlink(real)
+            if time.monotonic() > deadline:
+                raise _in_use(shown) from None
+            time.sleep(0.01)
+            continue
+        except OSError:  # the file system has no locks (e.g. some network mounts): go on without
+            return handle, created
+        try:
+            now: os.stat_result | None = os.stat(real)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(handle.fileno())
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return handle, created
+        handle.close()  # replaced or removed while we waited: lock what the path is now
+        if not create and now is None:
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}", shown)
+
+
+def _from_h5py(exc: BaseException) -> bool:
+    """Whether an exception was raised inside h5py (so it reports the file's bytes)."""
+    tb = exc.__traceback__
+    module = ""
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return str(module).startswith("h5py") or not module
+
+
+@contextlib.contextmanager
+def _as_file_errors(label: str) -> Iterator[None]:
+    """Report errors that h5py raises on a file's bytes as FormatError naming the file."""
+    try:
+        yield
+    except (FormatError, ImageNotFoundError, BlockingIOError, MemoryError):
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        if not _from_h5py(exc):
+            raise
+        raise FormatError(f"{label} cannot be read, the file is damaged: {exc}") from exc
+
+
+def _h5_open(target: Any, mode: str, shown: str) -> h5py.File:
+    try:
+        return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
+    except (OSError, RuntimeError, ValueError) as exc:
+        text = str(exc)
+        if "unable to lock file" in text:
+            raise _in_use(shown) from None
+        if "version" in text and ("bad" in text or "not supported" in text):
+            raise FormatError(
+                f"{shown} needs a newer HDF5 than the installed {h5py.version.hdf5_version} "
+                f"(h5py {h5py.__version__}): {text}"
+            ) from None
+        raise FormatError(
+            f"{shown} is not a readable HDF5 file (empty, truncated or another format): {text}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
+    """Yield (group, label) for any target; close only what was opened here."""
+    if isinstance(h5file, h5py.Group):
+        if not h5file.id.valid:
+            raise ValueError("the h5py group is closed")
+        label = h5file.file.filename + ("" if h5file.name == "/" else f":{h5file.name}")
+        with _as_file_errors(label):
+            yield h5file, label
+        return
+    if _is_path(h5file):
+        shown, real, _ = _regular_path(h5file, write=False)
+        handle, _ = _lock(shown, real, exclusive=False)
+        with handle, _h5_open(real, "r", shown) as opened, _as_file_errors(shown):
+            yield opened, shown
+        return
+    _check_fileobj(h5file, write=False)
+    shown = _fileobj_name(h5file)
+    with _h5_open(h5file, "r", shown) as opened, _as_file_errors(shown):
+        yield opened, shown
+
+
+class _HeldWrites:
+    """The file object HDF5 writes through, so that a failed write changes nothing.
+
+    Bytes past the old end go to the file at once; writes over the old bytes
+    are held in memory and applied only by ``commit`` after everything new
+    is on disk. ``rollback`` cuts the file back to its old length. A full disk
+    or a kill -9 before the commit thus leaves the old file as it was.
     """
 
-    def __init__(self, h5file: Any, *, append: bool) -> None:
-        self._append = append
-        self._file: Any = None  # an h5py.File this object opened
-        self._temp: str | None = None
-        self._path: str | None = None
-        self._file_obj: Any = None
-        self._group: Any = None  # the group written to, once open
-        self._members_before: set[str] | None = None  # set when writing into existing data
-        self._attrs_before: set[str] = set()
-        self._guard: _GuardScope | None = None
-        if isinstance(h5file, h5py.Group):
-            if not h5file.id.valid:
-                raise ValueError("the h5py group is closed")
-            if h5file.file.mode != "r+":
-                raise ValueError(
-                    f"{_where(h5file)} is open read-only; open the file with mode 'r+', 'a' or 'w'"
-                )
-            self._group = h5file
-        elif _is_path(h5file):
-            self._path = os.fspath(h5file)
-            directory = os.path.dirname(os.path.abspath(self._path))
-            if not os.path.isdir(directory):
-                raise FileNotFoundError(
-                    f"cannot write {self._path}: the directory {directory} does not exist"
-                )
-            if os.path.isdir(self._path):
-                raise IsADirectoryError(f"cannot write {self._path}: it is a directory")
-        elif _is_fileobj(h5file):
-            if not hasattr(h5file, "write"):
-                raise TypeError("the file object is not writable: it has no write method")
-            self._file_obj = h5file
+    def __init__(self, handle: Any, old_size: int) -> None:
+        self._handle = handle
+        self._old_size = old_size
+        self._held: dict[int, bytes] = {}  # offset -> bytes within the old file, in write order
+        self._position = 0
+        self._truncate_to: int | None = None
+        self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == os.SEEK_END:
+            self._position = self._handle.seek(0, os.SEEK_END) + offset
         else:
-            raise TypeError(
-                f"h5file must be a path, a binary file object or an h5py.Group, not {type(h5file).__name__}"
-            )
+            self._position = offset + (self._position if whence == os.SEEK_CUR else 0)
+        return self._position
 
-    def __enter__(self) -> Any:
-        if self._group is None:
-            self._group = self._file = self._open()
-        if self._temp is None:
-            self._members_before = set(self._group)
-            self._attrs_before = set(self._group.attrs)
-            # existing text meta data are read (identifiers): guard them as reads do
-            self._guard = _GuardScope(self._file_obj or self._path or self._group, _where(self._group))
-        return self._group
+    def tell(self) -> int:
+        return self._position
 
-    def _open(self) -> Any:
-        if self._path is not None:
-            if self._append and os.path.exists(self._path):
-                return _open_existing(self._path, self._path)
-            directory, base = os.path.split(os.path.abspath(self._path))
-            _remove_stale_temporaries(directory, base)
-            fd, self._temp = tempfile.mkstemp(prefix=f".{base}.", suffix=_TEMP_SUFFIX, dir=directory)
-            os.close(fd)
-            return h5py.File(self._temp, "w", libver=_LIBVER)
-        handle = self._file_obj
-        if self._append and handle.seek(0, os.SEEK_END) > 0:
-            return _open_existing(handle, getattr(handle, "name", f"<{type(handle).__name__}>"))
-        # like a path, a file object is replaced whole (h5py would keep its old bytes)
-        handle.seek(0)
-        handle.truncate()
-        return h5py.File(handle, "w", libver=_LIBVER)
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        self._handle.seek(self._position)
+        count = self._handle.readinto(view) or 0
+        end = self._position + len(view)
+        for offset, data in self._held.items():  # later writes win: dicts keep write order
+            low, high = max(offset, self._position), min(offset + len(data), end)
+            if low < high:
+                view[low - self._position : high - self._position] = data[low - offset : high - offset]
+                count = max(count, high - self._position)
+        self._position += count
+        return count
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._guard is not None:
-            self._guard.close()
-        try:
-            if exc_type is not None and self._members_before is not None:
-                self._undo()
-        finally:
-            self._close(failed=exc_type is not None)
+    def read(self, size: int = -1) -> bytes:
+        size = max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
+        buffer = bytearray(size)
+        return bytes(buffer[: self.readinto(buffer)])
 
-    def _close(self, *, failed: bool) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.close()
-        except BaseException:
-            self._discard_temp()
-            if not failed:
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        split = min(len(view), max(0, self._old_size - self._position))
+        if split:
+            self._held.pop(self._position, None)
+            self._held[self._position] = bytes(view[:split])
+        if split < len(view):
+            try:
+                self._handle.seek(self._position + split)
+                self._handle.write(view[split:])
+            except OSError as exc:
+                self.error = self.error or exc
                 raise
-            return
-        if self._temp is None:
-            return
-        if failed:
-            self._discard_temp()
-            return
+        self._position += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if size >= self._old_size:
+            self._handle.truncate(size)
+        else:
+            self._truncate_to = size
+        return size
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def commit(self) -> None:
+        """Make the new bytes durable, then apply the held ones."""
+        self._sync()
+        for offset, data in self._held.items():
+            self._handle.seek(offset)
+            self._handle.write(data)
+        if self._truncate_to is not None:
+            self._handle.truncate(self._truncate_to)
+        self._sync()
+
+    def rollback(self) -> None:
+        self._held.clear()
+        self._handle.truncate(self._old_size)
+        self._sync()
+
+    def _sync(self) -> None:
+        self._handle.flush()
+        with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+            os.fsync(self._handle.fileno())
+
+
+@contextlib.contextmanager
+def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
+    """Yield (group, label) to write into; a failure leaves the target as it was.
+
+    A path is written to a temporary file beside its real target and moved
+    into place; an append to a path or file object holds its changes to old
+    bytes until the end (see _HeldWrites); a group gets back the members and
+    attributes it had.
+    """
+    if isinstance(h5file, h5py.Group):
+        with _undo_on_failure(h5file) as label:
+            yield h5file, label
+        return
+    if _is_path(h5file):
+        shown, real, info = _regular_path(h5file, write=True)
+        _check_writable(shown, real, info)
+        if append:
+            with _append_path(shown, real) as opened:
+                yield opened, shown
+        else:
+            with _replace_path(shown, real, info) as opened:
+                yield opened, shown
+        return
+    _check_fileobj(h5file, write=True, read=append)
+    shown = _fileobj_name(h5file)
+    size = h5file.seek(0, os.SEEK_END)
+    if append and size > 0:
+        with _held_writes(h5file, size, shown, "r+") as opened:
+            yield opened, shown
+        return
+    h5file.seek(0)
+    h5file.truncate()
+    with _held_writes(h5file, 0, shown, "w") as opened:
+        yield opened, shown
+
+
+@contextlib.contextmanager
+def _undo_on_failure(group: Any) -> Iterator[str]:
+    if not group.id.valid:
+        raise ValueError("the h5py group is closed")
+    label = f"{group.file.filename}:{group.name}"
+    if group.file.mode != "r+":
+        raise ValueError(f"{label} is open read-only; open the file with mode 'r+', 'a' or 'w'")
+    members, attributes = set(group), set(group.attrs)
+    try:
+        yield label
+    except BaseException:
+        for name in set(group) - members:
+            del group[name]
+        for name in set(group.attrs) - attributes:
+            del group.attrs[name]
+        raise
+
+
+@contextlib.contextmanager
+def _held_writes(handle: Any, size: int, shown: str, mode: str) -> Iterator[Any]:
+    """An h5py file over ``handle`` through _HeldWrites; committed on success, rolled back on failure."""
+    held = _HeldWrites(handle, size)
+    try:
+        opened = h5py.File(held, mode, libver=_LIBVER)
+    except Exception:
+        held.rollback()
+        if mode == "r+":
+            raise FormatError(f"{shown} cannot be opened to append to it (not HDF5, or damaged)") from None
+        raise
+    try:
         try:
-            _fsync_path(self._temp)
-            assert self._path is not None
-            os.replace(self._temp, self._path)
-            _fsync_path(os.path.dirname(os.path.abspath(self._path)))
+            yield opened
+        finally:
+            opened.close()
+        held.commit()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            opened.close()
+        with contextlib.suppress(OSError):
+            held.rollback()
+        if held.error is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}", shown) from exc
+        raise
+
+
+def _check_writable(shown: str, real: str, info: os.stat_result | None) -> None:
+    """Refuse what would only fail at the final rename, before any image is consumed."""
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot write {shown}: the directory {directory} does not exist"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(
+            errno.EACCES, f"cannot write {shown}: no permission to create files in {directory}"
+        )
+    if info is None:
+        return
+    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
+        raise PermissionError(
+            errno.EACCES,
+            f"{shown} is write-protected (mode {stat.S_IMODE(info.st_mode):04o}): "
+            "make it writable or remove it first",
+        )
+    folder = os.stat(directory)
+    if folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
+        raise PermissionError(
+            errno.EPERM,
+            f"cannot replace {shown}: it belongs to another user in a sticky directory ({directory})",
+        )
+
+
+@contextlib.contextmanager
+def _append_path(shown: str, real: str) -> Iterator[Any]:
+    handle, created = _lock(shown, real, exclusive=True, create=True)
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        try:
+            with _held_writes(handle, size, shown, "r+" if size else "w") as opened:
+                yield opened
         except BaseException:
-            self._discard_temp()
+            if created and handle.seek(0, os.SEEK_END) == 0:
+                os.unlink(real)  # still locked by us: nobody else wrote to it
             raise
 
-    def _discard_temp(self) -> None:
-        if self._temp is not None and os.path.exists(self._temp):
-            os.unlink(self._temp)
 
-    def _undo(self) -> None:
-        """Remove what a failed write added to existing data."""
-        group = self._group
-        assert self._members_before is not None
-        for name in set(group) - self._members_before:
-            del group[name]
-        for name in set(group.attrs) - self._attrs_before:
-            del group.attrs[name]
+@contextlib.contextmanager
+def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterator[Any]:
+    directory, base = os.path.split(real)
+    old = None
+    if info is not None:
+        # Alone on the old file proves nobody (another process, HDF5 or ours)
+        # holds it open; sharing it then lets readers in while appenders wait.
+        old, _ = _lock(shown, real, exclusive=True)
+        if _fcntl is not None:
+            _fcntl.flock(old, _fcntl.LOCK_SH)
+    try:
+        _remove_stale_temporaries(directory, base)
+        temp = os.path.join(directory, _temp_name(base))
+        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            with open(fd, "r+b", buffering=0) as handle:
+                if _fcntl is not None:
+                    _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
+                if info is not None:  # keep the old file's mode, owner and group where permitted
+                    os.fchmod(fd, stat.S_IMODE(info.st_mode))
+                    for owner in ((info.st_uid, info.st_gid), (-1, info.st_gid)):
+                        with contextlib.suppress(OSError):
+                            os.fchown(fd, *owner)
+                            break
+                with _held_writes(handle, 0, shown, "w") as opened:
+                    yield opened
+                os.replace(temp, real)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _fsync_directory(directory)
+    finally:
+        if old is not None:
+            old.close()
+
+
+def _temp_name(base: str) -> str:
+    """A hidden name beside the target that fits wherever the target's name fits."""
+    encoded = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
+    return f".{encoded}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
 
 
 def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Delete temporaries a killed writer of this path left behind.
-
-    A temporary is stale when it is older than a minute and no process holds
-    HDF5's lock on it (a live writer does); files of other names are never touched.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    """Delete temporaries a killed writer of this path left behind: older than a
+    minute and not locked (a live writer holds its lock); other files are never touched."""
+    if _fcntl is None:  # pragma: no cover - not POSIX
         return
-    prefix = f".{base}."
-    try:
-        names = [
-            name for name in os.listdir(directory) if name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)
-        ]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            if time.time() - os.stat(path).st_mtime < _STALE_SECONDS:
+    prefix = _temp_name(base).rsplit(".", 2)[0] + "."
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
                 continue
-            with open(path, "rb") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
-            os.unlink(path)
-        except OSError:
-            continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(path).st_mtime < _STALE_SECONDS:
+                    continue
+                with open(path, "rb") as handle:
+                    _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
+                    os.unlink(path)
 
 
-def _open_existing(h5file: Any, where: str) -> Any:
-    try:
-        opened = h5py.File(h5file, "r+", libver=_LIBVER)
-    except OSError as exc:
-        raise FormatError(f"{where} cannot be opened to append to it (not HDF5, or damaged): {exc}") from None
-    _hold_metadata_until_close(opened)
-    return opened
-
-
-def _hold_metadata_until_close(h5: Any) -> None:
-    """Keep HDF5 from writing changed metadata before the file is closed.
-
-    New chunks go to fresh space at the end of the file, so until the close
-    the file on disk still describes the old series: a process killed while
-    appending leaves the series as it was. Only the final flush is at risk.
-    """
-    config = h5.id.get_mdc_config()
-    config.incr_mode = config.decr_mode = config.flash_incr_mode = 0  # H5C_*__off
-    config.evictions_enabled = False
-    h5.id.set_mdc_config(config)
-
-
-def _fsync_path(path: str) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # pragma: no cover - e.g. directories on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - fsync unsupported on this file system
-        pass
-    finally:
-        os.close(fd)
+def _fsync_directory(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _refuse_occupied(group: Any, *, series: bool) -> None:
@@ -842,437 +1212,249 @@ def _refuse_occupied(group: Any, *, series: bool) -> None:
     if holds or (not series and len(group.attrs)):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         raise ValueError(
-            f"{_where(group)} already holds {found}; write a "
+            f"{group.file.filename}:{group.name} already holds {found}; write a "
             f"{'series' if series else 'image'} into a new, empty group or to a path"
         )
     if series and "identifier" in group.attrs:
-        raise ValueError(f"{_where(group)} already has a series identifier; write into a new, empty group")
-
-
-class _ReadSource:
-    """Yields (group, description); closes only a file it opened."""
-
-    def __init__(self, h5file: Any) -> None:
-        self._h5file = h5file
-        self._file: Any = None
-        self._where = "?"
-        self._guard: _GuardScope | None = None
-
-    def __enter__(self) -> tuple[Any, str]:
-        group, where = self._open()
-        self._guard = _GuardScope(self._h5file, where)
-        return group, where
-
-    def _open(self) -> tuple[Any, str]:
-        h5file = self._h5file
-        if isinstance(h5file, h5py.Group):
-            if not h5file.id.valid:
-                raise ValueError("the h5py group is closed")
-            self._where = h5file.file.filename
-            return h5file, self._where
-        if _is_path(h5file):
-            path = os.fspath(h5file)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"no such file: {path}")
-            if os.path.isdir(path):
-                raise IsADirectoryError(f"{path} is a directory, not an HDF5 file")
-            with open(path, "rb"):  # raises PermissionError as such
-                pass
-            where = path
-        elif _is_fileobj(h5file):
-            where = getattr(h5file, "name", None)
-            where = where if isinstance(where, str) else f"<{type(h5file).__name__}>"
-        else:
-            raise TypeError(
-                f"h5file must be a path, a binary file object or an h5py.Group, not {type(h5file).__name__}"
-            )
-        try:
-            self._file = h5py.File(h5file, "r")
-        except Exception as exc:  # h5py raises OSError, RuntimeError, ... for damaged files
-            raise FormatError(
-                f"{where} is not a readable HDF5 file (empty, truncated or another format): {exc}"
-            ) from None
-        self._where = where
-        return self._file, where
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._guard is not None:
-            self._guard.close()
-        if self._file is not None:
-            self._file.close()
-        if (
-            exc is not None
-            and isinstance(exc, Exception)
-            and not isinstance(exc, (FormatError, ImageNotFoundError, MemoryError))
-        ):
-            # h5py reports damaged metadata as OSError, RuntimeError, KeyError, ...
-            raise FormatError(f"{self._where} cannot be read, the file is damaged: {exc}") from exc
-
-
-class _GuardScope:
-    """Guards text reads (see _HeapGuard) over the bytes of ``h5file`` until closed."""
-
-    def __init__(self, h5file: Any, where: str) -> None:
-        self._handle, self._opened = _raw_handle(h5file)
-        self._token = None if self._handle is None else _HEAP_GUARD.set(_HeapGuard(self._handle, where))
-
-    def close(self) -> None:
-        if self._token is not None:
-            _HEAP_GUARD.reset(self._token)
-        if self._opened:
-            self._handle.close()
-
-
-def _raw_handle(h5file: Any) -> tuple[Any, bool]:
-    """A binary handle on the bytes of a file, for _HeapGuard, and whether it was opened here."""
-    if isinstance(h5file, h5py.Group):
-        name = h5file.file.filename
-        if h5file.file.driver not in ("sec2", "stdio", "direct") or not os.path.isfile(name):
-            return None, False  # in memory, or a file object h5py does not hand out
-        h5file = name
-    if _is_path(h5file):
-        return open(h5file, "rb"), True
-    return (h5file, False) if _is_fileobj(h5file) else (None, False)
-
-
-def _at(source: str, node: Any) -> str:
-    """'file.h5:/fli_3/fluorescence/raw', or just the file for its root."""
-    return source if node.name == "/" else f"{source}:{node.name}"
-
-
-def _where(group: Any) -> str:
-    try:
-        return f"{group.file.filename}:{group.name}"
-    except Exception:  # pragma: no cover - closed or anonymous objects
-        return repr(group)
+        raise ValueError(
+            f"{group.file.filename}:{group.name} already has a series identifier; use a new group"
+        )
 
 
 # ---------------------------------------------------------------------------
-# layout
+# 4. layout
 # ---------------------------------------------------------------------------
 
 _SERIES_NAME = re.compile(r"fli_(0|[1-9][0-9]*)\Z")
 
 
-def _layout_of(group: Any, where: str) -> str:
-    """'image' or 'series'; anything else raises FormatError."""
+def _at(label: str, node: Any) -> str:
+    """'file.h5:/fli_3/fluorescence/raw' from the file's label and an object in it."""
+    return label.split(":/", 1)[0] + ("" if node.name == "/" else f":{node.name}")
+
+
+def _layout_of(group: Any, label: str) -> str:
+    """'image' or 'series'; anything else raises FormatError naming where layouts are."""
     if "fluorescence" in group:
         return "image"
-    names = list(group.keys())
+    names = list(group)
     if not names or any(name.startswith("fli_") for name in names):
         return "series"
+    nested = []
+    for name in names[:100]:
+        if group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD:
+            member = group[name]
+            if isinstance(member, h5py.Group) and (
+                "fluorescence" in member or any(n.startswith("fli_") for n in member)
+            ):
+                nested.append(member.name)
+    where = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
-        f"{where} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
-        f"(no 'fli_' groups); found members {sorted(names)[:10]}"
+        f"{label} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
+        f"(no 'fli_' groups){where}; found members {sorted(names)[:10]}"
     )
 
 
-def _series_names(group: Any, where: str) -> list[str]:
-    """The 'fli_N' names in numeric order, checked for gaps and leading zeros."""
-    numbers: list[int] = []
+def _child(group: Any, name: str, label: str, kind: type, *, required: bool = True) -> Any:
+    """The member ``name`` of the given kind, or None when it is missing and not required.
+
+    Links to other files are refused: a file must not make the reader open others.
+    Unlike ``group.get``, this lets a damaged member raise.
+    """
+    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"
+    if name not in group:
+        if required:
+            raise FormatError(f"{where} is missing")
+        return None
+    if group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_EXTERNAL:
+        raise FormatError(f"{where} is a link to another file, which flimage_io does not follow")
+    member = group[name]
+    if not isinstance(member, kind):
+        raise FormatError(f"{where} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
+    return member
+
+
+def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
+    """The image numbers present, sorted, and the problems of the numbering."""
+    found: list[int] = []
+    problems: list[str] = []
     for name in group:
         if not name.startswith("fli_"):
             continue
         match = _SERIES_NAME.match(name)
         if match is None:
-            raise FormatError(
-                f"{where} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+            problems.append(
+                f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
             )
-        numbers.append(int(match.group(1)))
-    numbers.sort()
-    for expected, found in enumerate(numbers):
-        if expected != found:
-            raise FormatError(
-                f"{where} is a series with a gap in its numbering: 'fli_{expected}' is missing "
-                f"({len(numbers)} images, the largest is 'fli_{numbers[-1]}')"
-            )
-    return [f"fli_{n}" for n in numbers]
+        else:
+            found.append(int(match.group(1)))
+    found.sort()
+    missing: list[str] = []
+    expected = 0
+    for number in found:  # memory in proportion to the members, not to the largest number
+        while expected < number and len(missing) < 10:
+            missing.append(f"fli_{expected}")
+            expected += 1
+        expected = number + 1
+    if missing:
+        problems.append(
+            f"{label} is a series with a gap in its numbering: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing ({len(found)} images, the largest is "
+            f"fli_{found[-1]}); flimage fails on it"
+        )
+    return found, problems
 
 
-def _series_length(group: Any, where: str) -> int:
+def _series_length(group: Any, label: str) -> int:
     """Length of a series, without listing every member when the count of
     links already proves it (a series of only 'fli_0' .. 'fli_{n-1}')."""
     count = len(group)
     if count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group:
         return count
-    return len(_series_names(group, where))
+    found, problems = _scan_series(group, label)
+    if problems:
+        raise FormatError(problems[0])
+    return len(found)
 
 
-def _find_image(group: Any, source: str, index: int | str) -> str:
-    where = _at(source, group)
-    count = _series_length(group, where)
-    if isinstance(index, int):
-        position = index + count if index < 0 else index
-        if not 0 <= position < count:
-            raise ImageNotFoundError(f"{where} has {count} images; index {index} is out of range")
-        name = f"fli_{position}"
-        if name not in group:
-            _series_names(group, where)  # raises on the gap that hides it
-        return name
-    # Reading an identifier costs an object header per image, so first try
-    # the positions that numbers in the identifier suggest ("frame-0500"
-    # is usually fli_500 or fli_499), then scan the whole series.
-    numbers = [int(digits) for digits in re.findall(r"[0-9]+", index)[-3:]]
-    guesses = [n - shift for n in reversed(numbers) for shift in (0, 1) if 0 <= n - shift < count]
+def _select(group: Any, label: str, selection: slice | range | list[int | str] | None) -> list[int]:
+    """The positions an index names, in its order; unknown ones raise ImageNotFoundError."""
+    count = _series_length(group, label)
+    if selection is None:
+        return list(range(count))
+    if isinstance(selection, slice):
+        return list(range(count)[selection])
+    chosen: list[int] = []
+    missing: list[str] = []
+    identifiers: dict[str, int] | None = None
+    for item in selection:
+        if isinstance(item, int):
+            position = item + count if item < 0 else item
+            if 0 <= position < count:
+                chosen.append(position)
+            else:
+                missing.append(f"position {item}")
+            continue
+        found = _guess_identifier(group, label, item, count)
+        if found is None:
+            if identifiers is None:
+                identifiers = _identifiers(group, label, count)
+            found = identifiers.get(item)
+            if found == -1:
+                raise FormatError(f"{label} has several images with identifier {item!r}")
+        if found is None:
+            missing.append(f"identifier {item!r}")
+        else:
+            chosen.append(found)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ImageNotFoundError(f"{label} has {count} images and none at {shown}")
+    return chosen
+
+
+def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> int | None:
+    """Reading an identifier costs an object header per image, so first try the
+    positions that numbers in it suggest ("frame-0500" is usually fli_500 or fli_499)."""
+    digits = [int(d) for d in re.findall(r"[0-9]+", identifier)[-3:] if len(d) <= 18]
+    guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
     for position in dict.fromkeys(guesses):
-        if _identifier_of(group, f"fli_{position}", source) == index:
-            return f"fli_{position}"
-    found = [name for name in _series_names(group, where) if _identifier_of(group, name, source) == index]
-    if not found:
-        raise ImageNotFoundError(f"{where} has no image with identifier {index!r}")
-    if len(found) > 1:
-        raise FormatError(f"{where} has {len(found)} images with identifier {index!r}: {found}")
-    return found[0]
+        if _identifier_of(group, label, position) == identifier:
+            return position
+    return None
 
 
-def _member(group: Any, name: str) -> Any:
-    """The member, or None when there is no such link.
-
-    Unlike ``group.get``, which returns None for a member that fails to open,
-    this lets a damaged member raise.
-    """
-    return group[name] if name in group else None  # noqa: SIM401 - .get hides damage
-
-
-def _identifier_of(group: Any, name: str, source: str) -> str | None:
-    image = _member(group, name)
-    if not isinstance(image, h5py.Group) or "identifier" not in image.attrs:
-        return None
-    return _read_text_attr(image, "identifier", _at(source, image))
+def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
+    """Identifier -> position of the first ``count`` images of a series; -1 for one used twice."""
+    found: dict[str, int] = {}
+    for position in range(count):
+        identifier = _identifier_of(group, label, position)
+        if identifier is not None:
+            found[identifier] = -1 if identifier in found else position
+    return found
 
 
-def _read_text_attr(group: Any, key: str, where: str) -> str:
-    _guard_text(group)
-    return _as_text(group.attrs[key], key, where)
+def _identifier_of(group: Any, label: str, position: int) -> str | None:
+    image = _child(group, f"fli_{position}", label, h5py.Group)
+    return _text_attr(image, "identifier", label) if "identifier" in image.attrs else None
 
 
-def _as_text(value: Any, key: str, where: str) -> str:
+def _text_attr(group: Any, key: str, label: str) -> str:
+    value = group.attrs[key]
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    if isinstance(value, (bytes, np.bytes_)):
+    if isinstance(value, (bytes, np.bytes_)):  # older writers stored bytes
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(f"{where} attribute {key!r} is not valid UTF-8 text: {value!r}") from None
+            raise FormatError(
+                f"{_at(label, group)} attribute {key!r} is not valid UTF-8 text: {value!r}"
+            ) from None
     if isinstance(value, str):
         return value
-    raise FormatError(f"{where} attribute {key!r} must be text, but holds {type(value).__name__} {value!r}")
+    raise FormatError(f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}")
 
 
-def _read_meta(group: Any, where: str) -> dict[str, MetaValue]:
-    _guard_text(group)
-    return {key: _meta_value(group, key, where) for key in group.attrs}
+def _read_meta(
+    group: Any, label: str, unknown: list[tuple[str, str]], problems: list[str] | None = None
+) -> dict[str, MetaValue]:
+    """The meta data of an image; attributes beyond the 16 keys go to ``unknown``,
+    and a bad value raises FormatError, or with ``problems`` (for check) is listed there."""
+    meta: dict[str, MetaValue] = {}
+    for key in group.attrs:
+        try:
+            if key not in META_KEYS:
+                unknown.append((key, _at(label, group)))
+            elif key in TEXT_KEYS:
+                meta[key] = _text_attr(group, key, label)
+            else:
+                meta[key] = _number_attr(group, key, label)
+        except FormatError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+    return meta
 
 
-def _meta_value(group: Any, key: str, where: str) -> MetaValue:
-    """One meta data attribute as plain Python, or FormatError."""
-    if key not in META_KEYS:
-        raise FormatError(f"{where} has the unknown meta data attribute {key!r}{_suggest(key, META_KEYS)}")
-    if key in TEXT_KEYS:
-        return _read_text_attr(group, key, where)
+def _number_attr(group: Any, key: str, label: str) -> float | tuple[float, ...]:
     value = np.asarray(group.attrs[key])
+    where = f"{_at(label, group)} attribute {key!r}"
     if value.dtype.kind not in "iuf":
-        raise FormatError(f"{where} attribute {key!r} must hold numbers, but holds {value.dtype} {value!r}")
-    if key in NUMBER_KEYS:
-        if value.size != 1 or value.ndim > 1:
-            raise FormatError(f"{where} attribute {key!r} must be one number, but has shape {value.shape}")
-        return float(value.reshape(()))
-    return tuple(float(v) for v in value.ravel())
+        raise FormatError(f"{where} must hold numbers, but holds {value.dtype}")
+    if key in SEQUENCE_KEYS:
+        return tuple(float(v) for v in value.ravel())
+    if value.size != 1 or value.ndim > 1:
+        raise FormatError(f"{where} must be one number, but has shape {value.shape}")
+    return float(value.reshape(()))
+
+
+def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
+    """One warning per call, naming each unknown attribute and where it is."""
+    if not unknown:
+        return
+    places: dict[str, list[str]] = {}
+    for key, where in unknown:
+        places.setdefault(key, []).append(where)
+    parts = [
+        f"{key!r} on {', '.join(where[:3])}" + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+        for key, where in places.items()
+    ]
+    warnings.warn(
+        UnknownMetaWarning(
+            "left out attributes that are no meta data keys of the layout: " + "; ".join(parts)
+        ),
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------
-# global heap guard
-# ---------------------------------------------------------------------------
-
-# HDF5 keeps variable-length strings (the text meta data) in "global heap
-# collections", which carry no checksum, and its parser loops forever on a
-# collection whose object list does not advance (a zeroed block, for one).
-# So before text attributes are read, the collections they point to are walked
-# here, and a malformed one raises FormatError. Structures this code does not
-# parse (dense attribute storage, 4-byte addresses) are left to HDF5.
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_UNDEFINED_ADDRESS = 2**64 - 1
-
-
-class _Unparsed(Exception):
-    """A structure the guard does not parse: leave it to HDF5."""
-
-
-def _u(data: bytes, start: int, size: int) -> int:
-    return int.from_bytes(data[start : start + size], "little")
-
-
-class _HeapGuard:
-    def __init__(self, handle: Any, where: str) -> None:
-        self._handle = handle
-        self._where = where
-        self._base: int | None = None
-        self._objects: set[int] = set()
-        self._collection_objects: dict[int, dict[int, int]] = {}
-
-    def check(self, node: Any) -> None:
-        """Raise FormatError if a text attribute of ``node`` points into a damaged collection.
-
-        Only a clean object is remembered: a damaged one raises on every check.
-        """
-        try:
-            address = int(h5py.h5o.get_info(node.id).addr)
-        except Exception:  # e.g. an h5py without .addr
-            return
-        if address in self._objects:
-            return
-        try:
-            if self._base is None:
-                self._base = self._find_base()
-            references = [
-                ref for kind, body in self._messages(address) for ref in _heap_references(kind, body)
-            ]
-            for collection, index, length in references:
-                self._check_collection(collection, index, length)
-        except (_Unparsed, IndexError):
-            pass  # not parsed here: HDF5 reads it unchecked
-        self._objects.add(address)
-
-    def _read(self, address: int, size: int) -> bytes:
-        self._handle.seek((self._base or 0) + address)
-        data: bytes = self._handle.read(size)
-        return data
-
-    def _find_base(self) -> int:
-        for offset in (0, 512, 1024, 2048, 4096, 8192):
-            self._handle.seek(offset)
-            head = self._handle.read(16)
-            if head[:8] == _HDF5_SIGNATURE:
-                sizes = head[13:15] if head[8] in (0, 1) else head[9:11]
-                if sizes != b"\x08\x08":
-                    raise _Unparsed
-                return offset
-        raise _Unparsed
-
-    def _messages(self, address: int) -> Iterator[tuple[int, bytes]]:
-        """(type, body) of every message of the object header at ``address``."""
-        head = self._read(address, 16)
-        if head[:4] == b"OHDR":
-            if head[4] != 2:
-                raise _Unparsed
-            flags = head[5]
-            start = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
-            width = 1 << (flags & 0x03)
-            length = _u(self._read(address + start, width), 0, width)
-            blocks = [(address + start + width, length, False)]
-            version, prefix = 2, 4 + (2 if flags & 0x04 else 0)
-        elif head[:1] == b"\x01":
-            blocks = [(address + 16, _u(head, 8, 4), False)]
-            version, prefix = 1, 8
-        else:
-            raise _Unparsed
-        count = 0
-        while blocks:
-            start, length, continued = blocks.pop()
-            count += 1
-            if count > 64 or length > 1 << 20:
-                raise _Unparsed
-            body = self._read(start, length)
-            if continued and version == 2:
-                if body[:4] != b"OCHK":
-                    raise _Unparsed
-                body = body[4:-4]
-            position = 0
-            while position + prefix <= len(body):
-                kind = body[position] if version == 2 else _u(body, position, 2)
-                size = _u(body, position + (1 if version == 2 else 2), 2)
-                message = body[position + prefix : position + prefix + size]
-                position += prefix + size
-                if kind == 0x10:  # continuation: another block of messages
-                    blocks.append((_u(message, 0, 8), _u(message, 8, 8), True))
-                elif (
-                    kind == 0x15
-                    and len(message) >= 10
-                    and _u(message, 2 + 2 * (message[1] & 1), 8) != _UNDEFINED_ADDRESS
-                ):
-                    raise _Unparsed  # attributes in dense storage (a fractal heap)
-                else:
-                    yield kind, message
-
-    def _check_collection(self, address: int, index: int, length: int) -> None:
-        if address not in self._collection_objects:
-            head = self._read(address, 16)
-            size = _u(head, 8, 8)
-            if head[:4] != b"GCOL" or not 16 <= size <= 1 << 32:
-                raise FormatError(f"{self._where}: the global heap collection at {address} is damaged")
-            data = self._read(address, size)
-            position, objects = 16, {}  # object index -> its size in bytes
-            while position + 16 <= len(data):
-                number, stored = _u(data, position, 2), _u(data, position + 8, 8)
-                need = stored if number == 0 else 16 + ((stored + 7) & ~7)
-                if need == 0 or position + need > size:  # HDF5 would loop, or read past the end
-                    raise FormatError(
-                        f"{self._where}: the global heap collection at {address}, which holds "
-                        "text meta data, is damaged"
-                    )
-                objects[number] = stored
-                position += need
-            self._collection_objects[address] = objects
-        # a string's length is its size in bytes; other sequences are longer in bytes
-        if length > self._collection_objects[address].get(index, -1):
-            raise FormatError(f"{self._where}: text meta data point to a missing or short global heap object")
-
-
-def _heap_references(kind: int, message: bytes) -> list[tuple[int, int, int]]:
-    """(collection address, object index, length) of the variable-length data of an attribute message."""
-    if kind != 0x0C:
-        return []
-    version = message[0]
-    if version not in (1, 2, 3):
-        raise _Unparsed
-    sizes = [_u(message, 2, 2), _u(message, 4, 2), _u(message, 6, 2)]  # name, datatype, dataspace
-    position = 9 if version == 3 else 8
-    parts = []
-    for size in sizes:
-        parts.append(message[position : position + size])
-        position += (size + 7) & ~7 if version == 1 else size
-    datatype, dataspace, data = parts[1], parts[2], message[position:]
-    if datatype[0] & 0x0F != 9:  # not variable-length: stored in the header itself
-        return []
-    rank = dataspace[1]
-    if dataspace[0] == 2 and dataspace[3] == 2:  # null dataspace
-        return []
-    offset = 8 if dataspace[0] == 1 else 4
-    count = 1
-    for axis in range(rank):
-        count *= _u(dataspace, offset + 8 * axis, 8)
-    if count > 1 << 16 or len(data) < 16 * count:
-        raise _Unparsed
-    references = []
-    for element in range(count):
-        length = _u(data, 16 * element, 4)
-        address, index = _u(data, 16 * element + 4, 8), _u(data, 16 * element + 12, 4)
-        if address not in (0, _UNDEFINED_ADDRESS):
-            references.append((address, index, length))
-    return references
-
-
-_HEAP_GUARD: contextvars.ContextVar[_HeapGuard | None] = contextvars.ContextVar(
-    "flimage_io_heap_guard", default=None
-)
-
-
-def _guard_text(node: Any) -> None:
-    guard = _HEAP_GUARD.get()
-    if guard is not None:
-        guard.check(node)
-
-
-# ---------------------------------------------------------------------------
-# chunk codec: shuffle, deflate and fletcher32 exactly as HDF5's filters
+# 5. chunks: HDF5's filters and the ordered thread pipeline
 # ---------------------------------------------------------------------------
 
 _FILTER_DEFLATE = 1
 _FILTER_SHUFFLE = 2
 _FILTER_FLETCHER32 = 3
-# HDF5 refuses chunks of 4 GiB or more; keep a margin for deflate's worst case.
-_MAX_CHUNK_BYTES = 2**32 - 2**24
+_CHUNK_BYTES = 4 << 20  # row blocks of at most this size: every core works on a big image
+_MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
 _FLETCHER_BLOCK = 1 << 20
 _FLETCHER_WEIGHTS = np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
 
@@ -1312,118 +1494,31 @@ def _fletcher32(data: bytes | memoryview) -> int:
     return ((((sum2 - 1) % 65535) + 1) << 16) | (((sum1 - 1) % 65535) + 1)
 
 
-def _fletcher32_matches(stored: int, computed: int) -> bool:
-    # HDF5 before 1.6.3 stored the checksum with bytes swapped in each half;
-    # HDF5 still accepts that form, so do we.
-    swapped = ((computed & 0x00FF00FF) << 8) | ((computed >> 8) & 0x00FF00FF)
-    return stored in (computed, swapped)
-
-
-def _shuffle(chunk: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    itemsize = chunk.dtype.itemsize
-    flat = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
-    if itemsize == 1:
-        return flat
-    return np.ascontiguousarray(flat.reshape(-1, itemsize).T).reshape(-1)
-
-
-def _unshuffle(data: bytes | memoryview, itemsize: int) -> bytes | memoryview | npt.NDArray[Any]:
-    if itemsize == 1:
-        return data
-    planes = np.frombuffer(data, dtype=np.uint8)
-    count = len(planes) // itemsize
-    out = np.empty(len(planes), dtype=np.uint8)
-    elements = out[: count * itemsize].reshape(count, itemsize)
-    # one strided copy per byte plane: about 3x faster than a transposed copy
-    for byte, plane in enumerate(planes[: count * itemsize].reshape(itemsize, count)):
-        elements[:, byte] = plane
-    out[count * itemsize :] = planes[count * itemsize :]  # HDF5 leaves a tail as is
-    return out
-
-
-class _Codec(NamedTuple):
-    compress: bool
-    level: int | None
-    shuffle: bool
-
-
-def _encode_chunk(chunk: npt.NDArray[Any], codec: _Codec) -> bytes:
-    """Apply the pipeline shuffle -> deflate -> fletcher32, as HDF5 would."""
-    data: Any = _shuffle(chunk) if codec.shuffle else np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
-    if codec.compress:
-        encoder = _compressor(codec, 15)
-        data = encoder.compress(data) + encoder.flush()
+def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Options) -> bytes:
+    """shuffle -> deflate -> fletcher32, as HDF5 would; edge chunks come padded."""
+    data = np.ascontiguousarray(block, dtype=dtype).reshape(-1).view(np.uint8)
+    if options.shuffle and dtype.itemsize > 1:
+        data = np.ascontiguousarray(data.reshape(-1, dtype.itemsize).T).reshape(-1)
+    if options.compress:
+        backend = _zlib()
+        # level None: run-length deflate, on shuffled images faster and smaller than level 1
+        level, strategy = (
+            (1, backend.Z_RLE) if options.level is None else (options.level, backend.Z_DEFAULT_STRATEGY)
+        )
+        encoder = backend.compressobj(level, backend.DEFLATED, 15, 8, strategy)
+        stored = encoder.compress(data) + encoder.flush()
     else:
-        data = data.tobytes()
-    return bytes(data) + _fletcher32(data).to_bytes(4, "little")
-
-
-# A chunk above this size is deflated in segments, one task each, so that one
-# big image uses every core. Segments end in a sync flush (byte-aligned, no
-# final bit), so their concatenation is one ordinary deflate stream.
-_SPLIT_BYTES = 8 << 20
-
-
-def _compressor(codec: _Codec, wbits: int) -> Any:
-    """A deflate encoder for ``codec``: wbits 15 writes a zlib stream, -15 raw deflate."""
-    backend = _zlib()
-    if codec.level is None:
-        # run-length deflate: on shuffled images both faster and smaller than level 1
-        return backend.compressobj(1, backend.DEFLATED, wbits, 8, backend.Z_RLE)
-    return backend.compressobj(codec.level, backend.DEFLATED, wbits, 8, backend.Z_DEFAULT_STRATEGY)
-
-
-def _deflate_segment(data: Any, codec: _Codec, final: bool) -> tuple[bytes, int, int]:
-    """Raw deflate of one segment, its adler32 and its length."""
-    encoder = _compressor(codec, -15)
-    backend = _zlib()
-    out = encoder.compress(data) + encoder.flush(backend.Z_FINISH if final else backend.Z_SYNC_FLUSH)
-    return out, zlib.adler32(data), len(data)
-
-
-def _adler32_combine(first: int, second: int, second_length: int) -> int:
-    """adler32 of two buffers joined, from theirs (zlib's adler32_combine)."""
-    base = 65521
-    remainder = second_length % base
-    sum1 = ((first & 0xFFFF) + (second & 0xFFFF) + base - 1) % base
-    sum2 = ((remainder * (first & 0xFFFF)) + (first >> 16) + (second >> 16) + base - remainder) % base
-    return (sum2 << 16) | sum1
-
-
-class _SegmentedChunk:
-    """A chunk deflated in segments by the pool, joined into one zlib stream."""
-
-    def __init__(
-        self, segments: list[concurrent.futures.Future[tuple[bytes, int, int]]], codec: _Codec
-    ) -> None:
-        self._segments = segments
-        self._codec = codec
-
-    def result(self) -> bytes:
-        header = _compressor(self._codec, 15).flush()[:2]  # the 2-byte zlib header zlib writes
-        parts = [segment.result() for segment in self._segments]
-        checksum = parts[0][1]
-        for _, adler, length in parts[1:]:
-            checksum = _adler32_combine(checksum, adler, length)
-        stream = b"".join([header, *(data for data, _, _ in parts), checksum.to_bytes(4, "big")])
-        return stream + _fletcher32(stream).to_bytes(4, "little")
-
-    def cancel(self) -> None:
-        for segment in self._segments:
-            segment.cancel()
+        stored = data.tobytes()
+    return bytes(stored) + _fletcher32(stored).to_bytes(4, "little")
 
 
 def _decode_chunk(
-    stored: bytes,
-    mask: int,
-    filters: tuple[int, ...],
-    dtype: np.dtype[Any],
-    shape: tuple[int, ...],
-    what: str,
-) -> npt.NDArray[Any]:
-    """Undo the pipeline in reverse order, verifying the checksum."""
+    stored: bytes, mask: int, filters: tuple[int, ...], dtype: np.dtype[Any], chunk: tuple[int, int], out: Any
+) -> None:
+    """Undo the filters of one stored chunk and write it into ``out`` (its part of the image)."""
+    expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
-    expected = int(np.prod(shape)) * dtype.itemsize
+    shuffled = False
     for position in reversed(range(len(filters))):
         code = filters[position]
         if mask & (1 << position):
@@ -1431,327 +1526,517 @@ def _decode_chunk(
             # cannot fail and fletcher32 is mandatory, so such a mark means the
             # (unchecksummed) chunk index is damaged.
             if code != _FILTER_DEFLATE:
-                raise FormatError(
-                    f"{what}: a chunk is marked as stored without a filter that cannot be skipped"
-                )
-            continue
-        if code == _FILTER_FLETCHER32:
-            if len(data) < 4:
-                raise FormatError(f"{what}: stored chunk of {len(data)} bytes is too short for its checksum")
-            stored_sum = int.from_bytes(bytes(data[-4:]), "little")
+                raise FormatError("a chunk is marked as stored without a filter that cannot be skipped")
+        elif code == _FILTER_FLETCHER32:
+            if len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != _fletcher32(
+                memoryview(data)[:-4]
+            ):
+                raise FormatError("the fletcher32 checksum of a chunk does not match (the file is damaged)")
             data = memoryview(data)[:-4]
-            if not _fletcher32_matches(stored_sum, _fletcher32(data)):
-                raise FormatError(
-                    f"{what}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
-                )
         elif code == _FILTER_DEFLATE:
             try:
                 data = _zlib().decompress(data, 15, expected)
-            except zlib.error as exc:
-                raise FormatError(f"{what}: a chunk does not inflate ({exc}); the file is damaged") from None
-            except Exception as exc:  # zlib-ng raises its own error class
-                raise FormatError(f"{what}: a chunk does not inflate ({exc}); the file is damaged") from None
-        else:  # shuffle
-            data = _unshuffle(data, dtype.itemsize)
+            except Exception as exc:  # zlib.error, or zlib-ng's own error class
+                raise FormatError(f"a chunk does not inflate ({exc}); the file is damaged") from None
+        else:
+            shuffled = dtype.itemsize > 1
     if len(data) != expected:
-        raise FormatError(
-            f"{what}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
-        )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+        raise FormatError(f"a chunk holds {len(data)} bytes, expected {expected}; the file is damaged")
+    rows, cols = out.shape
+    if not shuffled:
+        out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
+        return
+    # unshuffle straight into the image: one strided copy per byte plane
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
+    target = out.view(np.uint8)
+    swap = dtype.byteorder not in ("=", "|") and dtype.byteorder != (
+        "<" if sys.byteorder == "little" else ">"
+    )
+    for byte in range(dtype.itemsize):
+        place = dtype.itemsize - 1 - byte if swap else byte
+        target[:, place :: dtype.itemsize] = planes[byte, :rows, :cols]
 
 
-# ---------------------------------------------------------------------------
-# writing
-# ---------------------------------------------------------------------------
+_Tag = TypeVar("_Tag")
 
 
-def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
-    """Whole-image chunks, split into row blocks only past HDF5's limit."""
-    row_bytes = shape[1] * itemsize
-    if row_bytes > _MAX_CHUNK_BYTES:
-        raise ValueError(
-            f"image rows of {row_bytes} bytes exceed HDF5's chunk limit of 4 GiB (shape {shape})"
-        )
-    return min(shape[0], _MAX_CHUNK_BYTES // row_bytes)
+def _in_order(
+    pool: concurrent.futures.Executor | None, jobs: Iterable[tuple[Callable[[], Any], _Tag]], window: int
+) -> Iterator[tuple[Any, _Tag]]:
+    """Run each job's function on the pool, at most ``window`` ahead of the caller,
+    and yield (result, tag) in the order of the jobs; cancel what is left on exit.
 
-
-class _PendingDataset(NamedTuple):
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-    chunk_rows: int
-    chunks: list[Any]  # futures of the stored bytes: concurrent.futures.Future or _SegmentedChunk
-
-
-class _PendingImage(NamedTuple):
-    parent: Any
-    name: str | None
-    meta: dict[str, Any]
-    raw: _PendingDataset
-    bg_data: list[_PendingDataset]
-
-
-class _InlineExecutor(concurrent.futures.Executor):
-    """Runs tasks at once in the calling thread (workers=1)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-def _executor(workers: int) -> concurrent.futures.Executor:
-    if workers == 1:
-        return _InlineExecutor()
-    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flimage_io")
-
-
-class _ChunkWriter:
-    """Encodes chunks in worker threads while the calling thread, the only
-    one that calls h5py, stores finished chunks in order. At most a few
-    images are in flight, so memory stays bounded for any series length."""
-
-    def __init__(self, options: _Options) -> None:
-        self._options = options
-        self._codec = _Codec(options.compress, options.level, options.shuffle)
-        self._pool = _executor(options.workers)
-        self._pending: collections.deque[_PendingImage] = collections.deque()
-        self._limit = 2 * options.workers
-
-    def __enter__(self) -> _ChunkWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                while self._pending:
-                    self._store(self._pending.popleft())
-        finally:
-            for pending in self._pending:
-                for dataset in (pending.raw, *pending.bg_data):
-                    for future in dataset.chunks:
-                        future.cancel()
-            self._pending.clear()
-            self._pool.shutdown(wait=True)
-
-    def add_image(self, parent: Any, name: str | None, image: _CheckedImage) -> None:
-        raw = self._submit("raw", image.raw)
-        bg_data = [self._submit(key, array) for key, array in image.bg_data.items()]
-        self._pending.append(_PendingImage(parent, name, image.meta, raw, bg_data))
-        while len(self._pending) > self._limit:
-            self._store(self._pending.popleft())
-
-    def _submit(self, name: str, array: npt.NDArray[Any]) -> _PendingDataset:
-        dtype = _storage_dtype(array.dtype, self._options.dtype)
-        rows = _chunk_rows(array.shape, dtype.itemsize)
-        chunks: list[Any] = []
-        for start in range(0, array.shape[0], rows):
-            block = array[start : start + rows]
-            if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
-                padded = np.zeros((rows, array.shape[1]), dtype=dtype)
-                padded[: block.shape[0]] = block
-                block = padded
-            if (
-                self._codec.compress
-                and self._options.workers > 1
-                and block.size * dtype.itemsize > _SPLIT_BYTES
-            ):
-                chunks.append(self._submit_segments(np.ascontiguousarray(block, dtype=dtype)))
-            else:
-                chunks.append(self._pool.submit(_convert_and_encode, block, dtype, self._codec))
-        return _PendingDataset(name, dtype, array.shape, rows, chunks)
-
-    def _submit_segments(self, chunk: npt.NDArray[Any]) -> _SegmentedChunk:
-        data = (_shuffle(chunk) if self._codec.shuffle else chunk).reshape(-1).view(np.uint8)
-        size = max(_SPLIT_BYTES // 2, -(-data.size // (4 * self._options.workers)))
-        bounds = [*range(0, data.size, size), data.size]
-        segments = [
-            self._pool.submit(_deflate_segment, data[low:high], self._codec, high == data.size)
-            for low, high in zip(bounds[:-1], bounds[1:])
-        ]
-        return _SegmentedChunk(segments, self._codec)
-
-    def _store(self, pending: _PendingImage) -> None:
-        group = pending.parent if pending.name is None else pending.parent.create_group(pending.name)
-        for key, value in pending.meta.items():
-            group.attrs[key] = value
-        fluorescence = group.create_group("fluorescence")
-        self._store_dataset(fluorescence, pending.raw)
-        background = fluorescence.create_group("bg_data")
-        for dataset in pending.bg_data:
-            self._store_dataset(background, dataset)
-
-    def _store_dataset(self, group: Any, pending: _PendingDataset) -> None:
-        options = self._options
-        dataset = group.create_dataset(
-            pending.name,
-            shape=pending.shape,
-            dtype=pending.dtype,
-            chunks=(pending.chunk_rows, pending.shape[1]),
-            compression="gzip" if options.compress else None,
-            compression_opts=(1 if options.level is None else options.level) if options.compress else None,
-            shuffle=options.shuffle,
-            fletcher32=True,
-        )
-        for number, future in enumerate(pending.chunks):
-            dataset.id.write_direct_chunk((number * pending.chunk_rows, 0), future.result(), 0)
-        # HDFView shows the dataset as a grayscale image
-        dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
-        dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
-        dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
-
-
-def _convert_and_encode(block: npt.NDArray[Any], dtype: np.dtype[Any], codec: _Codec) -> bytes:
-    return _encode_chunk(np.ascontiguousarray(block, dtype=dtype), codec)
-
-
-# ---------------------------------------------------------------------------
-# reading
-# ---------------------------------------------------------------------------
-
-
-class _Done(NamedTuple):
-    value: Any
-
-    def result(self) -> Any:
-        return self.value
-
-
-class _PendingRead(NamedTuple):
-    meta: dict[str, MetaValue]
-    raw: Any
-    bg_data: dict[str, Any]
-
-    def result(self) -> Image:
-        return {
-            "raw": self.raw.result(),
-            "bg_data": {name: value.result() for name, value in self.bg_data.items()},
-            "meta": self.meta,
-        }
-
-
-class _AssembledDataset:
-    """A dataset whose chunks decode in worker threads."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
-        self.out = np.empty(shape, dtype=dtype.newbyteorder("="))
-        self.parts: list[tuple[tuple[slice, ...], concurrent.futures.Future[npt.NDArray[Any]]]] = []
-
-    def result(self) -> npt.NDArray[Any]:
-        if len(self.parts) == 1 and self.parts[0][0] == tuple(slice(0, n) for n in self.out.shape):
-            chunk = self.parts[0][1].result()  # one whole-image chunk: skip the copy when possible
-            if chunk.shape == self.out.shape and chunk.flags.writeable and chunk.dtype.isnative:
-                self.parts.clear()
-                self.out = chunk
-                return chunk
-        for slices, future in self.parts:
-            chunk = future.result()
-            self.out[slices] = chunk[tuple(slice(0, s.stop - s.start) for s in slices)]
-        self.parts.clear()
-        return self.out
-
-
-class _ChunkReader:
-    def __init__(self, workers: int) -> None:
-        self._pool = _executor(workers)
-
-    def __enter__(self) -> _ChunkReader:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._pool.shutdown(wait=True)
-
-    def read_image(self, group: Any, source: str) -> _PendingRead:
-        where = _at(source, group)
-        if not isinstance(group, h5py.Group):
-            raise FormatError(f"{where} should be an FLImage group, but is {type(group).__name__}")
-        meta = _read_meta(group, where)
-        fluorescence = _member(group, "fluorescence")
-        if not isinstance(fluorescence, h5py.Group):
-            raise FormatError(f"{where} has no 'fluorescence' group, so it is no FLImage")
-        raw_node = _member(fluorescence, "raw")
-        if not isinstance(raw_node, h5py.Dataset):
-            raise FormatError(f"{_at(source, fluorescence)} has no 'raw' dataset")
-        raw = self._read_dataset(raw_node, _at(source, raw_node), None)
-        bg_data: dict[str, Any] = {}
-        background = _member(fluorescence, "bg_data")
-        if background is not None:
-            if not isinstance(background, h5py.Group):
-                raise FormatError(f"{_at(source, background)} should be a group")
-            for name in background:
-                node = background[name]
-                what = _at(source, node)
-                if not isinstance(node, h5py.Dataset):
-                    raise FormatError(f"{what} should be a dataset")
-                bg_data[name] = self._read_dataset(node, what, raw_node.shape)
-        return _PendingRead(meta, raw, bg_data)
-
-    def _read_dataset(self, dataset: Any, what: str, shape: tuple[int, ...] | None) -> Any:
-        dtype = dataset.dtype
-        if dtype.kind not in _STORABLE_KINDS or dtype.itemsize > 8:
-            raise FormatError(f"{what} must hold real numbers or bools, but has dtype {dtype}")
-        if shape is None and (dataset.ndim != 2 or dataset.size == 0):
-            raise FormatError(f"{what} must be a non-empty 2-D image, but has shape {dataset.shape}")
-        if shape is not None and dataset.shape != shape:
-            raise FormatError(f"{what} has shape {dataset.shape}, but raw has shape {shape}")
-        filters = _decodable_filters(dataset)
-        if filters is None:
-            return _Done(_read_with_h5py(dataset, what))
-        assembled = _AssembledDataset(dataset.shape, dtype)
-        chunk_shape = tuple(dataset.chunks)
-        grid = [range(0, size, step) for size, step in zip(dataset.shape, chunk_shape)]
-        for offset in itertools.product(*grid):
-            try:
-                mask, stored = dataset.id.read_direct_chunk(offset)
-            except (OSError, RuntimeError, KeyError, ValueError) as exc:
-                # Writers of this layout store every chunk: a missing one means a
-                # damaged index or an unfinished write, not a fill value to return.
-                raise FormatError(f"{what}: the chunk at {offset} cannot be read ({exc})") from None
-            slices = tuple(slice(o, min(o + c, s)) for o, c, s in zip(offset, chunk_shape, dataset.shape))
-            future = self._pool.submit(_decode_chunk, stored, mask, filters, dtype, chunk_shape, what)
-            assembled.parts.append((slices, future))
-        return assembled
-
-
-def _decodable_filters(dataset: Any) -> tuple[int, ...] | None:
-    """The filters of a chunked dataset if we can decode them all, else None."""
-    if dataset.chunks is None or not hasattr(dataset.id, "read_direct_chunk"):
-        return None
-    plist = dataset.id.get_create_plist()
-    filters = []
-    for position in range(plist.get_nfilters()):
-        code = plist.get_filter(position)[0]
-        if code not in (_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32):
-            return None  # lzf, szip, scale-offset, plugins: h5py decodes them
-        filters.append(code)
-    return tuple(filters)
-
-
-def _read_with_h5py(dataset: Any, what: str) -> npt.NDArray[Any]:
+    The jobs iterable is advanced in the calling thread, so it may call h5py.
+    """
+    if pool is None:
+        for function, tag in jobs:
+            yield function(), tag
+        return
+    pending: collections.deque[tuple[concurrent.futures.Future[Any], _Tag]] = collections.deque()
     try:
-        data = np.asarray(dataset[()])
+        for function, tag in jobs:
+            pending.append((pool.submit(function), tag))
+            if len(pending) > window:
+                future, done = pending.popleft()
+                yield future.result(), done
+        while pending:
+            future, done = pending.popleft()
+            yield future.result(), done
+    finally:
+        for future, _ in pending:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
+    if workers == 1:
+        yield None
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flimage_io") as pool:
+        yield pool
+
+
+# ---------------------------------------------------------------------------
+# 6. storing and loading images
+# ---------------------------------------------------------------------------
+
+
+class _ChunkJob(NamedTuple):
+    """Where an encoded chunk goes: the image (on its first chunk), the dataset, the chunk."""
+
+    image: _CheckedImage | None  # set on an image's first chunk: create its groups first
+    name: str | None  # the image group's name; None: the target group itself
+    key: str  # "raw", or a bg_data name when background is True
+    background: bool
+    array: npt.NDArray[Any]
+    rows: int  # rows per chunk
+    number: int  # the chunk's number within the dataset
+
+
+def _numbered(
+    group: Any, start: int, first: _CheckedImage | None, images: Iterator[Any], options: _Options
+) -> Iterator[tuple[str, _CheckedImage]]:
+    """("fli_N", checked image) for a series, with identifiers kept unique."""
+    seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
+    label = f"{group.file.filename}:{group.name}"
+    for offset, image in enumerate(itertools.chain([first], images) if first is not None else images):
+        what = f"series['images'][{offset}]"
+        checked = first if offset == 0 and first is not None else _check_image(image, options.dtype, what)
+        identifier = checked.meta.get("identifier")
+        if isinstance(identifier, str):
+            if seen is None:
+                seen = _identifiers(group, label, start)
+            if identifier in seen:
+                raise ValueError(
+                    f"{what} has identifier {identifier!r}, already used by fli_{max(seen[identifier], 0)}; "
+                    "identifiers must be unique within a series"
+                )
+            seen[identifier] = start + offset
+        yield f"fli_{start + offset}", checked
+
+
+def _chunk_jobs(
+    images: Iterable[tuple[str | None, _CheckedImage]], options: _Options
+) -> Iterator[tuple[Callable[[], bytes], _ChunkJob]]:
+    for name, image in images:
+        first: _CheckedImage | None = image
+        for key, array, background in [
+            ("raw", image.raw, False),
+            *((key, array, True) for key, array in image.bg_data.items()),
+        ]:
+            rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
+            for number, start in enumerate(range(0, array.shape[0], rows)):
+                block = array[start : start + rows]
+                if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
+                    block = np.concatenate(
+                        [block, np.zeros((rows - block.shape[0], array.shape[1]), array.dtype)]
+                    )
+                job = _ChunkJob(first, name, key, background, array, rows, number)
+                yield functools.partial(_encode_chunk, block, array.dtype, options), job
+                first = None
+
+
+def _store_images(group: Any, images: Iterable[tuple[str | None, _CheckedImage]], options: _Options) -> None:
+    """Encode chunks on the workers while this thread, the only one calling h5py,
+    creates the groups and datasets and stores finished chunks in order."""
+    fluorescence: Any = None
+    background: Any = None
+    dataset: Any = None
+    with _pool(options.workers) as pool:
+        for stored, job in _in_order(pool, _chunk_jobs(images, options), 2 * options.workers):
+            if job.image is not None:
+                image_group = group if job.name is None else group.create_group(job.name)
+                for key, value in job.image.meta.items():
+                    image_group.attrs[key] = value
+                fluorescence = image_group.create_group("fluorescence")
+                background = fluorescence.create_group("bg_data")
+            if job.number == 0:
+                dataset = (background if job.background else fluorescence).create_dataset(
+                    job.key,
+                    shape=job.array.shape,
+                    dtype=job.array.dtype,
+                    chunks=(job.rows, job.array.shape[1]),
+                    compression="gzip" if options.compress else None,
+                    compression_opts=(options.level or 1) if options.compress else None,
+                    shuffle=options.shuffle,
+                    fletcher32=True,
+                )
+                # HDFView shows the dataset as a grayscale image
+                dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
+                dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
+                dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
+            dataset.id.write_direct_chunk((job.number * job.rows, 0), stored, 0)
+
+
+def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
+    """Check that a group holds a series to append to; return its length."""
+    if len(group) and _layout_of(group, label) == "image":
+        raise FormatError(f"{label} holds an FLImage, not an FLSeries: cannot append images to it")
+    count = _series_length(group, label) if len(group) else 0
+    if identifier is not None and "identifier" in group.attrs:
+        existing = _text_attr(group, "identifier", label)
+        if existing != identifier:
+            raise ValueError(
+                f"series['identifier'] is {identifier!r}, but the series in {label} is {existing!r}; "
+                "pass None to keep it"
+            )
+    return count
+
+
+def _nothing() -> None:
+    return None
+
+
+def _load_images(
+    group: Any,
+    label: str,
+    names: Sequence[str | None],
+    workers: int,
+    unknown: list[tuple[str, str]],
+    problems: list[str] | None = None,
+) -> Iterator[Image]:
+    """Read images (None: ``group`` itself) in order; chunks decode on the workers
+    while this thread reads the next stored chunks and meta data."""
+    with _pool(workers) as pool:
+        for _, image in _in_order(pool, _decode_jobs(group, label, names, unknown, problems), 2 * workers):
+            if image is not None:
+                yield image
+
+
+def _decode_jobs(
+    group: Any,
+    label: str,
+    names: Iterable[str | None],
+    unknown: list[tuple[str, str]],
+    problems: list[str] | None,
+) -> Iterator[tuple[Callable[[], None], Image | None]]:
+    for name in names:
+        image_group = group if name is None else _child(group, name, label, h5py.Group)
+        meta = _read_meta(image_group, label, unknown, problems)
+        fluorescence = _child(image_group, "fluorescence", label, h5py.Group)
+        raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
+        jobs = list(_dataset_jobs(raw_node, label, None))
+        raw = jobs.pop()[1]
+        bg_data: dict[str, npt.NDArray[Any]] = {}
+        background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
+        for key in [] if background is None else list(background):
+            more = list(_dataset_jobs(_child(background, key, label, h5py.Dataset), label, raw_node.shape))
+            bg_data[key] = more.pop()[1]
+            jobs += more
+        image: Image = {"raw": raw, "bg_data": bg_data, "meta": meta}
+        jobs = jobs or [(_nothing, raw)]
+        yield from ((function, None) for function, _ in jobs[:-1])
+        yield jobs[-1][0], image
+
+
+def _dataset_jobs(
+    dataset: Any, label: str, shape: tuple[int, ...] | None
+) -> Iterator[tuple[Callable[[], None], npt.NDArray[Any]]]:
+    """Jobs that decode a dataset's chunks into its array, then (a no-op, the array).
+
+    Storage that was never written, or that lies outside the file, is an error
+    here: the layout's writers store every chunk, and a fill value is no data.
+    """
+    where = _at(label, dataset)
+    dtype = dataset.dtype
+    if not _storable(dtype):
+        raise FormatError(f"{where} must hold real numbers or bools, but has dtype {dtype}")
+    if shape is None and (dataset.ndim != 2 or dataset.size == 0):
+        raise FormatError(f"{where} must be a non-empty 2-D image, but has shape {dataset.shape}")
+    if shape is not None and dataset.shape != shape:
+        raise FormatError(f"{where} has shape {dataset.shape}, but raw has shape {shape}")
+    plist = dataset.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise FormatError(f"{where} is a virtual dataset, which reads other files; flimage_io does not")
+    if plist.get_external_count():
+        raise FormatError(f"{where} keeps its data in external files, which flimage_io does not read")
+    out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
+    if layout == h5py.h5d.CHUNKED:
+        chunk = tuple(dataset.chunks)
+        grid = list(itertools.product(*(range(0, size, step) for size, step in zip(dataset.shape, chunk))))
+        codes = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
+        if set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
+            for offset in grid:
+                try:
+                    mask, stored = dataset.id.read_direct_chunk(offset)
+                except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                    raise FormatError(
+                        f"{where}: the chunk at {offset} was never written or is damaged ({exc})"
+                    ) from None
+                part = out[tuple(slice(o, o + c) for o, c in zip(offset, chunk))]
+                decode = functools.partial(_decode_chunk, stored, mask, codes, dtype, chunk, part)
+                yield functools.partial(_name_errors, decode, where), part
+            yield _nothing, out
+            return
+        written = dataset.id.get_num_chunks()
+        if written != len(grid):
+            raise FormatError(f"{where} has {written} of its {len(grid)} chunks; the rest were never written")
+    elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
+        raise FormatError(f"{where} was never written (it has no storage)")
+    try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
+        dataset.read_direct(out)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise FormatError(f"{what} cannot be read ({exc}); the file is damaged") from None
-    return data.astype(data.dtype.newbyteorder("="), copy=False)
+        raise FormatError(f"{where} cannot be read ({exc}); the file is damaged") from None
+    yield _nothing, out
+
+
+def _name_errors(function: Callable[[], None], where: str) -> None:
+    try:
+        function()
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
-# command line
+# 7. lazy series
 # ---------------------------------------------------------------------------
+
+
+class _LazyImage(Mapping[str, Any]):
+    """One image of a lazy series: meta read without pixels, arrays on first access."""
+
+    def __init__(self, series: _LazyImages, slot: int, meta: dict[str, MetaValue]) -> None:
+        self._series, self._slot, self._meta = series, slot, meta
+        self._arrays: Image | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "meta":
+            return self._meta
+        if key not in ("raw", "bg_data"):
+            raise KeyError(key)
+        if self._arrays is None:
+            self._arrays = self._series._pixels(self._slot)
+        return self._arrays[key]  # type: ignore[literal-required]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("raw", "bg_data", "meta"))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __repr__(self) -> str:
+        return f"<lazy FLImage {self._series._positions[self._slot]} of {self._series._source!r}>"
+
+
+class _LazyImages(Sequence[Image]):
+    """The images of a series, read on access; no file stays open between accesses.
+
+    Meta data are read a block at a time; pixels are read for one image, or,
+    while the images are visited in order, for the next few together on the
+    worker threads, so memory stays bounded for a series of any length.
+    """
+
+    _META_BLOCK = 256
+
+    def __init__(self, source: Any, positions: Sequence[int], workers: int) -> None:
+        self._source = source if not _is_path(source) else os.fspath(source)
+        self._positions = list(positions)
+        self._workers = workers
+        self._setup()
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
+        self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
+        self._ahead: dict[int, Image] = {}
+        self._last = -2
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_source": self._source, "_positions": self._positions, "_workers": self._workers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return _LazyImages(self._source, self._positions[index], self._workers)
+        if not isinstance(index, numbers.Integral) or isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"images are indexed by int or slice, not {type(index).__name__}")
+        slot = int(index) + len(self) if index < 0 else int(index)
+        if not 0 <= slot < len(self):
+            raise ImageNotFoundError(f"the series has {len(self)} images; index {index} is out of range")
+        return _LazyImage(self, slot, self._meta_of(slot))
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} lazy FLSeries images of {self._source!r}>"
+
+    def _meta_of(self, slot: int) -> dict[str, MetaValue]:
+        block = slot // self._META_BLOCK
+        with self._lock:
+            if self._meta[0] != block:
+                unknown: list[tuple[str, str]] = []
+                low = block * self._META_BLOCK
+                with _open_read(self._source) as (group, label):
+                    self._meta = (
+                        block,
+                        [
+                            _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown)
+                            for p in self._positions[low : low + self._META_BLOCK]
+                        ],
+                    )
+                _warn_unknown(unknown)
+            return dict(self._meta[1][slot % self._META_BLOCK])
+
+    def _pixels(self, slot: int) -> Image:
+        with self._lock:
+            if slot not in self._ahead:
+                # in order: read the next few together; out of order: just this one
+                count = 2 * self._workers + 2 if slot == self._last + 1 else 1
+                names = [f"fli_{p}" for p in self._positions[slot : slot + count]]
+                with _open_read(self._source) as (group, label):
+                    read = list(_load_images(group, label, names, self._workers, []))
+                self._ahead = dict(zip(range(slot, slot + count), read))
+            self._last = slot
+            return self._ahead.pop(slot)
+
+
+# ---------------------------------------------------------------------------
+# 8. command line
+# ---------------------------------------------------------------------------
+
+
+# 3x5 font: one octal digit per row (top to bottom), bit 4 = left column. Small enough to review by eye;
+# legibility at larger tiles comes from integer scaling in _draw_text, not from a bigger font.
+_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ .-_:=/#()+,?"
+_CODES = (
+    "75557 26227 71747 71317 55711 74717 74757 71111 75757 75717 25755 65656 34443 65556 74647 74644 34553 "
+    "55755 72227 11152 55655 44447 57755 65555 25552 65644 25563 65655 34216 72222 55557 55552 55775 55255 "
+    "55222 71247 00000 00002 00700 00007 02020 07070 11244 57575 24442 21112 02720 00024 71302"
+)
+_FONT = {
+    ch: np.array([[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code], dtype=bool)
+    for ch, code in zip(_CHARS, _CODES.split())
+}
+_BACKGROUND = 48  # dark gray for gaps and unused cell area, so tile edges show against black image content
+_GAP = 2  # px between cells
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    # The CRC covers the chunk type and data, not the length field.
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _png(pixels: npt.NDArray[Any]) -> bytes:
+    """Encode a 2-D uint8 array as an 8-bit grayscale PNG."""
+    if pixels.ndim != 2 or pixels.dtype != np.uint8 or 0 in pixels.shape:
+        raise ValueError(f"need a non-empty 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape
+    raw = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter type 0 (None) for every row
+    raw[:, 1:] = pixels
+    data = zlib.compress(raw.tobytes(), 6)
+    step = 1 << 20  # several IDAT chunks keep each chunk small; decoders concatenate them
+    idat = b"".join(_png_chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, deflate, no interlace
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + idat + _png_chunk(b"IEND", b"")
+
+
+def _stretch(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Map a real or bool 2-D array to uint8 between its 0.5 and 99.5 percentiles; NaN/inf become 0."""
+    a = np.asarray(image)
+    if a.ndim != 2 or a.dtype.kind not in "biuf":  # bool, signed, unsigned, float
+        raise TypeError(f"need a real 2-D array, got {a.dtype} {a.shape}")
+    # Percentiles of a ~512x512 strided subsample match the full image closely and cost ~1/64 on 4096^2.
+    step = max(1, math.isqrt(a.size >> 18))
+    sample = a[::step, ::step].astype(np.float64).ravel()
+    sample = sample[np.isfinite(sample)]  # filtering first: nanpercentile warns on all-NaN input
+    f: npt.NDArray[np.float64] = a.astype(np.float64)  # a private copy, so the maths below can be in place
+    finite = np.isfinite(f)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite ranges overflow; handled just below
+        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5])) if sample.size else (0.0, 0.0)
+        if 0.0 < hi - lo < math.inf:  # false for a constant image and for a range beyond float64
+            f -= lo  # in place: fresh 4096^2 temporaries would take most of the time
+            f *= 255.0 / (hi - lo)
+        else:
+            f.fill(128.0)  # constant image: mid-gray, so it is not mistaken for an empty one
+    f[~finite] = 0.0  # before the cast: casting NaN to uint8 warns
+    np.clip(f, 0.0, 255.0, out=f)
+    return np.rint(f, out=f).astype(np.uint8)
+
+
+def _draw_text(canvas: npt.NDArray[np.uint8], text: str, row: int, col: int, scale: int = 1) -> None:
+    """Draw white text on a black box with its top-left corner at (row, col), clipped to the canvas."""
+    if not text:
+        return
+    # Build the whole label as a small image first; then one clipped paste replaces per-glyph bounds checks.
+    box = np.zeros((7, 4 * len(text) + 1), dtype=bool)  # 1 px black margin around 3x5 glyphs
+    for i, ch in enumerate(text):
+        box[1:6, 1 + 4 * i : 4 + 4 * i] = _FONT.get(ch.upper(), _FONT["?"])
+    box = box.repeat(scale, axis=0).repeat(scale, axis=1)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + box.shape[0], canvas.shape[0]), min(col + box.shape[1], canvas.shape[1])
+    if r1 > r0 and c1 > c0:
+        canvas[r0:r1, c0:c1] = np.where(box[r0 - row : r1 - row, c0 - col : c1 - col], 255, 0)
+
+
+def _fit(image: npt.NDArray[Any], tile: int) -> npt.NDArray[np.uint8]:
+    # Stride first, then stretch: 100 frames of 4096^2 only ever stretch <=tile^2 pixels each.
+    # Nearest-neighbour striding (not block means) keeps NaN/inf handling in one place, _stretch.
+    a = np.asarray(image)
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"need a non-empty 2-D frame, got shape {a.shape}")
+    down = max(1, -(-max(a.shape) // tile))
+    small = _stretch(a[::down, ::down])
+    up = max(1, tile // max(small.shape))  # enlarge tiny images by an integer factor: pixels stay square
+    return small.repeat(up, axis=0).repeat(up, axis=1)
+
+
+def _contact_sheet(
+    frames: Sequence[tuple[npt.NDArray[Any], str]], *, tile: int = 256, columns: int | None = None
+) -> npt.NDArray[np.uint8]:
+    """Lay labelled frames out row-major in a grid; each cell is as large as the largest fitted frame."""
+    if not frames or tile < 1:
+        raise ValueError("need at least one frame and tile >= 1")
+    tiles = [(_fit(image, tile), label) for image, label in frames]
+    ncols = max(1, min(columns or math.ceil(math.sqrt(len(tiles))), len(tiles)))
+    nrows = -(-len(tiles) // ncols)
+    cell_h = max(t.shape[0] for t, _ in tiles)
+    cell_w = max(t.shape[1] for t, _ in tiles)
+    sheet = np.full((nrows * (cell_h + _GAP) - _GAP, ncols * (cell_w + _GAP) - _GAP), _BACKGROUND, np.uint8)
+    scale = max(1, tile // 128)  # 3x5 glyphs at 2x are readable on a 256 px tile
+    for i, (pixels, label) in enumerate(tiles):
+        r, c = (i // ncols) * (cell_h + _GAP), (i % ncols) * (cell_w + _GAP)
+        sheet[r : r + pixels.shape[0], c : c + pixels.shape[1]] = pixels
+        # Drawing into the cell view clips long labels at the cell edge instead of spilling into neighbours.
+        _draw_text(sheet[r : r + cell_h, c : c + cell_w], label, 0, 0, scale)
+    return sheet
 
 
 def _demo(path: str | None) -> int:
-    """Write a small sample series and print what was read back."""
+    """Write a small sample series (kept only at ``path``) and print what was read back."""
+    import tempfile
+
     rng = np.random.default_rng(7)
     rows, cols = np.mgrid[0:64, 0:96]
     blob = 100 + 2000 * np.exp(-((rows - 32) ** 2 + (cols - 48) ** 2) / (2 * 12.0**2))
     images = (
         {
-            "raw": rng.poisson(blob * math.exp(-0.1 * t)).astype(np.float64),
-            "bg_data": np.full(blob.shape, 100.0),
+            "raw": rng.poisson(blob * math.exp(-0.1 * t)).astype(np.uint16),  # camera counts
+            "bg_data": np.full(blob.shape, 100, dtype=np.uint16),
             "meta": {"pixel size": 1.4e-7, "time": 0.5 * t, "identifier": f"frame {t}"},
         }
         for t in range(5)
@@ -1760,132 +2045,148 @@ def _demo(path: str | None) -> int:
         target = path or os.path.join(scratch, "demo_series.h5")
         write_series(target, {"identifier": "demo run", "images": images})
         series = read_series(target)
-        print(f"wrote {target} ({os.path.getsize(target)} bytes) and read it back:")
+        kept = f"wrote {target}" if path else "wrote a sample series (pass a PATH to keep it)"
+        print(f"{kept}, {os.path.getsize(target)} bytes, and read it back:")
         print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
         for position, image in enumerate(series["images"]):
-            corrected = image["raw"] - sum(image["bg_data"].values())
+            # correct in floating point: uint16 counts minus a background would wrap around
+            corrected = image["raw"].astype(np.float64) - sum(
+                b.astype(np.float64) for b in image["bg_data"].values()
+            )
             meta = image["meta"]
             print(
                 f"  fli_{position}: {meta['identifier']!r} raw {image['raw'].shape} {image['raw'].dtype}, "
-                f"time {meta['time']} s, pixel size {meta['pixel size']} m, "
-                f"mean corrected intensity {corrected.mean():.1f}"
+                f"time {meta['time']} s, mean corrected intensity {corrected.mean():.1f}"
             )
         one = read_image(target, index="frame 3")
         print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
     return 0
 
 
-def _check_file(h5file: Target) -> list[str]:
-    """Every problem found in a file, checked against the layout; [] when clean."""
+def _split_spec(spec: str) -> tuple[str, str]:
+    """'FILE' or 'FILE:/group/path' -> (file, group path)."""
+    if os.path.exists(spec) or ":/" not in spec:
+        return spec, "/"
+    for match in re.finditer(":/", spec):
+        if os.path.isfile(spec[: match.start()]):
+            return spec[: match.start()], spec[match.start() + 1 :]
+    return spec, "/"
+
+
+@contextlib.contextmanager
+def _open_spec(spec: str) -> Iterator[tuple[Any, str]]:
+    path, inner = _split_spec(spec)
+    with _open_read(path) as (root, label):
+        if inner.strip("/") == "":
+            yield root, label
+            return
+        if inner not in root or not isinstance(root[inner], h5py.Group):
+            raise FormatError(f"{path} has no group {inner}")
+        yield root[inner], f"{path}:{root[inner].name}"
+
+
+def _check_file(spec: str, progress: bool = False) -> list[str]:
+    """Every problem found in a file, through the readers' own code; [] when clean."""
     problems: list[str] = []
     try:
-        with _ReadSource(h5file) as (group, source):
-            where = _at(source, group)
-            names = list(group)
-            if "fluorescence" in group:
-                _check_image_group(group, source, problems)
-            elif names and not any(name.startswith("fli_") for name in names):
-                problems.append(
-                    f"{where} holds neither an FLImage nor an FLSeries; found members {sorted(names)[:10]}"
-                )
+        with _open_spec(spec) as (group, label):
+            if _layout_of(group, label) == "image":
+                _check_one_image(group, label, problems)
             else:
-                _check_series_group(group, source, problems)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FormatError) as exc:
+                _check_series_group(group, label, problems, progress)
+    except (OSError, FormatError) as exc:
         problems.append(str(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places
 
 
-def _check_series_group(group: Any, source: str, problems: list[str]) -> None:
-    where = _at(source, group)
+def _check_series_group(group: Any, label: str, problems: list[str], progress: bool) -> None:
+    """What readers do not check of a series: stray members and attributes, duplicates."""
     for key in group.attrs:
         if key != "identifier":
-            problems.append(f"{where} has the attribute {key!r}; a series root holds only 'identifier'")
+            problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
     if "identifier" in group.attrs:
         try:
-            _read_text_attr(group, "identifier", where)
+            _text_attr(group, "identifier", label)
         except FormatError as exc:
             problems.append(str(exc))
-    numbers: list[int] = []
     for name in group:
         if not name.startswith("fli_"):
-            problems.append(f"{where} has the member {name!r}, which is not part of an FLSeries")
-        elif _SERIES_NAME.match(name) is None:
-            problems.append(
-                f"{where} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
-            )
-        else:
-            numbers.append(int(name[4:]))
-    missing = sorted(set(range(max(numbers, default=-1) + 1)) - set(numbers))
-    if missing:
-        shown = ", ".join(f"fli_{n}" for n in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        problems.append(f"{where} has gaps in its numbering: missing {shown} (flimage fails on them)")
+            problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
+    numbers, numbering = _scan_series(group, label)
+    problems += numbering
     owners: dict[str, list[str]] = {}
-    for number in sorted(numbers):
-        name = f"fli_{number}"
-        _check_image_group(group[name], source, problems)
-        try:
-            identifier = _identifier_of(group, name, source)
-        except FormatError:
-            continue  # reported with the image's meta data
+    shown = time.monotonic()
+    for count, number in enumerate(numbers, 1):
+        identifier = _check_one_image(group, label, problems, f"fli_{number}")
         if identifier is not None:
-            owners.setdefault(identifier, []).append(name)
+            owners.setdefault(identifier, []).append(f"fli_{number}")
+        if progress and time.monotonic() - shown > 0.5:
+            shown = time.monotonic()
+            print(f"\r{label}: checked {count} of {len(numbers)} images", end="", file=sys.stderr, flush=True)
+    if progress:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     for identifier, owner in owners.items():
         if len(owner) > 1:
-            problems.append(f"{where} has the identifier {identifier!r} on {len(owner)} images: {owner}")
+            problems.append(f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}")
 
 
-def _check_image_group(group: Any, source: str, problems: list[str]) -> None:
-    where = _at(source, group)
-    if not isinstance(group, h5py.Group):
-        problems.append(f"{where} should be an FLImage group, but is {type(group).__name__}")
-        return
-    for key in group.attrs:
-        try:
-            _meta_value(group, key, where)
-        except FormatError as exc:
-            problems.append(str(exc))
-    for key in ("flimage version", "qpimage version"):
-        if key not in group.attrs:
-            problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
-    fluorescence = _member(group, "fluorescence")
-    if not isinstance(fluorescence, h5py.Group):
-        problems.append(f"{where} has no 'fluorescence' group")
-        return
-    if len(fluorescence.attrs):
-        problems.append(
-            f"{_at(source, fluorescence)} has attributes {sorted(fluorescence.attrs)}; it should have none"
-        )
-    if "bg_data" not in fluorescence:
-        problems.append(
-            f"{_at(source, fluorescence)} has no 'bg_data' group: flimage cannot open it read-only"
-        )
-    with _ChunkReader(1) as reader:
-        try:
-            reader.read_image(group, source).result()  # shapes, dtypes, every checksum
-        except FormatError as exc:
-            problems.append(str(exc))
+def _check_one_image(parent: Any, label: str, problems: list[str], name: str | None = None) -> str | None:
+    """Read one image as the readers do, then what flimage needs beyond that; its identifier."""
+    try:
+        group = parent if name is None else _child(parent, name, label, h5py.Group)
+        where = _at(label, group)
+        for key in ("flimage version", "qpimage version"):
+            if key not in group.attrs:
+                problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
+        fluorescence = _child(group, "fluorescence", label, h5py.Group)
+        if len(fluorescence.attrs):
+            problems.append(
+                f"{_at(label, fluorescence)} has attributes {sorted(fluorescence.attrs)}; it should have none"
+            )
+        if "bg_data" not in fluorescence:
+            problems.append(
+                f"{_at(label, fluorescence)} has no 'bg_data' group: flimage cannot open it read-only"
+            )
+        if "identifier" in group.attrs:
+            kind = group.attrs.get_id("identifier").get_type()
+            if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
+                problems.append(
+                    f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
+                )
+        unknown: list[tuple[str, str]] = []
+        (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
+        problems += [
+            f"{place} has the attribute {key!r}, which is no meta data key (flimage refuses it)"
+            for key, place in unknown
+        ]
+        identifier = image["meta"].get("identifier")
+        return identifier if isinstance(identifier, str) else None
+    except (FormatError, OSError) as exc:
+        problems.append(str(exc))
+        return None
 
 
 # A damaged global heap (where HDF5 keeps text) can make the HDF5 library loop
-# forever; `check` is for suspicious files, so it runs in a child it can stop.
+# forever; `check` is for suspect files, so it runs in a child it can stop.
 _CHECK_BASE_SECONDS = 60.0
 _CHECK_SECONDS_PER_MIB = 0.5
 
 
-def _check_file_guarded(name: str) -> list[str]:
+def _check_file_guarded(spec: str) -> list[str]:
     """:func:`_check_file` in a forked child process, stopped if it takes too long."""
     import multiprocessing
 
     if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
-        return _check_file(name)
+        return _check_file(spec)
     try:
-        size = os.path.getsize(name) / 2**20
+        size = os.path.getsize(_split_spec(spec)[0]) / 2**20
     except OSError:
         size = 0.0
     limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_check_into, args=(name, sender), daemon=True)
+    progress = sys.stderr.isatty()
+    child = context.Process(target=_check_in_child, args=(spec, progress, sender), daemon=True)
     child.start()
     sender.close()
     try:
@@ -1893,10 +2194,10 @@ def _check_file_guarded(name: str) -> list[str]:
             problems: list[str] = receiver.recv()
             return problems
         return [
-            f"{name}: checking took over {limit:.0f} s and was stopped; HDF5 may be looping on damaged data"
+            f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may be looping on damaged data"
         ]
     except EOFError:
-        return [f"{name}: the check crashed (exit code {child.exitcode}); the file is damaged"]
+        return [f"{spec}: the check crashed (exit code {child.exitcode}); the file is damaged"]
     finally:
         if child.is_alive():
             child.kill()
@@ -1904,8 +2205,8 @@ def _check_file_guarded(name: str) -> list[str]:
         receiver.close()
 
 
-def _check_into(name: str, sender: Any) -> None:
-    sender.send(_check_file(name))
+def _check_in_child(spec: str, progress: bool, sender: Any) -> None:
+    sender.send(_check_file(spec, progress))
     sender.close()
 
 
@@ -1923,75 +2224,153 @@ def _describe_filters(dataset: Any) -> str:
 
 
 def _size(count: int) -> str:
-    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.1f} KiB"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
-def _info(h5file: Target) -> str:
+def _info(spec: str) -> str:
     """A short summary of a file: kind, images, shape, dtype, filters, ratio, meta."""
-    with _ReadSource(h5file) as (group, source):
-        where = _at(source, group)
-        if _layout_of(group, where) == "image":
-            images, title = [group], f"{where}: FLImage"
+    with _open_spec(spec) as (group, label):
+        if _layout_of(group, label) == "image":
+            images, title = [group], f"{label}: FLImage"
         else:
-            names = _series_names(group, where)
-            identifier = _read_text_attr(group, "identifier", where) if "identifier" in group.attrs else None
-            images = [group[name] for name in names]
-            title = f"{where}: FLSeries {identifier!r}, {len(images)} images"
-        lines = [title]
+            count = _series_length(group, label)
+            identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+            images = [_child(group, f"fli_{n}", label, h5py.Group) for n in range(count)]
+            named = f"{identifier!r}" if identifier is not None else "without identifier"
+            title = f"{label}: FLSeries {named}, {count} image{'s' * (count != 1)}"
         if not images:
             return title
-        raws = [image["fluorescence/raw"] for image in images]
-        shapes = {(raw.shape, raw.dtype.str) for raw in raws}
+        raws = [
+            _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
+            for image in images
+        ]
+        kinds = {(raw.shape, raw.dtype.str) for raw in raws}
         first = raws[0]
-        shape = "x".join(map(str, first.shape))
-        same = " (all images)" if len(shapes) == 1 else f" (fli_0; {len(shapes)} different shapes or dtypes)"
-        backgrounds = sorted(_member(images[0]["fluorescence"], "bg_data") or {})
-        lines.append(f"  raw: {shape} {first.dtype}{same}; background: {', '.join(backgrounds) or 'none'}")
+        same = (
+            ""
+            if len(images) == 1
+            else " (all images)"
+            if len(kinds) == 1
+            else f" (fli_0; {len(kinds)} kinds)"
+        )
+        backgrounds = sorted(
+            _child(images[0]["fluorescence"], "bg_data", label, h5py.Group, required=False) or {}
+        )
         stored = sum(raw.id.get_storage_size() for raw in raws)
         logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
         chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
-        lines.append(
-            f"  filters: {_describe_filters(first)}; chunks {chunks}; raw data stored in "
-            f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})"
+        unknown: list[tuple[str, str]] = []
+        meta = _read_meta(images[0], label, unknown)
+        return "\n".join(
+            [
+                title,
+                f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
+                f"background: {', '.join(backgrounds) or 'none'}",
+                f"  filters: {_describe_filters(first)}; chunks {chunks}; raw data stored in "
+                f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
+                f"  {'meta' if images[0] is group else 'meta of fli_0'}: "
+                + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none"),
+            ]
         )
-        meta = _read_meta(images[0], _at(source, images[0]))
-        label = "meta" if len(images) == 1 and images[0] is group else "meta of fli_0"
-        lines.append(
-            f"  {label}: " + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none")
-        )
-        return "\n".join(lines)
 
 
-_USAGE = """usage: python -m flimage_io demo [PATH]      write a sample series and print what was read back
-       python -m flimage_io check FILE...     list every problem; exit status 0 only when all are clean
-       python -m flimage_io info FILE...      summarise each file"""
+def _preview(spec: str, output: str | None, limit: int) -> str:
+    """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
+    with _open_spec(spec) as (group, label):
+        if _layout_of(group, label) == "image":
+            (image,) = _load_images(group, label, [None], _check_workers(None), [])
+            frames = [(image["raw"], str(image["meta"].get("identifier", "")))]
+        else:
+            count = _series_length(group, label)
+            if count == 0:
+                raise FormatError(f"{label} is a series without images: nothing to show")
+            picked = sorted({round(i * (count - 1) / max(limit - 1, 1)) for i in range(min(limit, count))})
+            loaded = _load_images(group, label, [f"fli_{p}" for p in picked], _check_workers(None), [])
+            frames = []
+            for position, image in zip(picked, loaded):
+                meta = image["meta"]
+                detail = meta.get("identifier", f"t={meta['time']:g}s" if "time" in meta else "")
+                frames.append((image["raw"], f"{position} {detail}".strip()))
+    target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
+    with open(target, "wb") as handle:
+        handle.write(_png(_contact_sheet(frames)))
+    return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flimage_io",
+        description="Read, check and look at FLImage / FLSeries HDF5 files.",
+        epilog="FILE may name an image or series inside a larger file as FILE:/group/path.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"flimage_io {__version__} (h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, "
+        f"numpy {np.__version__})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser("demo", help="write a sample series and print what was read back")
+    demo.add_argument("path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)")
+    check = commands.add_parser(
+        "check", help="list every problem; exit status 0 only when all files are clean"
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+    info = commands.add_parser("info", help="summarise each file")
+    info.add_argument("files", nargs="+", metavar="FILE")
+    preview = commands.add_parser("preview", help="write a PNG contact sheet of a series or image")
+    preview.add_argument("file", metavar="FILE")
+    preview.add_argument(
+        "-o", "--output", metavar="OUT.png", help="default: FILE with .png in place of its suffix"
+    )
+    preview.add_argument(
+        "-n", "--frames", type=int, default=36, metavar="N", help="at most N frames (default 36)"
+    )
+    return parser
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    command, files = (args[0], args[1:]) if args else ("", [])
-    if command == "demo" and len(files) <= 1:
-        return _demo(files[0] if files else None)
-    if command == "check" and files:
-        status = 0
-        for name in files:
-            problems = _check_file_guarded(name)
-            print(f"{name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
-            for problem in problems:
-                print(f"  - {problem}")
-            status = status or (1 if problems else 0)
-        return status
-    if command == "info" and files:
-        status = 0
-        for name in files:
-            try:
-                print(_info(name))
-            except (OSError, FormatError) as exc:
-                print(f"{name}: {exc}", file=sys.stderr)
-                status = 1
-        return status
-    print(_USAGE, file=sys.stderr)
-    return 2
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args.path)
+        if args.command == "check":
+            status = 0
+            for spec in args.files:
+                problems = _check_file_guarded(spec)
+                print(f"{spec}: {'ok' if not problems else f'{len(problems)} problem(s)'}", flush=True)
+                for problem in problems:
+                    print(f"  - {problem}", flush=True)
+                status = status or (1 if problems else 0)
+            return status
+        if args.command == "info":
+            status = 0
+            for spec in args.files:
+                try:
+                    print(_info(spec), flush=True)
+                except (OSError, FormatError) as exc:
+                    print(f"{spec}: {exc}", file=sys.stderr)
+                    status = 1
+            return status
+        if args.command == "preview":
+            if args.frames < 1:
+                parser.error(f"--frames must be at least 1, not {args.frames}")
+            print(_preview(args.file, args.output, args.frames))
+            return 0
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: name a command: demo, check, info or preview", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader of our output has gone (``| head``): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -112,6 +112,26 @@ def expected_read(image: dict[str, Any], dtype: Any = None) -> dict[str, Any]:
     return {"raw": stored(image["raw"]), "bg_data": {k: stored(v) for k, v in bg.items()}, "meta": meta}
 
 
+def float32_is_exact(image: dict[str, Any]) -> bool:
+    """Whether float32 storage keeps every value of an image (NaN and inf stay data)."""
+    bg = image.get("bg_data")
+    arrays = [image["raw"], *(bg.values() if isinstance(bg, dict) else [] if bg is None else [bg])]
+    for array in map(np.asarray, arrays):
+        if array.dtype == bool:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = array.astype(np.float32)
+            if array.dtype.kind == "f":
+                if (np.isinf(stored) & np.isfinite(array)).any():
+                    return False
+            elif (
+                not np.array_equal(stored.astype(np.float64), array.astype(np.float64))
+                or (np.abs(array) > 2**53).any()
+            ):
+                return False
+    return True
+
+
 OPTIONS = st.sampled_from(
     [{}, {"level": 9, "shuffle": False}, {"compression": None}, {"level": 1}, {"workers": 1}, {"workers": 3}]
 )
@@ -122,9 +142,14 @@ OPTIONS = st.sampled_from(
 def test_image_round_trip(backend: str, image: dict[str, Any], options: dict[str, Any], keep: bool) -> None:
     buffer = io.BytesIO()
     dtype = None if keep else "float32"
+    expected = expected_read(image, dtype)
+    if not keep and not float32_is_exact(image):
+        with pytest.raises(ValueError, match=r"float32 cannot represent exactly|becomes inf"):
+            fio.write_image(buffer, image, dtype=dtype, **options)
+        return
     fio.write_image(buffer, image, dtype=dtype, **options)
     got = fio.read_image(buffer)
-    assert_image_equal(got, expected_read(image, dtype))
+    assert_image_equal(got, expected)
     # the dict that is read is the dict that is written: a second pass copies it exactly
     copy = io.BytesIO()
     fio.write_image(copy, got, dtype=None)
@@ -145,7 +170,7 @@ def test_series_round_trip(backend: str, frames: list[dict[str, Any]], identifie
     assert got["identifier"] == identifier
     assert len(got["images"]) == len(frames)
     for read, written in zip(got["images"], frames):
-        assert_image_equal(read, expected_read(written, "float32"))
+        assert_image_equal(read, expected_read(written))
 
 
 def test_series_numeric_order_and_index(tmp_path: pathlib.Path) -> None:
@@ -187,6 +212,8 @@ def test_nan_inf_and_meta_values_come_back_as_plain_python() -> None:
 def test_dtype_conversion_rules() -> None:
     buffer = io.BytesIO()
     fio.write_image(buffer, {"raw": np.arange(6, dtype=np.uint16).reshape(2, 3)})
+    assert fio.read_image(buffer)["raw"].dtype == np.uint16  # every array keeps its dtype by default
+    fio.write_image(buffer, {"raw": np.arange(6, dtype=np.uint16).reshape(2, 3)}, dtype="float32")
     assert fio.read_image(buffer)["raw"].dtype == np.float32
     fio.write_image(buffer, {"raw": np.eye(2, dtype=bool), "bg_data": np.eye(2, dtype=bool)})
     got = fio.read_image(buffer)
@@ -209,7 +236,7 @@ def test_layout_and_filters_on_disk(tmp_path: pathlib.Path) -> None:
         assert h5.attrs["pixel size"].dtype == np.float64
         for name in ("fluorescence/raw", "fluorescence/bg_data/data"):
             dataset = h5[name]
-            assert dataset.dtype == np.float32 and dataset.chunks == (48, 64)
+            assert dataset.dtype == np.float64 and dataset.chunks == (48, 64)
             assert dataset.compression == "gzip" and dataset.shuffle and dataset.fletcher32
             assert dict(dataset.attrs) == {
                 "CLASS": b"IMAGE",
@@ -226,16 +253,25 @@ def test_layout_and_filters_on_disk(tmp_path: pathlib.Path) -> None:
         assert h5["fluorescence/raw"].compression is None and h5["fluorescence/raw"].fletcher32
 
 
-def test_row_block_chunks_past_the_chunk_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a 4 GiB image is too big for a test: lower the limit instead
-    monkeypatch.setattr(fio, "_MAX_CHUNK_BYTES", 7 * 64 * 4)
-    raw = blob((30, 64))
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "uint16", "bool", ">f8"])
+def test_big_images_are_stored_in_row_blocks(dtype: str, workers: int) -> None:
+    raw = (blob((2100, 1000)) % 7 > 2) if dtype == "bool" else blob((2100, 1000)).astype(dtype)
     buffer = io.BytesIO()
-    fio.write_image(buffer, {"raw": raw, "bg_data": raw / 2})
-    with h5py.File(buffer, "r") as h5:
-        assert h5["fluorescence/raw"].chunks == (7, 64)  # 5 chunks, the last one partial
-        np.testing.assert_array_equal(h5["fluorescence/raw"][()], raw.astype(np.float32))
-    np.testing.assert_array_equal(fio.read_image(buffer)["bg_data"]["data"], (raw / 2).astype(np.float32))
+    fio.write_image(buffer, {"raw": raw, "bg_data": raw[::-1]}, workers=workers)
+    with h5py.File(buffer, "r") as h5:  # h5py verifies every chunk's checksum
+        dataset = h5["fluorescence/raw"]
+        rows = min(2100, (4 << 20) // (1000 * raw.dtype.itemsize))
+        assert dataset.chunks == (rows, 1000) and dataset.id.get_num_chunks() == -(-2100 // rows)
+        np.testing.assert_array_equal(dataset[()], raw)
+    got = fio.read_image(buffer, workers=workers)
+    np.testing.assert_array_equal(got["raw"], raw)
+    np.testing.assert_array_equal(got["bg_data"]["data"], raw[::-1])
+    assert got["raw"].dtype == raw.dtype.newbyteorder("=") and got["raw"].flags.writeable
+
+
+def test_rows_past_the_chunk_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = blob((30, 64))
     monkeypatch.setattr(fio, "_MAX_CHUNK_BYTES", 100)
     with pytest.raises(ValueError, match=r"chunk limit"):
         fio.write_image(io.BytesIO(), {"raw": raw})
@@ -321,14 +357,6 @@ def test_h5py_verifies_our_chunks(columns: int, fill: str, options: dict[str, An
         np.testing.assert_array_equal(fio.read_image(buffer)["raw"], array)
 
 
-def test_old_hdf5_byte_swapped_checksum_is_accepted() -> None:
-    computed = fio._fletcher32(b"abcdef")
-    swapped = ((computed & 0x00FF00FF) << 8) | ((computed >> 8) & 0x00FF00FF)
-    assert fio._fletcher32_matches(computed, computed)
-    assert fio._fletcher32_matches(swapped, computed)
-    assert not fio._fletcher32_matches(computed ^ 1, computed)
-
-
 @pytest.mark.parametrize(
     "create",
     [
@@ -357,7 +385,7 @@ def test_unwritten_chunks_are_an_error() -> None:
         dataset[:3, :3] = 1
         h5.create_group("fluorescence/bg_data")
     # flimage and this library always store every chunk: a missing one is damage
-    with pytest.raises(fio.FormatError, match=r"raw: the chunk at \(0, 3\) cannot be read"):
+    with pytest.raises(fio.FormatError, match=r"raw: the chunk at \(0, 3\) was never written"):
         fio.read_image(buffer)
 
 
@@ -503,7 +531,7 @@ def test_flimage_reads_our_non_default_settings(tmp_path: pathlib.Path) -> None:
 
 def test_targets_path_pathlike_fileobj_group(tmp_path: pathlib.Path) -> None:
     image = {"raw": blob()}
-    expected = blob().astype(np.float32)
+    expected = blob()
     fio.write_image(str(tmp_path / "a.h5"), image)
     np.testing.assert_array_equal(fio.read_image(str(tmp_path / "a.h5"))["raw"], expected)
     fio.write_image(tmp_path / "b.h5", image)
@@ -562,7 +590,7 @@ def test_writing_to_a_path_replaces_the_whole_file(tmp_path: pathlib.Path) -> No
         ({"raw": np.ones((2, 2)), "meta": {"device": "a\x00b"}}, ValueError, "NUL"),
         ({"raw": np.ones((2, 2)), "meta": {"device": "\ud800"}}, ValueError, "Unicode"),
         ({"raw": np.ones((2, 2)), "meta": {"sim center": "1,2"}}, TypeError, "sequence of numbers"),
-        ({"raw": np.ones((2, 2)), "meta": {"sim center": [1, "a"]}}, TypeError, "real numbers"),
+        ({"raw": np.ones((2, 2)), "meta": {"sim center": [1, "a"]}}, TypeError, "real number"),
         ({"raw": np.ones((2, 2)), "meta": [("time", 1)]}, TypeError, "dict of meta data"),
         ([np.ones((2, 2))], TypeError, "must be a dict"),
     ],
@@ -611,7 +639,7 @@ def test_integer_overflow_is_refused() -> None:
         ({"images": [], "identifier": 3}, TypeError, "identifier"),
         ({"identifier": None}, KeyError, "no 'images'"),
         ({"images": [], "name": "x"}, KeyError, "'name'"),
-        ({"images": {"raw": np.ones((2, 2))}}, TypeError, "iterable of image dicts"),
+        ({"images": {"raw": np.ones((2, 2))}}, TypeError, "iterable of images"),
         ({"images": 5}, TypeError, "int"),
         (
             {"images": [{"raw": np.ones((2, 2)), "meta": {"identifier": "a"}}] * 2},
@@ -705,11 +733,11 @@ def test_reading_errors_name_the_file_and_what_was_found(tmp_path: pathlib.Path)
     fio.write_series(series, {"identifier": None, "images": [{"raw": np.ones((2, 2))}] * 3})
     with pytest.raises(fio.FormatError, match=r"series.h5 holds an FLSeries of 3 images.*index="):
         fio.read_image(series)
-    with pytest.raises(fio.ImageNotFoundError, match=r"3 images; index 3 is out of range"):
+    with pytest.raises(fio.ImageNotFoundError, match=r"3 images and none at position 3"):
         fio.read_image(series, index=3)
-    with pytest.raises(IndexError, match=r"index -4"):
+    with pytest.raises(IndexError, match=r"position -4"):
         fio.read_image(series, index=-4)
-    with pytest.raises(KeyError, match=r"no image with identifier 'nope'"):
+    with pytest.raises(KeyError, match=r"none at identifier 'nope'"):
         fio.read_image(series, index="nope")
     with pytest.raises(TypeError, match=r"float"):
         fio.read_image(series, index=1.0)  # type: ignore[arg-type]
@@ -728,10 +756,10 @@ def test_malformed_series_names(tmp_path: pathlib.Path) -> None:
     fio.write_series(path, {"identifier": None, "images": [{"raw": np.full((2, 2), n)} for n in range(4)]})
     with h5py.File(path, "r+") as h5:
         del h5["fli_2"]
-    with pytest.raises(fio.FormatError, match=r"gap.*'fli_2' is missing"):
+    with pytest.raises(fio.FormatError, match=r"gap.*fli_2 is missing"):
         fio.read_series(path)
     for index in ("x", 2, -1):
-        with pytest.raises(fio.FormatError, match=r"'fli_2' is missing"):
+        with pytest.raises(fio.FormatError, match=r"fli_2 is missing"):
             fio.read_image(path, index=index)
     with flimage.FLSeries(h5file=path, h5mode="r") as fls, pytest.raises(KeyError):
         fls.get_flimage(2)  # flimage breaks on the gap as well
@@ -750,8 +778,8 @@ def test_malformed_images(tmp_path: pathlib.Path) -> None:
             edit(h5)
 
     make(lambda h5: h5.attrs.__setitem__("pixelsize", 1.0))
-    with pytest.raises(fio.FormatError, match=r"unknown meta data attribute 'pixelsize'.*'pixel size'"):
-        fio.read_image(path)
+    with pytest.warns(fio.UnknownMetaWarning, match=r"'pixelsize' on .*bad.h5"):
+        assert "pixelsize" not in fio.read_image(path)["meta"]
     make(lambda h5: h5.attrs.__setitem__("time", "noon"))
     with pytest.raises(fio.FormatError, match=r"'time' must hold numbers"):
         fio.read_image(path)
@@ -765,7 +793,7 @@ def test_malformed_images(tmp_path: pathlib.Path) -> None:
     with pytest.raises(fio.FormatError, match=r"bg_data/fit has shape \(2, 2\).*\(3, 3\)"):
         fio.read_image(path)
     make(lambda h5: h5.__delitem__("fluorescence/raw"))
-    with pytest.raises(fio.FormatError, match=r"no 'raw' dataset"):
+    with pytest.raises(fio.FormatError, match=r"bad.h5:/fluorescence/raw is missing"):
         fio.read_image(path)
     make(lambda h5: (h5.__delitem__("fluorescence/raw"), h5["fluorescence"].__setitem__("raw", np.ones(3))))
     with pytest.raises(fio.FormatError, match=r"2-D image.*\(3,\)"):
@@ -807,7 +835,9 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -
     out = capsys.readouterr().out
     assert "5 images" in out and "fli_4: 'frame 4'" in out
     assert len(fio.read_series(tmp_path / "demo.h5")["images"]) == 5
-    assert fio._main(["bogus"]) == 2
+    with pytest.raises(SystemExit) as exit_status:
+        fio._main(["bogus"])
+    assert exit_status.value.code == 2
 
 
 def test_stdlib_zlib_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -853,7 +883,7 @@ def test_read_image_by_identifier_without_numbers_and_with_misleading_numbers(tm
         assert fio.read_image(path, index=name)["raw"][0, 0] == number
     with h5py.File(path, "r+") as h5:
         h5["fli_3"].attrs["identifier"] = "alpha"
-    with pytest.raises(fio.FormatError, match=r"2 images with identifier 'alpha'"):
+    with pytest.raises(fio.FormatError, match=r"several images with identifier 'alpha'"):
         fio.read_image(path, index="alpha")
 
 
@@ -958,7 +988,7 @@ def test_append_errors_leave_the_series_as_it_was(tmp_path: pathlib.Path) -> Non
     fio.write_series(gap, {"identifier": None, "images": [{"raw": np.ones((2, 2))}] * 3})
     with h5py.File(gap, "r+") as h5:
         del h5["fli_1"]
-    with pytest.raises(fio.FormatError, match=r"'fli_1' is missing"):
+    with pytest.raises(fio.FormatError, match=r"fli_1 is missing"):
         fio.write_series(gap, {"identifier": None, "images": [{"raw": np.ones((2, 2))}]}, append=True)
 
 
@@ -1004,7 +1034,7 @@ def test_failed_store_keeps_the_old_file_and_leaves_no_temporary(
     def disk_full(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fio._ChunkWriter, "_store_dataset", disk_full)
+    monkeypatch.setattr(fio, "_encode_chunk", disk_full)
     with pytest.raises(OSError, match=r"No space left"):
         fio.write_series(path, {"identifier": None, "images": [{"raw": blob()}] * 3})
     assert path.read_bytes() == before
@@ -1169,7 +1199,7 @@ def test_check_reports_every_problem(tmp_path: pathlib.Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     for words in (
         "has the attribute 'colour'",
-        "unknown meta data attribute 'pixelsize'",
+        "has the attribute 'pixelsize', which is no meta data key",
         "'time' must hold numbers",
         "lacks the attribute 'qpimage version': flimage cannot open it read-only",
         "identifier 'i0' on 3 images: ['fli_0', 'fli_1', 'fli_6']",
@@ -1178,7 +1208,7 @@ def test_check_reports_every_problem(tmp_path: pathlib.Path, capsys: pytest.Capt
         "bg_data/data has shape (2, 2), but raw has shape (4, 4)",
         "'fli_04', which is no valid series name",
         "member 'stray', which is not part of an FLSeries",
-        "gaps in its numbering: missing fli_4, fli_5 (flimage fails on them)",
+        "gap in its numbering: fli_4, fli_5 are missing",
     ):
         assert words in out, words
     assert "11 problem(s)" in out
@@ -1208,12 +1238,14 @@ def test_info_summarises(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[s
     assert fio._main(["info", str(path), str(DATA / "basic.h5")]) == 0
     out = capsys.readouterr().out
     assert "FLSeries 'run', 3 images" in out
-    assert "raw: 48x64 float32 (all images); background: data" in out
+    assert "raw: 48x64 float64 (all images); background: data" in out
     assert "filters: shuffle, gzip level 1, fletcher32; chunks 48x64" in out and "ratio" in out
     assert "meta of fli_0:" in out and "time=1.5" in out
     assert "basic.h5: FLImage" in out and "gzip level 9" in out
     assert fio._main(["info", str(tmp_path / "missing.h5")]) == 1
-    assert fio._main(["info"]) == 2
+    with pytest.raises(SystemExit) as exit_status:
+        fio._main(["info"])
+    assert exit_status.value.code == 2
 
 
 # ---------------------------------------------------------------------------
@@ -1287,21 +1319,19 @@ def numbers_equal(a: Any, b: Any) -> bool:
 def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
     """A mutated file reads back exactly as written, or raises FormatError.
 
-    The one exception: HDF5 keeps text meta data in global heap collections,
-    which have no checksum, so a flipped bit there can change a text; the
-    numbers stay right. A collection broken badly enough to make HDF5 loop
-    raises FormatError (the guard walks it first).
+    Damage in HDF5's global heap collections (text meta data, no checksum) is
+    left to test_damaged_global_heaps_never_change_numbers, which reads in a child.
     """
     import faulthandler
 
     damaged = bytearray(SERIES_BYTES)
-    kind = data.draw(st.sampled_from(["flip", "flips", "zero", "zero in heap", "truncate"]))
+    kind = data.draw(st.sampled_from(["flip", "flips", "zero", "truncate"]))
     heaps = global_heap_ranges(SERIES_BYTES)
     touched: list[int] = []
     if kind == "truncate":
         damaged = damaged[: data.draw(st.integers(0, len(damaged) - 1))]
     elif kind.startswith("zero"):
-        low, high = heaps[0] if kind == "zero in heap" else (0, len(damaged))
+        low, high = 0, len(damaged)
         start = data.draw(st.integers(low, high - 1))
         touched = list(range(start, min(start + data.draw(st.integers(1, 256)), len(damaged))))
         for position in touched:
@@ -1311,6 +1341,8 @@ def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
             position = data.draw(st.integers(0, len(damaged) - 1))
             damaged[position] ^= 1 << data.draw(st.integers(0, 7))
             touched.append(position)
+    # damage in a global heap can make HDF5 loop: test_damaged_global_heaps_never_change_numbers
+    assume(not any(low <= p < high for p in touched for low, high in heaps))
     faulthandler.dump_traceback_later(120, exit=True)  # a hang fails the run instead of stalling CI
     try:
         got = fio.read_series(io.BytesIO(bytes(damaged)))
@@ -1318,43 +1350,67 @@ def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
         return
     finally:
         faulthandler.cancel_dump_traceback_later()
-    if not series_equal(got, SERIES_READ):
-        assert any(low <= p < high for p in touched for low, high in heaps), (
-            "damage outside the heap went unnoticed"
-        )
-        assert numbers_equal(got, SERIES_READ), "numbers changed"
+    assert series_equal(got, SERIES_READ), "damage outside the global heap went unnoticed"
 
 
-def test_zeroed_global_heap_raises_instead_of_hanging(tmp_path: pathlib.Path) -> None:
-    import subprocess
-    import sys
+def read_in_child(data: bytes, seconds: float) -> str:
+    """Read a damaged series in a forked child; the outcome as a word, or 'hang'."""
+    import multiprocessing
 
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            got = fio.read_series(io.BytesIO(data))
+        except fio.FormatError:
+            sender.send("format error")
+            return
+        except Exception as exc:  # anything else is a defect: report it
+            sender.send(f"{type(exc).__name__}: {exc}")
+            return
+        if series_equal(got, SERIES_READ):
+            sender.send("exact")
+        else:
+            sender.send("text changed" if numbers_equal(got, SERIES_READ) else "numbers changed")
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    try:
+        return str(receiver.recv()) if receiver.poll(seconds) else "hang"
+    finally:
+        process.kill()
+        process.join()
+
+
+def test_damaged_global_heaps_never_change_numbers(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HDF5 keeps text in global heap collections, which carry no checksum; its
+    parser can loop on a broken one. A library read may then hang (check is the
+    tool for suspect files), but it never returns other numbers."""
+    rng = np.random.default_rng(11)
+    (start, end), *_ = global_heap_ranges(SERIES_BYTES)
+    outcomes = []
+    for case in range(40):
+        damaged = bytearray(SERIES_BYTES)
+        if case % 2:
+            low = int(rng.integers(start, end - 1))
+            high = min(low + int(rng.integers(1, 200)), end)
+            damaged[low:high] = bytes(high - low)
+        else:
+            position = int(rng.integers(start, end))
+            damaged[position] ^= 1 << int(rng.integers(0, 8))
+        outcomes.append(read_in_child(bytes(damaged), 10))
+    assert set(outcomes) <= {"exact", "format error", "text changed", "hang"}, outcomes
+    # the zeroed collection that makes HDF5 loop: check stops and reports it
     damaged = bytearray(SERIES_BYTES)
-    start, _ = global_heap_ranges(SERIES_BYTES)[0]
     damaged[start + 100 : start + 300] = bytes(200)  # an object of size 0: HDF5's parser never advances
     path = tmp_path / "zeroed.h5"
     path.write_bytes(bytes(damaged))
-    script = f"""
-import sys
-sys.path.insert(0, {str(pathlib.Path(fio.__file__).parent)!r})
-import flimage_io as fio
-try:
-    fio.read_series({str(path)!r})
-except fio.FormatError as error:
-    print(error)
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "global heap collection" in result.stdout and "damaged" in result.stdout, result.stderr
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
-    check = subprocess.run(
-        [sys.executable, "-m", "flimage_io", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert check.returncode == 1
-    assert "1 problem(s)" in check.stdout and "global heap collection" in check.stdout, check.stdout
+    monkeypatch.setattr(fio, "_CHECK_BASE_SECONDS", 5.0)
+    problems = fio._check_file_guarded(str(path))
+    assert len(problems) >= 1 and ("was stopped" in problems[0] or "damaged" in problems[0]), problems
 
 
 ANY_VALUE = st.recursive(
@@ -1493,7 +1549,9 @@ def test_check_stops_a_looping_hdf5(
     path = tmp_path / "loops.h5"
     fio.write_image(path, {"raw": np.ones((2, 2))})
 
-    def loop_forever(name: str) -> list[str]:  # what HDF5 does on some damaged global heaps
+    def loop_forever(
+        name: str, progress: bool = False
+    ) -> list[str]:  # what HDF5 does on some damaged global heaps
         time.sleep(600)
         return []
 
@@ -1508,7 +1566,8 @@ def test_check_stops_a_looping_hdf5(
 def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
     # the filter mask lives in the chunk index, which the HDF5 1.8 format does not checksum
     raw = blob((16, 16)).astype(np.float32)
-    stored = fio._encode_chunk(raw, fio._Codec(compress=True, level=None, shuffle=True))
+    options = fio._check_options(None, "gzip", None, True, 1)
+    stored = fio._encode_chunk(raw, raw.dtype, options)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         dataset = h5.create_dataset(
@@ -1526,28 +1585,3 @@ def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
         assert h5["fluorescence/raw"].id.read_direct_chunk((0, 0))[0] == 1
     with pytest.raises(fio.FormatError, match=r"raw: a chunk is marked as stored without a filter"):
         fio.read_image(buffer)
-
-
-@settings(max_examples=200, deadline=None)
-@given(first=st.binary(max_size=3000), second=st.binary(max_size=3000))
-def test_adler32_combine_matches_zlib(first: bytes, second: bytes) -> None:
-    combined = fio._adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second))
-    assert combined == zlib.adler32(first + second)
-
-
-@pytest.mark.parametrize(
-    "options", [{}, {"level": 1}, {"level": 4}, {"level": 6}, {"level": 9, "shuffle": False}]
-)
-@pytest.mark.parametrize("dtype", ["float32", "uint16", "uint8", "bool"])
-def test_big_chunks_deflate_in_segments(
-    backend: str, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], dtype: str
-) -> None:
-    monkeypatch.setattr(fio, "_SPLIT_BYTES", 1000)  # a big image is too slow for a test: lower the bar
-    raw = blob((97, 61), seed=4)
-    raw = raw > 1000 if dtype == "bool" else raw.astype(dtype)
-    buffer = io.BytesIO()
-    fio.write_image(buffer, {"raw": raw, "bg_data": np.zeros_like(raw)}, dtype=None, workers=3, **options)
-    with h5py.File(buffer, "r") as h5:  # HDF5 inflates the joined stream and verifies adler32 and fletcher32
-        np.testing.assert_array_equal(h5["fluorescence/raw"][()], raw)
-        np.testing.assert_array_equal(h5["fluorescence/bg_data/data"][()], np.zeros_like(raw))
-    np.testing.assert_array_equal(fio.read_image(buffer)["raw"], raw)
