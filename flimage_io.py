@@ -70,49 +70,20 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "META_KEYS",
-    "NUMBER_KEYS",
-    "SEQUENCE_KEYS",
-    "TEXT_KEYS",
-    "FormatError",
-    "Image",
-    "ImageNotFoundError",
-    "MetaValue",
-    "Series",
-    "Target",
-    "UnknownMetaWarning",
-    "read_image",
-    "read_series",
-    "write_image",
-    "write_series",
-]
+__all__ = ["META_KEYS", "NUMBER_KEYS", "SEQUENCE_KEYS", "TEXT_KEYS", "FormatError", "Image"]
+__all__ += ["ImageNotFoundError", "MetaValue", "Series", "Target", "UnknownMetaWarning"]
+__all__ += ["read_image", "read_series", "write_image", "write_series"]
 
 # ---------------------------------------------------------------------------
 # 1. public API
 # ---------------------------------------------------------------------------
 
 #: Meta data keys that hold real numbers (stored as float64), with their unit.
-NUMBER_KEYS: dict[str, str] = {
-    "pixel size": "m",
-    "time": "s",
-    "angle": "rad",
-    "focus": "m",
-    "numerical aperture": "",
-    "pos x": "m",
-    "pos y": "m",
-    "sim radius": "m",
-}
+NUMBER_KEYS: dict[str, str] = {"pixel size": "m", "time": "s", "angle": "rad", "focus": "m"}
+NUMBER_KEYS.update({"numerical aperture": "", "pos x": "m", "pos y": "m", "sim radius": "m"})
 #: Meta data keys that hold text (stored as variable-length UTF-8 strings).
-TEXT_KEYS: tuple[str, ...] = (
-    "date",
-    "device",
-    "identifier",
-    "sim model",
-    "software",
-    "flimage version",
-    "qpimage version",
-)
+TEXT_KEYS: tuple[str, ...] = ("date", "device", "identifier", "sim model", "software")
+TEXT_KEYS += ("flimage version", "qpimage version")
 #: Meta data key that holds a sequence of numbers (stored as a float64 array).
 SEQUENCE_KEYS: tuple[str, ...] = ("sim center",)
 #: The 16 meta data keys of the layout; ``flimage`` rejects any other key.
@@ -131,11 +102,8 @@ class Image(TypedDict):
 
 
 class Series(TypedDict):
-    """A series as :func:`read_series` returns it and :func:`write_series` takes it.
-
-    ``images`` is a list, or with ``lazy=True`` a read-only sequence of
-    read-only mappings with the same keys as :class:`Image`.
-    """
+    """A series as :func:`read_series` returns it and :func:`write_series` takes it;
+    with ``lazy=True``, ``images`` is a read-only sequence of read-only mappings."""
 
     identifier: str | None
     images: Sequence[Image]
@@ -153,19 +121,13 @@ class _KeyError(KeyError):
 
 
 class ImageNotFoundError(_KeyError, IndexError):
-    """The index or identifier names no image of the series.
-
-    A ``KeyError`` (as in ``flimage``) and an ``IndexError`` (as for lists).
-    """
+    """The index or identifier names no image of the series: a ``KeyError``
+    (as in ``flimage``) and an ``IndexError`` (as for lists)."""
 
 
 class UnknownMetaWarning(UserWarning):
-    """A file holds attributes that are not among the 16 meta data keys.
-
-    Older ``flimage`` releases wrote ``wavelength``, ``medium index`` and
-    ``sim index``; other tools add their own. The pixels and the known keys
-    are read; the unknown attributes are left out of ``meta``.
-    """
+    """A file holds attributes beyond the 16 meta data keys (older ``flimage``
+    wrote ``wavelength``, ``medium index``, ``sim index``); they are left out of ``meta``."""
 
 
 def write_image(
@@ -183,27 +145,21 @@ def write_image(
     Parameters
     ----------
     h5file
-        A path (created, or replaced whole and atomically; a symlink's target
-        is replaced), a binary file object opened ``"w+b"`` or ``"r+b"``
-        (replaced whole, not atomically), or an open, writable ``h5py.Group``
-        that does not yet hold an image or series.
+        A path (replaced whole and atomically; through a symlink, its target),
+        a binary file object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not
+        atomically), or an open, writable ``h5py.Group`` holding no image yet.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None,
-        "meta": {key: value} | None}``; only ``raw`` is required. A bare 2-D
-        array means ``{"raw": array}``.
+        "meta": {key: value} | None}``, or a bare 2-D array for ``{"raw": array}``.
     dtype
-        ``None`` (default): every array is stored with its own dtype, so every
-        value comes back exactly. ``"float32"`` stores what ``flimage`` stores
-        (integers it cannot hold exactly and finite values it would turn into
-        inf are refused). Boolean arrays stay boolean.
-    compression
-        ``"gzip"`` (deflate, read by every HDF5 install) or ``None``.
-    level
-        ``None`` (default): fast run-length deflate, smaller and faster than
-        level 1 on shuffled images. ``1`` to ``9``: a zlib level
-        (``level=9, shuffle=False`` are ``flimage``'s own settings).
-    shuffle
-        Apply HDF5's byte shuffle filter before compression.
+        ``None`` (default) stores each array with its own dtype, so every value
+        comes back exactly. ``"float32"`` stores what ``flimage`` stores and
+        refuses integers it cannot hold exactly and finite values it would make
+        inf. Bool stays bool.
+    compression, level, shuffle
+        ``"gzip"`` or ``None``; ``level=None`` is a fast run-length deflate,
+        ``1`` to ``9`` a zlib level (``level=9, shuffle=False`` is ``flimage``'s
+        setting); ``shuffle`` applies HDF5's byte shuffle first.
     workers
         Threads that encode chunks (default: the CPUs available).
 
@@ -211,11 +167,10 @@ def write_image(
     ------
     TypeError, ValueError, KeyError
         For invalid arguments or image contents, before the disk is touched.
-    BlockingIOError
-        The path is in use by another process (after waiting a few seconds).
     OSError
-        When the target cannot be written (``PermissionError`` for a
-        write-protected file, errno ``ENOSPC`` for a full disk).
+        The target cannot be written: ``PermissionError`` if write-protected,
+        errno ``ENOSPC`` on a full disk, ``BlockingIOError`` if another process
+        holds the file for longer than a few seconds.
 
     Examples
     --------
@@ -237,33 +192,28 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     h5file
         A path, a binary file object, or an open ``h5py.Group``.
     index
-        ``None`` for an FLImage file. For an FLSeries file: the position of
-        the image (an int, negative counts from the end) or its identifier
-        (a str). Only that image is read, so ``index=-1`` follows a series
-        that another process is appending to.
+        ``None`` for an FLImage; for an FLSeries the image's position (negative
+        counts from the end) or identifier. Only that image is read, so
+        ``index=-1`` follows a series that another process appends to.
     workers
         Threads that decode chunks (default: the CPUs available).
 
     Returns
     -------
     Image
-        ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}``;
-        numbers in ``meta`` are ``float``, text is ``str``, ``sim center`` a
-        tuple of floats. Arrays have the dtype they were stored with.
+        ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}``
+        with the stored dtypes; meta numbers are ``float``, text ``str``,
+        ``sim center`` a tuple of floats.
 
     Raises
     ------
-    FileNotFoundError
-        The path does not exist.
+    FileNotFoundError, BlockingIOError
+        The path does not exist, or another process writes it for long.
     FormatError
-        The file is not HDF5, is damaged, points outside itself, or holds
+        The file is not HDF5, is damaged, points to other files, or holds
         another layout (e.g. a series read without ``index``).
     ImageNotFoundError
         ``index`` names no image of the series.
-    TypeError
-        ``index`` is neither int, str nor None.
-    BlockingIOError
-        The path is being written by another process (after a few seconds).
 
     Warns
     -----
@@ -273,33 +223,28 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     Examples
     --------
     >>> import numpy as np, io
-    >>> f = io.BytesIO(); write_image(f, {"raw": np.eye(3)})
+    >>> f = io.BytesIO(); write_image(f, np.eye(3))
     >>> read_image(f)["raw"].shape
     (3, 3)
     """
     if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
         index = int(index)  # numpy integers too
-    elif isinstance(index, str):
-        index = str(index)
-    elif index is not None:
+    elif index is not None and not isinstance(index, str):
         raise TypeError(f"index must be an int, a str or None, not {type(index).__name__}")
     workers = _check_workers(workers)
     unknown: list[tuple[str, str]] = []
     with _open_read(h5file) as (group, label):
         if _layout_of(group, label) == "image":
             if index is not None:
-                raise FormatError(
-                    f"{label} holds a single FLImage, not an FLSeries: "
-                    f"read it with index=None, not index={index!r}"
-                )
+                raise FormatError(f"{label} holds a single FLImage: read it with index=None, not {index!r}")
             names: list[str | None] = [None]
+        elif index is None:
+            raise FormatError(
+                f"{label} holds an FLSeries of {_series_length(group, label)} images, not an FLImage: "
+                "pass index=<position or identifier>, or use read_series"
+            )
         else:
-            if index is None:
-                raise FormatError(
-                    f"{label} holds an FLSeries of {_series_length(group, label)} images, not an FLImage: "
-                    "pass index=<position or identifier> to read one image, or use read_series"
-                )
-            names = [f"fli_{_select(group, label, [index])[0]}"]
+            names = [f"fli_{_select(group, label, [str(index) if isinstance(index, str) else index])[0]}"]
         (image,) = _load_images(group, label, names, workers, unknown)
     _warn_unknown(unknown)
     return image
@@ -321,37 +266,30 @@ def write_series(
     Parameters
     ----------
     h5file
-        A path (created, or replaced whole and atomically), a binary file
-        object opened ``"w+b"`` or ``"r+b"``, or an open, writable
-        ``h5py.Group`` that does not yet hold an image or series.
+        As for :func:`write_image`.
     series
-        ``{"identifier": str | None, "images": iterable of images}``. An image
-        is a dict as for :func:`write_image` or a bare 2-D array; ``images``
-        may be a 3-D array, a generator (consumed once, with only a few images
-        in memory), or the lazy sequence of ``read_series(..., lazy=True)``.
-        Each image is stored as it was when it was yielded, so a camera may
-        reuse its buffer. Image identifiers must be unique.
+        ``{"identifier": str | None, "images": iterable of images}``: dicts as
+        for :func:`write_image` or bare 2-D arrays, a 3-D array, a generator
+        (consumed once, a few images in memory at a time) or the lazy images of
+        :func:`read_series`. Each image is stored as it was when yielded (a
+        camera may reuse its buffer); identifiers must be unique.
     dtype, compression, level, shuffle, workers
         As for :func:`write_image`.
     append
         Add the images after the last ``fli_N`` of the series in ``h5file``
-        (created when missing or empty; two processes appending to a missing
-        path both land). ``series["identifier"]`` must be None or match the
-        file's. A failed append (a bad image, a full disk, an interrupt)
-        leaves the series exactly as it was.
+        (created when missing or empty). ``series["identifier"]`` must be None
+        or match the file's. A failed append leaves the series as it was.
 
     Raises
     ------
     TypeError, ValueError, KeyError
-        For invalid arguments or images. An invalid image found while the
-        images are consumed undoes the call: a path or file object is left as
-        it was (a file object written without ``append`` is not restored).
+        For invalid arguments or images; one found while the images are
+        consumed undoes the call (a file object written without ``append`` is
+        not restored).
     FormatError
         ``append=True`` and the target holds an FLImage or another layout.
-    BlockingIOError
-        The path is in use by another process (after waiting a few seconds).
     OSError
-        When the target cannot be written.
+        As for :func:`write_image`.
 
     Examples
     --------
@@ -365,7 +303,7 @@ def write_series(
     identifier, images = _check_series(series)
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
-    first_checked = None if first is None else _check_image(first, options.dtype, "series['images'][0]")
+    checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
     with _open_write(h5file, append=append) as (group, label):
         if append:
             start = _prepare_append(group, label, identifier)
@@ -374,7 +312,7 @@ def write_series(
             start = 0
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        _store_images(group, _numbered(group, start, first_checked, images, options), options)
+        _store_images(group, _numbered(group, start, checked, images, options), options)
 
 
 def read_series(
@@ -391,32 +329,26 @@ def read_series(
     h5file
         A path, a binary file object, or an open ``h5py.Group`` holding a series.
     index
-        ``None`` for every image; a ``slice`` or ``range`` of positions; or a
-        sequence of positions (negative count from the end) and identifiers,
-        read in the order given. Only the named images are read.
+        ``None`` for every image; a ``slice`` or ``range``; or a sequence of
+        positions (negative count from the end) and identifiers, in its order.
     lazy
-        Return at once: ``series["images"]`` is then a read-only sequence
-        whose ``len()`` reads nothing, whose images read their ``"meta"``
-        without pixels and their arrays on first access, and whose iteration
-        reads ahead on the worker threads, a few images at a time. It holds
-        no open file between accesses, so it pickles (for a path) and
-        survives forks; for a group target the caller keeps the group open.
+        Return at once with ``images`` a read-only sequence: ``len()`` reads
+        nothing, an image reads its ``meta`` without pixels and its arrays on
+        first access, and iteration reads a few images ahead on the workers.
+        No file stays open between accesses, so it pickles (for a path) and
+        survives forks; for a group, keep the group open.
     workers
         Threads that decode chunks (default: the CPUs available).
 
     Returns
     -------
     Series
-        ``{"identifier": str | None, "images": [image, ...]}`` with ``fli_10``
-        after ``fli_9``.
+        ``{"identifier": str | None, "images": [image, ...]}``, ``fli_10`` after ``fli_9``.
 
     Raises
     ------
-    FileNotFoundError
-        The path does not exist.
-    FormatError
-        The file is not HDF5, is damaged, points outside itself, holds an
-        FLImage, another layout, or a gap in the ``fli_`` numbering.
+    FileNotFoundError, BlockingIOError, FormatError
+        As for :func:`read_image`; also for a gap in the ``fli_`` numbering.
     ImageNotFoundError
         ``index`` names positions or identifiers the series lacks.
 
@@ -428,8 +360,7 @@ def read_series(
     Examples
     --------
     >>> import numpy as np, io
-    >>> f = io.BytesIO()
-    >>> write_series(f, {"identifier": None, "images": [np.eye(2)] * 3})
+    >>> f = io.BytesIO(); write_series(f, {"identifier": None, "images": np.zeros((3, 2, 2))})
     >>> len(read_series(f, lazy=True)["images"]), len(read_series(f, [0, -1])["images"])
     (3, 2)
     """
@@ -1614,22 +1545,21 @@ class _ChunkJob(NamedTuple):
 
 
 def _numbered(
-    group: Any, start: int, first: _CheckedImage | None, images: Iterator[Any], options: _Options
+    group: Any, start: int, first: list[_CheckedImage], images: Iterator[Any], options: _Options
 ) -> Iterator[tuple[str, _CheckedImage]]:
     """("fli_N", checked image) for a series, with identifiers kept unique."""
     seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
     label = f"{group.file.filename}:{group.name}"
-    for offset, image in enumerate(itertools.chain([first], images) if first is not None else images):
+    for offset, image in enumerate(itertools.chain(first, images)):
         what = f"series['images'][{offset}]"
-        checked = first if offset == 0 and first is not None else _check_image(image, options.dtype, what)
+        checked = image if isinstance(image, _CheckedImage) else _check_image(image, options.dtype, what)
         identifier = checked.meta.get("identifier")
         if isinstance(identifier, str):
             if seen is None:
                 seen = _identifiers(group, label, start)
             if identifier in seen:
                 raise ValueError(
-                    f"{what} has identifier {identifier!r}, already used by fli_{max(seen[identifier], 0)}; "
-                    "identifiers must be unique within a series"
+                    f"{what} has identifier {identifier!r}, already used by fli_{max(seen[identifier], 0)}"
                 )
             seen[identifier] = start + offset
         yield f"fli_{start + offset}", checked
