@@ -498,40 +498,20 @@ def _check_array(
         raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {source.shape})")
     if target == source.dtype:
         return source
-    if target.kind in "iu":
-        if source.dtype.kind == "f":
-            raise TypeError(
-                f"{what} holds {source.dtype} values; storing them as {target} would truncate "
-                "them: pass dtype=None or a float dtype, or convert the array yourself"
-            )
-        if not np.can_cast(source.dtype, target):
-            info = np.iinfo(target)
-            low, high = int(source.min()), int(source.max())
-            if low < info.min or high > info.max:
-                raise ValueError(
-                    f"{what} holds values from {low} to {high}, outside the range of "
-                    f"the storage dtype {target} ({info.min} to {info.max}): pass dtype=None"
-                )
-        return source.astype(target)
+    if target.kind in "iu" and source.dtype.kind == "f":
+        raise TypeError(f"{what} holds {source.dtype} values, which {target} storage would truncate")
     with np.errstate(over="ignore", invalid="ignore"):
         stored = source.astype(target)
-        if source.dtype.kind in "iu":
-            # exact only up to 2**(mantissa bits + 1); above it, check the values themselves
-            limit = 2 ** (np.finfo(target).nmant + 1)
-            big = np.abs(source.astype(np.float64)) > limit
-            if big.any() and not np.array_equal(stored[big].astype(source.dtype), source[big]):
-                wrong = source[big][stored[big].astype(source.dtype) != source[big]][0]
-                raise ValueError(
-                    f"{what} holds the integer {int(wrong)}, which {target} cannot represent exactly: "
-                    "pass dtype=None (or float64) to keep every value"
-                )
-        elif source.dtype.kind == "f":
-            overflow = np.isinf(stored) & np.isfinite(source)
-            if overflow.any():
-                raise ValueError(
-                    f"{what} holds the finite value {source[overflow][0]!r}, which becomes inf in "
-                    f"{target}: pass dtype=None (or float64) to keep every value"
-                )
+        # rounding fractions is what float storage means; losing integers or finite values is not
+        if source.dtype.kind == "f":
+            lost = np.isinf(stored) & np.isfinite(source)
+        else:  # compared in the source's own dtype: exact even past 2**53
+            lost = stored.astype(source.dtype) != source
+    if lost.any():
+        raise ValueError(
+            f"{what} holds {source[lost][0].item()!r}, which {target} cannot hold (values from {source.min()} "
+            f"to {source.max()}): pass dtype=None to store every value as it is"
+        )
     return stored
 
 

@@ -144,7 +144,7 @@ def test_image_round_trip(backend: str, image: dict[str, Any], options: dict[str
     dtype = None if keep else "float32"
     expected = expected_read(image, dtype)
     if not keep and not float32_is_exact(image):
-        with pytest.raises(ValueError, match=r"float32 cannot represent exactly|becomes inf"):
+        with pytest.raises(ValueError, match=r"which float32 cannot hold.*dtype=None"):
             fio.write_image(buffer, image, dtype=dtype, **options)
         return
     fio.write_image(buffer, image, dtype=dtype, **options)
@@ -629,7 +629,7 @@ def test_invalid_options(
 
 
 def test_integer_overflow_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"from 0 to 300.*uint8"):
+    with pytest.raises(ValueError, match=r"300, which uint8 cannot hold \(values from 0 to 300\)"):
         fio.write_image(io.BytesIO(), {"raw": np.array([[0, 300]])}, dtype="uint8")
 
 
