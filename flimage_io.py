@@ -509,8 +509,8 @@ def _check_array(
             lost = stored.astype(source.dtype) != source
     if lost.any():
         raise ValueError(
-            f"{what} holds {source[lost][0].item()!r}, which {target} cannot hold (values from {source.min()} "
-            f"to {source.max()}): pass dtype=None to store every value as it is"
+            f"{what} holds {source[lost][0].item()!r}, which {target} cannot hold (values from "
+            f"{source.min()} to {source.max()}): pass dtype=None to store every value as it is"
         )
     return stored
 
@@ -656,7 +656,7 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 _LIBVER = ("v108", "v108")
 _TEMP_SUFFIX = ".fio~"
 _STALE_SECONDS = 60.0
-_LOCK_WAIT = 5.0  # seconds a call waits for a file another process holds
+_LOCK_WAIT = 5.0  # seconds a call waits for a file that another process holds
 
 try:
     import fcntl as _fcntl
@@ -668,81 +668,63 @@ def _is_path(h5file: Any) -> bool:
     return isinstance(h5file, (str, os.PathLike))
 
 
-def _fileobj_name(handle: Any) -> str:
-    name = getattr(handle, "name", None)
-    return name if isinstance(name, str) else f"<{type(handle).__name__}>"
-
-
-def _check_fileobj(handle: Any, *, write: bool, read: bool = True) -> None:
-    """Refuse file objects HDF5 cannot use, before anything is read or written."""
+def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
+    """The name of a file object HDF5 can use; others are refused before any byte moves."""
     if not all(hasattr(handle, name) for name in ("read", "seek", "tell")):
-        raise TypeError(
-            f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle).__name__}"
-        )
-    name = _fileobj_name(handle)
-    if isinstance(handle, io.TextIOBase) or "b" not in str(getattr(handle, "mode", "b")) + "b" * isinstance(
-        getattr(handle, "mode", ""), int
-    ):
+        raise TypeError(f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle)}")
+    name = getattr(handle, "name", None)
+    name = name if isinstance(name, str) else f"<{type(handle).__name__}>"
+    mode = getattr(handle, "mode", "b")
+    if isinstance(handle, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise TypeError(f"{name} is opened in text mode; open it in binary mode ('rb', 'r+b' or 'w+b')")
     if getattr(handle, "closed", False):
         raise ValueError(f"{name} is closed")
-    if "a" in str(getattr(handle, "mode", "")):
+    if isinstance(mode, str) and "a" in mode:
         raise ValueError(f"{name} is opened in append mode, where every write goes to the end: open it 'r+b'")
-    readable = getattr(handle, "readable", lambda: True)()
-    if write and (not hasattr(handle, "write") or not getattr(handle, "writable", lambda: True)()):
+    if write and not (hasattr(handle, "write") and getattr(handle, "writable", lambda: True)()):
         raise ValueError(f"{name} is opened read-only; open it 'w+b' or 'r+b' to write")
-    if read and not readable:
-        raise ValueError(f"{name} is not readable (HDF5 reads back what it writes); open it 'w+b' or 'r+b'")
+    if read and not getattr(handle, "readable", lambda: True)():
+        raise ValueError(f"{name} is not readable; open it 'r+b'")
+    return name
 
 
-def _regular_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
-    """(as given, real path, stat or None): symlinks followed, non-files refused."""
-    shown = os.fspath(h5file)
-    if not isinstance(shown, str):
-        shown = os.fsdecode(shown)
+def _real_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
+    """(path as given, real path, its stat or None): symlinks followed, non-files refused."""
+    shown = os.fsdecode(os.fspath(h5file))
     real = os.path.realpath(shown)
     try:
         info: os.stat_result | None = os.stat(real)
     except FileNotFoundError:
+        if not write:
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
         info = None
-    if info is None and not write:
-        raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}", shown)
     if info is not None and stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(errno.EISDIR, f"{shown} is a directory, not an HDF5 file", shown)
+        raise IsADirectoryError(errno.EISDIR, f"{shown} is a directory, not an HDF5 file")
     if info is not None and not stat.S_ISREG(info.st_mode):
-        kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket"}.get(
-            stat.S_IFMT(info.st_mode), "a device"
-        )
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
         raise ValueError(f"{shown} is {kind}, not a regular file; flimage_io reads and writes only files")
     return shown, real, info
 
 
 def _in_use(shown: str) -> BlockingIOError:
-    return BlockingIOError(
-        errno.EWOULDBLOCK,
-        f"{shown} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again when it is done",
-        shown,
-    )
+    message = f"{shown} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again later"
+    return BlockingIOError(errno.EWOULDBLOCK, message)
 
 
 def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tuple[IO[bytes], bool]:
-    """Open ``real`` and take our advisory lock on it: (handle, whether this call created it).
+    """Open ``real`` under our advisory lock: (handle, whether this call created the file).
 
-    Readers share the lock, writers hold it alone, whether or not HDF5's own
-    locking is on. A lock on a file that was replaced meanwhile is retried on
-    the new file. Waits at most _LOCK_WAIT seconds, then raises BlockingIOError.
+    Readers share the lock and writers hold it alone, whether HDF5's own
+    locking is on or not. A file replaced while we waited is locked anew.
+    After _LOCK_WAIT seconds this raises BlockingIOError.
     """
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
         if create:
-            try:
-                os.close(
-                    os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
-                )
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
                 created = True
-            except FileExistsError:
-                pass
         handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
@@ -750,50 +732,31 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
             _fcntl.flock(handle, (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            if created:
-                os.unlink(real)
             if time.monotonic() > deadline:
                 raise _in_use(shown) from None
             time.sleep(0.01)
             continue
-        except OSError:  # the file system has no locks (e.g. some network mounts): go on without
+        except OSError:  # a file system without locks (some network mounts): go on without
             return handle, created
-        try:
-            now: os.stat_result | None = os.stat(real)
-        except FileNotFoundError:
-            now = None
         held = os.fstat(handle.fileno())
-        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-            return handle, created
+        with contextlib.suppress(FileNotFoundError):
+            now = os.stat(real)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return handle, created
         handle.close()  # replaced or removed while we waited: lock what the path is now
-        if not create and now is None:
-            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}", shown)
+        if not create and not os.path.exists(real):
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}")
 
 
 def _from_h5py(exc: BaseException) -> bool:
-    """Whether an exception was raised inside h5py (so it reports the file's bytes)."""
-    tb = exc.__traceback__
-    module = ""
+    """Whether an exception was raised inside h5py, so that it reports the file's bytes."""
+    tb, module = exc.__traceback__, ""
     while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        tb = tb.tb_next
-    return str(module).startswith("h5py") or not module
+        module, tb = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_next
+    return module.startswith("h5py")
 
 
-@contextlib.contextmanager
-def _as_file_errors(label: str) -> Iterator[None]:
-    """Report errors that h5py raises on a file's bytes as FormatError naming the file."""
-    try:
-        yield
-    except (FormatError, ImageNotFoundError, BlockingIOError, MemoryError):
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-        if not _from_h5py(exc):
-            raise
-        raise FormatError(f"{label} cannot be read, the file is damaged: {exc}") from exc
-
-
-def _h5_open(target: Any, mode: str, shown: str) -> h5py.File:
+def _h5_open(target: Any, mode: str, shown: str) -> Any:
     try:
         return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
     except (OSError, RuntimeError, ValueError) as exc:
@@ -801,10 +764,10 @@ def _h5_open(target: Any, mode: str, shown: str) -> h5py.File:
         if "unable to lock file" in text:
             raise _in_use(shown) from None
         if "version" in text and ("bad" in text or "not supported" in text):
-            raise FormatError(
-                f"{shown} needs a newer HDF5 than the installed {h5py.version.hdf5_version} "
-                f"(h5py {h5py.__version__}): {text}"
-            ) from None
+            version = f"{h5py.version.hdf5_version} (h5py {h5py.__version__})"
+            raise FormatError(f"{shown} needs a newer HDF5 than the installed {version}: {text}") from None
+        if mode == "r+":
+            raise FormatError(f"{shown} cannot be opened to append to it (not HDF5, or damaged)") from None
         raise FormatError(
             f"{shown} is not a readable HDF5 file (empty, truncated or another format): {text}"
         ) from None
@@ -812,69 +775,64 @@ def _h5_open(target: Any, mode: str, shown: str) -> h5py.File:
 
 @contextlib.contextmanager
 def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
-    """Yield (group, label) for any target; close only what was opened here."""
-    if isinstance(h5file, h5py.Group):
-        if not h5file.id.valid:
-            raise ValueError("the h5py group is closed")
-        label = h5file.file.filename + ("" if h5file.name == "/" else f":{h5file.name}")
-        with _as_file_errors(label):
-            yield h5file, label
-        return
-    if _is_path(h5file):
-        shown, real, _ = _regular_path(h5file, write=False)
-        handle, _ = _lock(shown, real, exclusive=False)
-        with handle, _h5_open(real, "r", shown) as opened, _as_file_errors(shown):
-            yield opened, shown
-        return
-    _check_fileobj(h5file, write=False)
-    shown = _fileobj_name(h5file)
-    with _h5_open(h5file, "r", shown) as opened, _as_file_errors(shown):
-        yield opened, shown
+    """Yield (group, label) for any target, closing only what it opened; errors that
+    h5py raises on the file's bytes become FormatError naming the file."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(h5file, h5py.Group):
+            if not h5file.id.valid:
+                raise ValueError("the h5py group is closed")
+            group, label = h5file, h5file.file.filename + ("" if h5file.name == "/" else f":{h5file.name}")
+        elif _is_path(h5file):
+            label, real, _ = _real_path(h5file, write=False)
+            stack.enter_context(_lock(label, real, exclusive=False)[0])
+            group = stack.enter_context(_h5_open(real, "r", label))
+        else:
+            label = _fileobj_label(h5file, write=False)
+            group = stack.enter_context(_h5_open(h5file, "r", label))
+        try:
+            yield group, label
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or not _from_h5py(exc):
+                raise
+            raise FormatError(f"{label} cannot be read, the file is damaged: {exc}") from exc
 
 
 class _HeldWrites:
     """The file object HDF5 writes through, so that a failed write changes nothing.
 
-    Bytes past the old end go to the file at once; writes over the old bytes
-    are held in memory and applied only by ``commit`` after everything new
-    is on disk. ``rollback`` cuts the file back to its old length. A full disk
-    or a kill -9 before the commit thus leaves the old file as it was.
+    Bytes past the old end go to the file at once; writes over old bytes are
+    held in memory until ``commit``, which applies them only after every new
+    byte is on disk; ``rollback`` cuts the file back to its old length. A full
+    disk or a kill -9 before the commit leaves the old file as it was.
     """
 
     def __init__(self, handle: Any, old_size: int) -> None:
-        self._handle = handle
-        self._old_size = old_size
-        self._held: dict[int, bytes] = {}  # offset -> bytes within the old file, in write order
-        self._position = 0
-        self._truncate_to: int | None = None
+        self._handle, self._old_size, self._position = handle, old_size, 0
+        self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == os.SEEK_END:
-            self._position = self._handle.seek(0, os.SEEK_END) + offset
-        else:
-            self._position = offset + (self._position if whence == os.SEEK_CUR else 0)
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
+        self._position = offset + (self._handle.seek(0, os.SEEK_END) if base is None else base)
         return self._position
 
     def tell(self) -> int:
         return self._position
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        self._handle.seek(self._position)
+        view, start = memoryview(buffer).cast("B"), self._position
+        self._handle.seek(start)
         count = self._handle.readinto(view) or 0
-        end = self._position + len(view)
-        for offset, data in self._held.items():  # later writes win: dicts keep write order
-            low, high = max(offset, self._position), min(offset + len(data), end)
+        for offset, data in self._held.items():  # later writes win: a dict keeps write order
+            low, high = max(offset, start), min(offset + len(data), start + len(view))
             if low < high:
-                view[low - self._position : high - self._position] = data[low - offset : high - offset]
-                count = max(count, high - self._position)
+                view[low - start : high - start] = data[low - offset : high - offset]
+                count = max(count, high - start)
         self._position += count
         return count
 
     def read(self, size: int = -1) -> bytes:
-        size = max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
-        buffer = bytearray(size)
+        buffer = bytearray(max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size)
         return bytes(buffer[: self.readinto(buffer)])
 
     def write(self, data: Any) -> int:
@@ -883,35 +841,28 @@ class _HeldWrites:
         if split:
             self._held.pop(self._position, None)
             self._held[self._position] = bytes(view[:split])
-        if split < len(view):
-            try:
+        try:
+            if split < len(view):
                 self._handle.seek(self._position + split)
                 self._handle.write(view[split:])
-            except OSError as exc:
-                self.error = self.error or exc
-                raise
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
         self._position += len(view)
         return len(view)
 
     def truncate(self, size: int | None = None) -> int:
-        size = self._position if size is None else size
-        if size >= self._old_size:
-            self._handle.truncate(size)
-        else:
-            self._truncate_to = size
-        return size
+        # never below the old end before the commit; HDF5 only grows a file here
+        return int(self._handle.truncate(max(self._old_size, self._position if size is None else size)))
 
     def flush(self) -> None:
         self._handle.flush()
 
     def commit(self) -> None:
-        """Make the new bytes durable, then apply the held ones."""
         self._sync()
         for offset, data in self._held.items():
             self._handle.seek(offset)
             self._handle.write(data)
-        if self._truncate_to is not None:
-            self._handle.truncate(self._truncate_to)
         self._sync()
 
     def rollback(self) -> None:
@@ -929,67 +880,44 @@ class _HeldWrites:
 def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
     """Yield (group, label) to write into; a failure leaves the target as it was.
 
-    A path is written to a temporary file beside its real target and moved
-    into place; an append to a path or file object holds its changes to old
-    bytes until the end (see _HeldWrites); a group gets back the members and
-    attributes it had.
+    A path is written to a temporary file beside its real target and moved into
+    place; an append holds its changes to old bytes until the end (_HeldWrites);
+    a group gets back the members and attributes it had.
     """
     if isinstance(h5file, h5py.Group):
-        with _undo_on_failure(h5file) as label:
+        label = f"{h5file.file.filename}:{h5file.name}" if h5file.id.valid else "?"
+        if not h5file.id.valid or h5file.file.mode != "r+":
+            raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
+        members, attributes = set(h5file), set(h5file.attrs)
+        try:
             yield h5file, label
-        return
-    if _is_path(h5file):
-        shown, real, info = _regular_path(h5file, write=True)
+        except BaseException:
+            for name in set(h5file) - members:
+                del h5file[name]
+            for name in set(h5file.attrs) - attributes:
+                del h5file.attrs[name]
+            raise
+    elif _is_path(h5file):
+        shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info)
-        if append:
-            with _append_path(shown, real) as opened:
-                yield opened, shown
-        else:
-            with _replace_path(shown, real, info) as opened:
-                yield opened, shown
-        return
-    _check_fileobj(h5file, write=True, read=append)
-    shown = _fileobj_name(h5file)
-    size = h5file.seek(0, os.SEEK_END)
-    if append and size > 0:
-        with _held_writes(h5file, size, shown, "r+") as opened:
+        with _append_path(shown, real) if append else _replace_path(shown, real, info) as opened:
             yield opened, shown
-        return
-    h5file.seek(0)
-    h5file.truncate()
-    with _held_writes(h5file, 0, shown, "w") as opened:
-        yield opened, shown
+    else:
+        label = _fileobj_label(h5file, write=True, read=append)
+        size = h5file.seek(0, os.SEEK_END)
+        if not (append and size):
+            h5file.seek(0)
+            h5file.truncate()
+        with _held_writes(h5file, size if append else 0, label) as opened:
+            yield opened, label
 
 
 @contextlib.contextmanager
-def _undo_on_failure(group: Any) -> Iterator[str]:
-    if not group.id.valid:
-        raise ValueError("the h5py group is closed")
-    label = f"{group.file.filename}:{group.name}"
-    if group.file.mode != "r+":
-        raise ValueError(f"{label} is open read-only; open the file with mode 'r+', 'a' or 'w'")
-    members, attributes = set(group), set(group.attrs)
-    try:
-        yield label
-    except BaseException:
-        for name in set(group) - members:
-            del group[name]
-        for name in set(group.attrs) - attributes:
-            del group.attrs[name]
-        raise
-
-
-@contextlib.contextmanager
-def _held_writes(handle: Any, size: int, shown: str, mode: str) -> Iterator[Any]:
-    """An h5py file over ``handle`` through _HeldWrites; committed on success, rolled back on failure."""
+def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
+    """An h5py file over ``handle`` (holding ``size`` old bytes) through _HeldWrites:
+    committed on success, rolled back on any failure."""
     held = _HeldWrites(handle, size)
-    try:
-        opened = h5py.File(held, mode, libver=_LIBVER)
-    except Exception:
-        held.rollback()
-        if mode == "r+":
-            raise FormatError(f"{shown} cannot be opened to append to it (not HDF5, or damaged)") from None
-        raise
+    opened = _h5_open(held, "r+" if size else "w", shown)
     try:
         try:
             yield opened
@@ -1001,8 +929,8 @@ def _held_writes(handle: Any, size: int, shown: str, mode: str) -> Iterator[Any]
             opened.close()
         with contextlib.suppress(OSError):
             held.rollback()
-        if held.error is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}", shown) from exc
+        if held.error is not None and isinstance(exc, Exception):
+            raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}") from exc
         raise
 
 
@@ -1014,22 +942,18 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None) -> None:
             errno.ENOENT, f"cannot write {shown}: the directory {directory} does not exist"
         )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(
-            errno.EACCES, f"cannot write {shown}: no permission to create files in {directory}"
-        )
+        raise PermissionError(errno.EACCES, f"cannot write {shown}: {directory} is not writable")
     if info is None:
         return
     if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
+        mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
         raise PermissionError(
-            errno.EACCES,
-            f"{shown} is write-protected (mode {stat.S_IMODE(info.st_mode):04o}): "
-            "make it writable or remove it first",
+            errno.EACCES, f"{shown} is write-protected ({mode}): make it writable first", shown
         )
     folder = os.stat(directory)
     if folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
         raise PermissionError(
-            errno.EPERM,
-            f"cannot replace {shown}: it belongs to another user in a sticky directory ({directory})",
+            errno.EPERM, f"cannot replace {shown}: another user's file in a sticky directory"
         )
 
 
@@ -1037,98 +961,78 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None) -> None:
 def _append_path(shown: str, real: str) -> Iterator[Any]:
     handle, created = _lock(shown, real, exclusive=True, create=True)
     with handle:
-        size = handle.seek(0, os.SEEK_END)
         try:
-            with _held_writes(handle, size, shown, "r+" if size else "w") as opened:
+            with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as opened:
                 yield opened
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
-                os.unlink(real)  # still locked by us: nobody else wrote to it
+                os.unlink(real)  # ours and still locked: nobody else wrote to it
             raise
 
 
 @contextlib.contextmanager
 def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterator[Any]:
     directory, base = os.path.split(real)
-    old = None
-    if info is not None:
-        # Alone on the old file proves nobody (another process, HDF5 or ours)
-        # holds it open; sharing it then lets readers in while appenders wait.
-        old, _ = _lock(shown, real, exclusive=True)
-        if _fcntl is not None:
-            _fcntl.flock(old, _fcntl.LOCK_SH)
-    try:
+    with contextlib.ExitStack() as stack:
+        if info is not None:
+            # Alone on the old file proves that nobody holds it open; sharing it
+            # then lets readers in while appenders (who would be lost) wait.
+            old = stack.enter_context(_lock(shown, real, exclusive=True)[0])
+            if _fcntl is not None:
+                _fcntl.flock(old, _fcntl.LOCK_SH)
         _remove_stale_temporaries(directory, base)
         temp = os.path.join(directory, _temp_name(base))
-        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)
+        handle = stack.enter_context(open(temp, "x+b", buffering=0))  # the umask applies
         try:
-            with open(fd, "r+b", buffering=0) as handle:
-                if _fcntl is not None:
-                    _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
-                if info is not None:  # keep the old file's mode, owner and group where permitted
-                    os.fchmod(fd, stat.S_IMODE(info.st_mode))
-                    for owner in ((info.st_uid, info.st_gid), (-1, info.st_gid)):
-                        with contextlib.suppress(OSError):
-                            os.fchown(fd, *owner)
-                            break
-                with _held_writes(handle, 0, shown, "w") as opened:
-                    yield opened
-                os.replace(temp, real)
+            if _fcntl is not None:
+                _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
+            if info is not None:  # keep the old file's mode, owner and group where permitted
+                os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
+                for owner in ((info.st_uid, info.st_gid), (-1, info.st_gid)):
+                    with contextlib.suppress(OSError):
+                        os.fchown(handle.fileno(), *owner)
+                        break
+            with _held_writes(handle, 0, shown) as opened:
+                yield opened
+            os.replace(temp, real)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        _fsync_directory(directory)
-    finally:
-        if old is not None:
-            old.close()
+        with contextlib.suppress(OSError):  # make the rename durable
+            fd = os.open(directory, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
 
 
 def _temp_name(base: str) -> str:
     """A hidden name beside the target that fits wherever the target's name fits."""
-    encoded = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
-    return f".{encoded}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    short = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
+    return f".{short}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
 
 
 def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Delete temporaries a killed writer of this path left behind: older than a
-    minute and not locked (a live writer holds its lock); other files are never touched."""
-    if _fcntl is None:  # pragma: no cover - not POSIX
-        return
-    prefix = _temp_name(base).rsplit(".", 2)[0] + "."
+    """Delete temporaries a killed writer of this path left: older than a minute
+    and not locked (a live writer holds its lock); other files are never touched."""
+    prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
-                continue
             path = os.path.join(directory, name)
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(path).st_mtime < _STALE_SECONDS:
-                    continue
-                with open(path, "rb") as handle:
-                    _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
+            if _fcntl is None or not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+                continue
+            with contextlib.suppress(OSError), open(path, "rb") as handle:
+                _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
+                if time.time() - os.fstat(handle.fileno()).st_mtime > _STALE_SECONDS:
                     os.unlink(path)
-
-
-def _fsync_directory(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _refuse_occupied(group: Any, *, series: bool) -> None:
     holds = [name for name in group if name == "fluorescence" or name.startswith("fli_")]
-    if holds or (not series and len(group.attrs)):
+    if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         raise ValueError(
             f"{group.file.filename}:{group.name} already holds {found}; write a "
             f"{'series' if series else 'image'} into a new, empty group or to a path"
-        )
-    if series and "identifier" in group.attrs:
-        raise ValueError(
-            f"{group.file.filename}:{group.name} already has a series identifier; use a new group"
         )
 
 
