@@ -221,6 +221,10 @@ class Table:
         self.add(workload, "flimage_io", f"skipped: {reason}")
 
 
+def speedup(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
@@ -248,7 +252,7 @@ def add_rows(
             workload,
             label(name),
             ms(seconds) if frames is None else f"{ms(seconds / frames)} / frame",
-            f"{times['flimage'] / seconds:.0f}x",
+            speedup(times["flimage"] / seconds),
             f"{seconds / times['h5py']:.2f}",
             f"{seconds / ours:.2f}",
             size,
@@ -467,7 +471,7 @@ def meta_scan_workload(table: Table, scratch: str, count: int) -> None:
             f"len + every frame's time of {count} x 8x8",
             "flimage_io, lazy=True" if name == "stdlib" else name,
             ms(seconds),
-            f"{times['flimage'] / seconds:.0f}x",
+            speedup(times["flimage"] / seconds),
             f"{seconds / times['h5py']:.2f}",
             f"{seconds / times['stdlib']:.2f}",
         )

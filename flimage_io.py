@@ -1268,7 +1268,7 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
 _FILTER_DEFLATE = 1
 _FILTER_SHUFFLE = 2
 _FILTER_FLETCHER32 = 3
-_CHUNK_BYTES = 4 << 20  # row blocks of at most this size: every core works on a big image
+_CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
 _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
 _FLETCHER_BLOCK = 1 << 20
 _FLETCHER_WEIGHTS = np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
@@ -1993,28 +1993,23 @@ def _check_file_guarded(spec: str) -> list[str]:
     if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
         return _check_file(spec)
     try:
-        size = os.path.getsize(_split_spec(spec)[0]) / 2**20
+        size = os.path.getsize(_split_spec(spec)[0])
     except OSError:
-        size = 0.0
-    limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size
+        size = 0
+    limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size / 2**20
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    progress = sys.stderr.isatty()
-    child = context.Process(target=_check_in_child, args=(spec, progress, sender), daemon=True)
+    child = context.Process(target=_check_in_child, args=(spec, sys.stderr.isatty(), sender), daemon=True)
     child.start()
     sender.close()
     try:
         if receiver.poll(limit):
-            problems: list[str] = receiver.recv()
-            return problems
-        return [
-            f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may be looping on damaged data"
-        ]
+            return list(receiver.recv())
+        return [f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"]
     except EOFError:
         return [f"{spec}: the check crashed (exit code {child.exitcode}); the file is damaged"]
     finally:
-        if child.is_alive():
-            child.kill()
+        child.kill()
         child.join()
         receiver.close()
 
@@ -2022,19 +2017,6 @@ def _check_file_guarded(spec: str) -> list[str]:
 def _check_in_child(spec: str, progress: bool, sender: Any) -> None:
     sender.send(_check_file(spec, progress))
     sender.close()
-
-
-def _describe_filters(dataset: Any) -> str:
-    names = {_FILTER_DEFLATE: "gzip", _FILTER_SHUFFLE: "shuffle", _FILTER_FLETCHER32: "fletcher32"}
-    plist = dataset.id.get_create_plist()
-    filters = []
-    for position in range(plist.get_nfilters()):
-        code, _, values, name = plist.get_filter(position)
-        label = names.get(code, name.decode(errors="replace") if isinstance(name, bytes) else str(name))
-        if code == _FILTER_DEFLATE and values:
-            label += f" level {values[0]}"
-        filters.append(label)
-    return ", ".join(filters) or "none"
 
 
 def _size(count: int) -> str:
@@ -2051,39 +2033,45 @@ def _info(spec: str) -> str:
             images, title = [group], f"{label}: FLImage"
         else:
             count = _series_length(group, label)
-            identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+            named = (
+                repr(_text_attr(group, "identifier", label))
+                if "identifier" in group.attrs
+                else "without identifier"
+            )
             images = [_child(group, f"fli_{n}", label, h5py.Group) for n in range(count)]
-            named = f"{identifier!r}" if identifier is not None else "without identifier"
             title = f"{label}: FLSeries {named}, {count} image{'s' * (count != 1)}"
         if not images:
             return title
         raws = [
-            _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
-            for image in images
+            _child(_child(im, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset) for im in images
         ]
-        kinds = {(raw.shape, raw.dtype.str) for raw in raws}
-        first = raws[0]
-        same = (
-            ""
-            if len(images) == 1
-            else " (all images)"
-            if len(kinds) == 1
-            else f" (fli_0; {len(kinds)} kinds)"
-        )
-        backgrounds = sorted(
-            _child(images[0]["fluorescence"], "bg_data", label, h5py.Group, required=False) or {}
-        )
+        first, kinds = raws[0], len({(raw.shape, raw.dtype.str) for raw in raws})
+        same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
+        backgrounds = _child(images[0]["fluorescence"], "bg_data", label, h5py.Group, required=False) or {}
         stored = sum(raw.id.get_storage_size() for raw in raws)
         logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
+        compression = (
+            f"{first.compression} level {first.compression_opts}"
+            if first.compression_opts
+            else first.compression
+        )
+        filters = [
+            name
+            for name, on in (
+                ("shuffle", first.shuffle),
+                (compression, compression),
+                ("fletcher32", first.fletcher32),
+            )
+            if on
+        ]
+        meta = _read_meta(images[0], label, [])
         chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
-        unknown: list[tuple[str, str]] = []
-        meta = _read_meta(images[0], label, unknown)
         return "\n".join(
             [
                 title,
                 f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
-                f"background: {', '.join(backgrounds) or 'none'}",
-                f"  filters: {_describe_filters(first)}; chunks {chunks}; raw data stored in "
+                f"background: {', '.join(sorted(backgrounds)) or 'none'}",
+                f"  filters: {', '.join(filters) or 'none'}; chunks {chunks}; raw data stored in "
                 f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
                 f"  {'meta' if images[0] is group else 'meta of fli_0'}: "
                 + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none"),
@@ -2095,19 +2083,18 @@ def _preview(spec: str, output: str | None, limit: int) -> str:
     """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
     with _open_spec(spec) as (group, label):
         if _layout_of(group, label) == "image":
-            (image,) = _load_images(group, label, [None], _check_workers(None), [])
-            frames = [(image["raw"], str(image["meta"].get("identifier", "")))]
+            picked, names = [0], list[Union[str, None]]([None])  # the group itself
         else:
             count = _series_length(group, label)
             if count == 0:
                 raise FormatError(f"{label} is a series without images: nothing to show")
             picked = sorted({round(i * (count - 1) / max(limit - 1, 1)) for i in range(min(limit, count))})
-            loaded = _load_images(group, label, [f"fli_{p}" for p in picked], _check_workers(None), [])
-            frames = []
-            for position, image in zip(picked, loaded):
-                meta = image["meta"]
-                detail = meta.get("identifier", f"t={meta['time']:g}s" if "time" in meta else "")
-                frames.append((image["raw"], f"{position} {detail}".strip()))
+            names = [f"fli_{p}" for p in picked]
+        frames = []
+        for position, image in zip(picked, _load_images(group, label, names, _check_workers(None), [])):
+            meta = image["meta"]
+            detail = meta.get("identifier", f"t={meta['time']:g}s" if "time" in meta else "")
+            frames.append((image["raw"], f"{position if names[0] else ''} {detail}".strip()))
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
         handle.write(_png(_contact_sheet(frames)))
@@ -2120,26 +2107,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Read, check and look at FLImage / FLSeries HDF5 files.",
         epilog="FILE may name an image or series inside a larger file as FILE:/group/path.",
     )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"flimage_io {__version__} (h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, "
-        f"numpy {np.__version__})",
-    )
+    versions = f"h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}"
+    parser.add_argument("--version", action="version", version=f"flimage_io {__version__} ({versions})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="write a sample series and print what was read back")
     demo.add_argument("path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)")
-    check = commands.add_parser(
-        "check", help="list every problem; exit status 0 only when all files are clean"
-    )
-    check.add_argument("files", nargs="+", metavar="FILE")
-    info = commands.add_parser("info", help="summarise each file")
-    info.add_argument("files", nargs="+", metavar="FILE")
+    for name, text in (
+        ("check", "list every problem; exit status 0 only when all are clean"),
+        ("info", "summarise each file"),
+    ):
+        commands.add_parser(name, help=text).add_argument("files", nargs="+", metavar="FILE")
     preview = commands.add_parser("preview", help="write a PNG contact sheet of a series or image")
     preview.add_argument("file", metavar="FILE")
-    preview.add_argument(
-        "-o", "--output", metavar="OUT.png", help="default: FILE with .png in place of its suffix"
-    )
+    preview.add_argument("-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix")
     preview.add_argument(
         "-n", "--frames", type=int, default=36, metavar="N", help="at most N frames (default 36)"
     )
@@ -2149,37 +2129,31 @@ def _parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("name a command: demo, check, info or preview")
+    if args.command == "preview" and args.frames < 1:
+        parser.error(f"--frames must be at least 1, not {args.frames}")
+    failed = False
     try:
         if args.command == "demo":
-            return _demo(args.path)
-        if args.command == "check":
-            status = 0
+            _demo(args.path)
+        elif args.command == "preview":
+            print(_preview(args.file, args.output, args.frames))
+        elif args.command == "check":
             for spec in args.files:
                 problems = _check_file_guarded(spec)
-                print(f"{spec}: {'ok' if not problems else f'{len(problems)} problem(s)'}", flush=True)
-                for problem in problems:
-                    print(f"  - {problem}", flush=True)
-                status = status or (1 if problems else 0)
-            return status
-        if args.command == "info":
-            status = 0
+                failed = failed or bool(problems)
+                summary = f"{len(problems)} problem(s)" if problems else "ok"
+                print(f"{spec}: {summary}", *(f"  - {p}" for p in problems), sep="\n", flush=True)
+        else:
             for spec in args.files:
                 try:
                     print(_info(spec), flush=True)
                 except (OSError, FormatError) as exc:
+                    failed = True
                     print(f"{spec}: {exc}", file=sys.stderr)
-                    status = 1
-            return status
-        if args.command == "preview":
-            if args.frames < 1:
-                parser.error(f"--frames must be at least 1, not {args.frames}")
-            print(_preview(args.file, args.output, args.frames))
-            return 0
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: name a command: demo, check, info or preview", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        # the reader of our output has gone (``| head``): stop quietly, as cat does
+        return int(failed)
+    except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
