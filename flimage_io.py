@@ -1139,8 +1139,11 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
         return list(range(count))
     if isinstance(selection, slice):
         return list(range(count)[selection])
+    if isinstance(selection, range) and (not selection or -count <= min(selection) <= max(selection) < count):
+        return [p + count if p < 0 else p for p in selection]  # no per-item checks for a long range
     chosen: list[int] = []
     missing: list[str] = []
+    absent = 0  # how many are missing; only the first few are named
     identifiers: dict[str, int] | None = None
     for item in selection:
         if isinstance(item, int):
@@ -1148,7 +1151,8 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
             if 0 <= position < count:
                 chosen.append(position)
             else:
-                missing.append(f"position {item}")
+                absent += 1
+                missing += [f"position {item}"] if absent <= 5 else []
             continue
         found = _guess_identifier(group, label, item, count)
         if found is None:
@@ -1158,11 +1162,12 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
             if found == -1:
                 raise FormatError(f"{label} has several images with identifier {item!r}")
         if found is None:
-            missing.append(f"identifier {item!r}")
+            absent += 1
+            missing += [f"identifier {item!r}"] if absent <= 5 else []
         else:
             chosen.append(found)
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(missing) + (f" and {absent - 5} more" if absent > 5 else "")
         raise ImageNotFoundError(f"{label} has {count} images and none at {shown}")
     return chosen
 
@@ -1643,6 +1648,9 @@ class _LazyImage(Mapping[str, Any]):
             self._arrays = self._series._pixels(self._slot)
         return self._arrays[key]  # type: ignore[literal-required]
 
+    def __contains__(self, key: object) -> bool:  # without reading pixels
+        return key in ("raw", "bg_data", "meta")
+
     def __iter__(self) -> Iterator[str]:
         return iter(("raw", "bg_data", "meta"))
 
@@ -1664,7 +1672,8 @@ class _LazyImages(Sequence[Image]):
     _META_BLOCK = 256
 
     def __init__(self, source: Any, positions: Sequence[int], workers: int) -> None:
-        self._source = source if not _is_path(source) else os.fspath(source)
+        # a path is made absolute now: a later os.chdir must not make it name another file
+        self._source = source if not _is_path(source) else os.path.abspath(os.fspath(source))
         self._positions = list(positions)
         self._workers = workers
         self._setup()
@@ -1702,30 +1711,41 @@ class _LazyImages(Sequence[Image]):
         block = slot // self._META_BLOCK
         with self._lock:
             if self._meta[0] != block:
-                unknown: list[tuple[str, str]] = []
                 low = block * self._META_BLOCK
-                with _open_read(self._source) as (group, label):
-                    self._meta = (
-                        block,
-                        [
-                            _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown)
-                            for p in self._positions[low : low + self._META_BLOCK]
-                        ],
-                    )
-                _warn_unknown(unknown)
+                try:
+                    self._meta = (block, self._read_meta(self._positions[low : low + self._META_BLOCK]))
+                except FormatError:  # a damaged image in the block: read only this one
+                    return self._read_meta([self._positions[slot]])[0]
             return dict(self._meta[1][slot % self._META_BLOCK])
+
+    def _read_meta(self, positions: Sequence[int]) -> list[dict[str, MetaValue]]:
+        unknown: list[tuple[str, str]] = []
+        with _open_read(self._source) as (group, label):
+            metas = [
+                _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown) for p in positions
+            ]
+        _warn_unknown(unknown)
+        return metas
 
     def _pixels(self, slot: int) -> Image:
         with self._lock:
             if slot not in self._ahead:
                 # in order: read the next few together; out of order: just this one
                 count = 2 * self._workers + 2 if slot == self._last + 1 else 1
-                names = [f"fli_{p}" for p in self._positions[slot : slot + count]]
-                with _open_read(self._source) as (group, label):
-                    read = list(_load_images(group, label, names, self._workers, []))
-                self._ahead = dict(zip(range(slot, slot + count), read))
+                try:
+                    self._ahead = self._read_pixels(slot, count)
+                except FormatError:  # perhaps a damaged image ahead: read only this one
+                    if count == 1:
+                        raise
+                    self._ahead = self._read_pixels(slot, 1)
             self._last = slot
             return self._ahead.pop(slot)
+
+    def _read_pixels(self, slot: int, count: int) -> dict[int, Image]:
+        names = [f"fli_{p}" for p in self._positions[slot : slot + count]]
+        with _open_read(self._source) as (group, label):
+            read = list(_load_images(group, label, names, self._workers, []))
+        return dict(zip(range(slot, slot + count), read))
 
 
 # ---------------------------------------------------------------------------
