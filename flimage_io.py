@@ -1928,8 +1928,8 @@ def _check_file(spec: str, progress: bool = False) -> list[str]:
                 _check_one_image(group, label, problems)
             else:
                 _check_series_group(group, label, problems, progress)
-    except (OSError, FormatError) as exc:
-        problems.append(str(exc))
+    except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+        problems.append(_message(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places
 
 
@@ -2108,7 +2108,8 @@ def _preview(spec: str, output: str | None, limit: int) -> str:
             count = _series_length(group, label)
             if count == 0:
                 raise FormatError(f"{label} is a series without images: nothing to show")
-            picked = sorted({round(i * (count - 1) / max(limit - 1, 1)) for i in range(min(limit, count))})
+            shown = min(limit, count)
+            picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
             names = [f"fli_{p}" for p in picked]
         frames = []
         for position, image in zip(picked, _load_images(group, label, names, _check_workers(None), [])):
@@ -2119,6 +2120,19 @@ def _preview(spec: str, output: str | None, limit: int) -> str:
     with open(target, "wb") as handle:
         handle.write(_png(_contact_sheet(frames)))
     return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
+
+
+def _frame_count(text: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the user: an OSError without its '[Errno N]' prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -2141,7 +2155,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("file", metavar="FILE")
     preview.add_argument("-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix")
     preview.add_argument(
-        "-n", "--frames", type=int, default=36, metavar="N", help="at most N frames (default 36)"
+        "-n", "--frames", type=_frame_count, default=36, metavar="N", help="at most N frames (default 36)"
     )
     return parser
 
@@ -2151,8 +2165,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("name a command: demo, check, info or preview")
-    if args.command == "preview" and args.frames < 1:
-        parser.error(f"--frames must be at least 1, not {args.frames}")
     failed = False
     try:
         if args.command == "demo":
@@ -2168,16 +2180,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
         else:
             for spec in args.files:
                 try:
-                    print(_info(spec), flush=True)
-                except (OSError, FormatError) as exc:
-                    failed = True
-                    print(f"{spec}: {exc}", file=sys.stderr)
+                    summary = _info(spec)
+                except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+                    failed, message = True, _message(exc)
+                    print(
+                        message if _split_spec(spec)[0] in message else f"{spec}: {message}", file=sys.stderr
+                    )
+                    continue
+                print(summary, flush=True)
         return int(failed)
     except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
         return 1
 
 
