@@ -1368,13 +1368,14 @@ def _decode_chunk(
         return
     # unshuffle straight into the image: one strided copy per byte plane
     planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
-    target = out.view(np.uint8)
-    swap = dtype.byteorder not in ("=", "|") and dtype.byteorder != (
-        "<" if sys.byteorder == "little" else ">"
-    )
+    whole = out if out.flags.c_contiguous else np.empty_like(out)  # numpy < 1.23 views only those
+    target = whole.view(np.uint8)
+    swap = dtype.byteorder == (">" if sys.byteorder == "little" else "<")  # stored in the other order
     for byte in range(dtype.itemsize):
         place = dtype.itemsize - 1 - byte if swap else byte
         target[:, place :: dtype.itemsize] = planes[byte, :rows, :cols]
+    if whole is not out:
+        out[...] = whole
 
 
 _Tag = TypeVar("_Tag")
