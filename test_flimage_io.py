@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import collections.abc
 import io
+import multiprocessing
 import os
 import pathlib
+import pickle
+import re
 import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
 import warnings
+import weakref
 import zlib
 from typing import Any
 
@@ -16,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image as PILImage
 
 import flimage_io as fio
 
@@ -1585,3 +1595,1298 @@ def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
         assert h5["fluorescence/raw"].id.read_direct_chunk((0, 0))[0] == 1
     with pytest.raises(fio.FormatError, match=r"raw: a chunk is marked as stored without a filter"):
         fio.read_image(buffer)
+
+
+# ---------------------------------------------------------------------------
+# series bigger than memory: selections, lazy images, stacks
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# helpers of the lazy-series tests
+# ---------------------------------------------------------------------------
+
+
+def lazy_frame(position: int, shape: tuple[int, int] = (6, 7)) -> np.ndarray:
+    """A frame whose every pixel tells which frame it is."""
+    return np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape) + 1000.0 * position
+
+
+def lazy_series(
+    identifiers: list[str | None], shape: tuple[int, int] = (6, 7), background: bool = True
+) -> dict[str, Any]:
+    images = []
+    for position, identifier in enumerate(identifiers):
+        meta: dict[str, Any] = {"time": float(position)}
+        if identifier is not None:
+            meta["identifier"] = identifier
+        image: dict[str, Any] = {"raw": lazy_frame(position, shape), "meta": meta}
+        if background and position % 2 == 0:
+            image["bg_data"] = {"data": np.full(shape, float(position), np.float32)}
+        images.append(image)
+    return {"identifier": "run 11", "images": images}
+
+
+def lazy_assert_same(got: collections.abc.Mapping[str, Any], want: collections.abc.Mapping[str, Any]) -> None:
+    """``got`` (a dict or a lazy image) holds exactly what ``want`` (a dict) holds."""
+    assert got["meta"] == want["meta"]
+    np.testing.assert_array_equal(got["raw"], want["raw"])
+    assert got["raw"].dtype == want["raw"].dtype
+    assert sorted(got["bg_data"]) == sorted(want["bg_data"])
+    for name, array in want["bg_data"].items():
+        np.testing.assert_array_equal(got["bg_data"][name], array)
+        assert got["bg_data"][name].dtype == array.dtype
+
+
+def lazy_expected(identifiers: list[str | None], selection: Any) -> tuple[list[int], list[str]]:
+    """The positions a selection names and how the missing ones are reported."""
+    count = len(identifiers)
+    if selection is None:
+        return list(range(count)), []
+    if isinstance(selection, slice):
+        return list(range(count)[selection]), []
+    chosen: list[int] = []
+    missing: list[str] = []
+    for item in selection:
+        if isinstance(item, str):
+            if item in identifiers:
+                chosen.append(identifiers.index(item))
+            else:
+                missing.append(f"identifier {item!r}")
+        else:
+            position = int(item) + count if item < 0 else int(item)
+            if 0 <= position < count:
+                chosen.append(position)
+            else:
+                missing.append(f"position {int(item)}")
+    return chosen, missing
+
+
+def lazy_fds_on(path: pathlib.Path) -> list[str]:
+    """This process's file descriptors open on ``path``."""
+    real = os.path.realpath(path)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
+                found.append(fd)
+        except FileNotFoundError:  # the fd of the listing itself
+            pass
+    return found
+
+
+def lazy_open_hdf5_files() -> int:
+    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE))
+
+
+def lazy_corrupt_raw_chunks(path: pathlib.Path) -> int:
+    """Flip one byte inside every stored chunk of every raw image; return how many."""
+    places = []
+    with h5py.File(path, "r") as h5:
+        for name in h5:
+            dataset = h5[f"{name}/fluorescence/raw"]
+            for number in range(dataset.id.get_num_chunks()):
+                info = dataset.id.get_chunk_info(number)
+                places.append(info.byte_offset + info.size // 2)
+    with open(path, "r+b") as handle:
+        for place in places:
+            handle.seek(place)
+            byte = handle.read(1)[0]
+            handle.seek(place)
+            handle.write(bytes([byte ^ 0xFF]))
+    return len(places)
+
+
+# ---------------------------------------------------------------------------
+# 1. selections: the images an index names, in its order
+# ---------------------------------------------------------------------------
+
+LAZY_NAMES = st.text(alphabet="ab-0123456789", min_size=1, max_size=4)
+LAZY_POSITION = st.integers(-15, 15)
+LAZY_STEP = st.none() | st.integers(-4, 4).filter(bool)
+
+
+@st.composite
+def lazy_cases(draw: st.DrawFn) -> tuple[list[str | None], Any]:
+    count = draw(st.integers(0, 12))
+    names = draw(st.lists(LAZY_NAMES, min_size=count, max_size=count, unique=True))
+    keep = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+    identifiers = [name if kept else None for name, kept in zip(names, keep)]
+    known = [name for name in identifiers if name is not None]
+    item = LAZY_POSITION | LAZY_NAMES  # unknown identifiers too
+    if known:
+        item = item | st.sampled_from(known)
+    selection = draw(
+        st.none()
+        | st.builds(slice, st.none() | LAZY_POSITION, st.none() | LAZY_POSITION, LAZY_STEP)
+        | st.builds(range, LAZY_POSITION, LAZY_POSITION, st.integers(-4, 4).filter(bool))
+        | st.lists(item, max_size=8)
+        | st.lists(item, max_size=8).map(tuple)
+        | st.lists(LAZY_POSITION, max_size=6).map(lambda p: np.array(p, dtype=np.int64))
+    )
+    return identifiers, selection
+
+
+@settings(max_examples=80, deadline=None)
+@given(lazy_cases())
+def test_lazy_selection_picks_the_named_images_in_order(case: tuple[list[str | None], Any]) -> None:
+    identifiers, selection = case
+    target = io.BytesIO()
+    fio.write_series(target, lazy_series(identifiers))
+    full = fio.read_series(target)["images"]
+    chosen, missing = lazy_expected(identifiers, selection)
+    if missing:
+        named = "".join(f"(?=.*{re.escape(text)})" for text in missing[:5])
+        pattern = rf"has {len(identifiers)} images and none at {named}"
+        for lazy in (False, True):
+            with pytest.raises(fio.ImageNotFoundError, match=pattern):
+                fio.read_series(target, selection, lazy=lazy)
+        return
+    eager = fio.read_series(target, selection)
+    lazy_read = fio.read_series(target, selection, lazy=True)
+    assert eager["identifier"] == lazy_read["identifier"] == "run 11"
+    assert [image["meta"]["time"] for image in eager["images"]] == [float(p) for p in chosen]
+    assert len(lazy_read["images"]) == len(chosen)
+    for position, got, lazy_got in zip(chosen, eager["images"], lazy_read["images"]):
+        lazy_assert_same(got, full[position])
+        lazy_assert_same(lazy_got, full[position])
+    if isinstance(selection, slice):  # slicing the lazy sequence names the same images
+        sliced = fio.read_series(target, lazy=True)["images"][selection]
+        assert [image["meta"]["time"] for image in sliced] == [float(p) for p in chosen]
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ("fli_0", r"index must be None, a slice, a range or a list .* not str 'fli_0'"),
+        (b"a", r"index must be None, a slice, a range or a list .* not bytes"),
+        (
+            0,
+            r"index must be None, a slice, a range or a list .* not int 0 \(read one image with read_image\)",
+        ),
+        (np.int64(2), r"index must be None, a slice, a range or a list .* not int64"),
+        (1.5, r"index must be None, a slice, a range or a list .* not float 1\.5"),
+        ({"a": 1}, r"index must be None, a slice, a range or a list .* not dict"),
+        ({0, 1}, r"index must be None, a slice, a range or a list .* not set"),
+        ([0, 1.5], r"index items must be ints or strs, not float 1\.5"),
+        ([True], r"index items must be ints or strs, not bool True"),
+        ([0, None], r"index items must be ints or strs, not NoneType None"),
+        (np.array([0.0, 1.0]), r"index items must be ints or strs, not float64"),
+    ],
+)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_lazy_selection_refuses_other_index_types(
+    tmp_path: pathlib.Path, index: Any, message: str, lazy: bool
+) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b"]))
+    with pytest.raises(TypeError, match=message):
+        fio.read_series(path, index, lazy=lazy)
+    # checked before the file is looked at
+    with pytest.raises(TypeError, match=message):
+        fio.read_series(tmp_path / "missing.h5", index, lazy=lazy)
+
+
+def test_lazy_selection_names_at_most_five_missing(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b", "c"]))
+    with pytest.raises(
+        fio.ImageNotFoundError,
+        match=r"s\.h5 has 3 images and none at position 3, identifier 'x', position -4, "
+        r"position 9, identifier 'y' and 2 more$",
+    ) as caught:
+        fio.read_series(path, [0, 3, "x", -4, "a", 9, "y", 10, "z"], lazy=True)
+    assert isinstance(caught.value, KeyError) and isinstance(caught.value, IndexError)
+    with pytest.raises(TypeError, match=r"lazy must be True or False, not str"):
+        fio.read_series(path, lazy="yes")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# 2. a lazy series reads meta data without pixels
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_meta_and_len_read_no_pixels(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "damaged.h5"
+    names = [f"frame-{n}" for n in range(5)]
+    fio.write_series(path, lazy_series(names, shape=(30, 40), background=False))
+    assert lazy_corrupt_raw_chunks(path) == 5
+    with h5py.File(path, "r") as h5, pytest.raises(OSError, match=r"filter returned failure|Fletcher32"):
+        h5["fli_2/fluorescence/raw"][()]  # the damage is real: HDF5 itself refuses the pixels
+    with pytest.raises(fio.FormatError, match=r"fli_0/fluorescence/raw: the fletcher32 checksum"):
+        fio.read_series(path)
+
+    images = fio.read_series(path, lazy=True)["images"]
+    assert len(images) == 5
+    assert [image["meta"]["time"] for image in images] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [image["meta"]["identifier"] for image in reversed(images)] == names[::-1]
+    assert images[-1]["meta"]["identifier"] == "frame-4"
+    assert fio.read_series(path, ["frame-3", 1], lazy=True)["images"][0]["meta"]["time"] == 3.0
+    image = images[2]
+    assert list(image) == ["raw", "bg_data", "meta"] and len(image) == 3
+    assert set(image.keys()) == {"raw", "bg_data", "meta"}
+    with pytest.raises(
+        fio.FormatError, match=r"damaged\.h5:/fli_2/fluorescence/raw: the fletcher32 checksum"
+    ):
+        image["raw"]
+    with pytest.raises(
+        fio.FormatError, match=r"damaged\.h5:/fli_2/fluorescence/raw: the fletcher32 checksum"
+    ):
+        image["bg_data"]
+    assert image["meta"]["identifier"] == "frame-2"  # a failed pixel read leaves the meta data
+
+
+def test_lazy_membership_reads_no_pixels(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "damaged.h5"
+    fio.write_series(path, lazy_series(["a", "b"], shape=(30, 40), background=False))
+    lazy_corrupt_raw_chunks(path)
+    image = fio.read_series(path, lazy=True)["images"][1]
+    assert "raw" in image and "bg_data" in image and "meta" in image
+    assert "pixels" not in image
+    assert image.get("meta") == image["meta"]
+
+
+# ---------------------------------------------------------------------------
+# 3. a lazy series is a read-only sequence of read-only mappings
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    identifiers = ["a", None, "c", "d1", None]
+    fio.write_series(path, lazy_series(identifiers))
+    full = fio.read_series(path)["images"]
+    series = fio.read_series(path, lazy=True)
+    images = series["images"]
+    assert series["identifier"] == "run 11"
+    assert isinstance(images, collections.abc.Sequence)
+    assert not isinstance(images, collections.abc.MutableSequence)
+    assert len(images) == 5
+    lazy_assert_same(images[-1], full[4])
+    lazy_assert_same(images[np.int64(-5)], full[0])
+    for bad in (5, -6, 10**20):
+        with pytest.raises(fio.ImageNotFoundError, match=rf"has 5 images; index {bad} is out of range"):
+            images[bad]
+    with pytest.raises(IndexError):
+        images[5]
+    for bad_key in (1.0, "a", None, (0,)):
+        with pytest.raises(TypeError, match=r"images are indexed by int or slice"):
+            images[bad_key]
+    with pytest.raises(TypeError):
+        images[0] = full[0]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del images[0]  # type: ignore[attr-defined]
+
+    assert [image["meta"]["time"] for image in images] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for got, want in zip(images, full):
+        lazy_assert_same(got, want)
+    for part, positions in [
+        (slice(1, 4), [1, 2, 3]),
+        (slice(None, None, -2), [4, 2, 0]),
+        (slice(-2, None), [3, 4]),
+        (slice(7, 9), []),
+    ]:
+        sliced = images[part]
+        assert isinstance(sliced, collections.abc.Sequence) and not isinstance(sliced, list)
+        assert len(sliced) == len(positions)
+        assert [image["meta"]["time"] for image in sliced] == [float(p) for p in positions]
+        for got, position in zip(sliced, positions):
+            lazy_assert_same(got, full[position])
+    nested = images[::-1][1:4][::2]
+    assert [image["meta"]["time"] for image in nested] == [3.0, 1.0]
+    chosen = fio.read_series(path, ["d1", 0, -1, "d1"], lazy=True)["images"]
+    assert [image["meta"]["time"] for image in chosen[1:]] == [0.0, 4.0, 3.0]
+    lazy_assert_same(chosen[-1], full[3])
+
+    image = images[2]
+    assert isinstance(image, collections.abc.Mapping)
+    assert not isinstance(image, collections.abc.MutableMapping)
+    assert sorted(image) == ["bg_data", "meta", "raw"]
+    with pytest.raises(TypeError):
+        image["raw"] = np.zeros((6, 7))  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del image["meta"]  # type: ignore[attr-defined]
+    with pytest.raises(KeyError):
+        image["pixels"]
+    np.testing.assert_array_equal(images[2]["raw"], full[2]["raw"])
+    # what a caller does to the dicts and arrays it got changes nothing for the next access
+    image["meta"]["time"] = -1.0
+    image["raw"][0, 0] = -1.0
+    assert images[2]["meta"]["time"] == 2.0
+    assert images[2]["raw"][0, 0] == full[2]["raw"][0, 0]
+
+
+# ---------------------------------------------------------------------------
+# 4. no open file between accesses: pickles, survives forks, lets writers in
+# ---------------------------------------------------------------------------
+
+
+def lazy_child_sums(images: collections.abc.Sequence[Any], sender: Any) -> None:
+    try:
+        sender.send([(image["meta"]["time"], float(image["raw"].sum())) for image in images])
+    except BaseException as exc:  # report, do not hang the parent
+        sender.send(repr(exc))
+    finally:
+        sender.close()
+
+
+def test_lazy_holds_no_open_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series([f"f{n}" for n in range(20)]))
+    full = fio.read_series(path)["images"]
+    before = lazy_open_hdf5_files()
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    assert lazy_fds_on(path) == [] and lazy_open_hdf5_files() == before
+    lazy_assert_same(images[7], full[7])
+    for image in images[:10]:  # in order: reads ahead, then closes
+        image["raw"]
+    assert lazy_fds_on(path) == [] and lazy_open_hdf5_files() == before
+
+    # a writer is not kept waiting for our lock (it would wait 5 s, then raise BlockingIOError)
+    started = time.monotonic()
+    fio.write_series(path, {"identifier": None, "images": [lazy_frame(20)]}, append=True)
+    assert time.monotonic() - started < 2.0
+    assert len(images) == 20
+    lazy_assert_same(images[19], full[19])
+
+    # the path is read at each access: moved away, the images are gone; moved back, there again
+    moved = tmp_path / "moved.h5"
+    path.rename(moved)
+    with pytest.raises(FileNotFoundError, match=r"no such file: .*s\.h5"):
+        images[3]["raw"]
+    moved.rename(path)
+    lazy_assert_same(images[3], full[3])
+
+
+def test_lazy_pickles_for_a_path(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b", "c", "d"]))
+    full = fio.read_series(path)["images"]
+    images = fio.read_series(path, lazy=True)["images"]
+    for got, want in zip(images[:2], full):  # a used sequence pickles too
+        lazy_assert_same(got, want)
+    copy = pickle.loads(pickle.dumps(images))
+    assert len(copy) == 4
+    for got, want in zip(copy, full):
+        lazy_assert_same(got, want)
+    part = pickle.loads(pickle.dumps(images[::-2]))
+    assert [image["meta"]["identifier"] for image in part] == ["d", "b"]
+    one = pickle.loads(pickle.dumps(images[2]))
+    lazy_assert_same(one, full[2])
+    assert len(pickle.dumps(images)) < 2000  # the path and positions, no pixels
+
+
+def test_lazy_relative_path_does_not_follow_the_working_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    fio.write_series(tmp_path / "s.h5", lazy_series(["a", "b"]))
+    fio.write_series(tmp_path / "elsewhere" / "s.h5", {"identifier": None, "images": [np.zeros((6, 7))] * 2})
+    full = fio.read_series(tmp_path / "s.h5")["images"]
+    monkeypatch.chdir(tmp_path)
+    images = fio.read_series("s.h5", lazy=True)["images"]
+    pickled = pickle.dumps(images)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # holds another s.h5: it must not be read instead
+    for got, want in zip(images, full):
+        lazy_assert_same(got, want)
+    for got, want in zip(pickle.loads(pickled), full):
+        lazy_assert_same(got, want)
+
+
+def test_lazy_survives_fork(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series([f"f{n}" for n in range(12)]))
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    images[0]["raw"], images[1]["raw"]  # the parent has read (and read ahead) before forking
+    expected = [(float(n), float(lazy_frame(n).sum())) for n in range(12)]
+    context = multiprocessing.get_context("fork")
+    for shared in (images, images[3:]):
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=lazy_child_sums, args=(shared, sender))
+        child.start()
+        sender.close()
+        assert receiver.poll(30), "the forked child did not answer"
+        assert receiver.recv() == expected[12 - len(shared) :]
+        child.join(10)
+        assert child.exitcode == 0
+    assert [(image["meta"]["time"], float(image["raw"].sum())) for image in images] == expected
+
+
+# ---------------------------------------------------------------------------
+# 5. bounded memory
+# ---------------------------------------------------------------------------
+
+
+def lazy_write_big(path: pathlib.Path, count: int, shape: tuple[int, int]) -> None:
+    """``count`` float64 frames written from a generator (never all in memory)."""
+    base = np.add.outer(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64))
+    frames = ({"raw": base + n, "meta": {"time": float(n), "identifier": f"f{n}"}} for n in range(count))
+    fio.write_series(path, {"identifier": "big", "images": frames}, workers=2)
+
+
+def test_lazy_iteration_holds_few_frames(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "big.h5"
+    count, shape, workers = 300, (256, 256), 2
+    lazy_write_big(path, count, shape)
+    frame_bytes = shape[0] * shape[1] * 8
+    images = fio.read_series(path, lazy=True, workers=workers)["images"]
+    refs: list[weakref.ref[np.ndarray]] = []
+    most_alive = 0
+    tracemalloc.start()
+    try:
+        for position, image in enumerate(images):
+            raw = image["raw"]
+            assert raw[0, 0] == position and image["meta"]["identifier"] == f"f{position}"
+            refs.append(weakref.ref(raw))
+            most_alive = max(most_alive, sum(ref() is not None for ref in refs))
+            del raw, image
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(refs) == count
+    assert most_alive <= 2 * workers + 4
+    assert sum(ref() is not None for ref in refs) == 0
+    # a full read holds count * frame_bytes = 150 MiB at once; reading ahead holds 2 * workers + 2
+    # frames, with as many again in flight (chunks being inflated, the frame the caller holds)
+    assert peak < 2 * (2 * workers + 4) * frame_bytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+LAZY_HWM_CHILD = """
+import sys
+import flimage_io as fio
+
+def peak_mib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+
+source, target, warm = sys.argv[1:4]
+fio.read_series(source, lazy=True, workers=2)["images"][0]["raw"]  # warm up: imports, pools, buffers
+fio.write_series(warm, {"identifier": None, "images": [fio.read_image(source, index=0)["raw"]]}, workers=2)
+before = peak_mib()
+fio.write_series(target, fio.read_series(source, lazy=True, workers=2), workers=2)
+copied = peak_mib() - before
+images = fio.read_series(source, workers=2)["images"]  # control: holding everything shows up
+print(copied, peak_mib() - before - copied)
+"""
+
+
+def test_lazy_copy_of_a_big_series_in_bounded_memory(tmp_path: pathlib.Path) -> None:
+    source, target = tmp_path / "a.h5", tmp_path / "b.h5"
+    count, shape = 600, (256, 256)  # 300 MiB of pixels
+    lazy_write_big(source, count, shape)
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", LAZY_HWM_CHILD, str(source), str(target), str(tmp_path / "warm.h5")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    copied, full = map(float, result.stdout.split())
+    assert copied < 120, f"copying lazily grew the peak by {copied:.0f} MiB"
+    assert full > 250, f"the control read of the whole series grew the peak by only {full:.0f} MiB"
+    copy = fio.read_series(target, lazy=True)
+    assert copy["identifier"] == "big" and len(copy["images"]) == count
+    for got, want in zip(copy["images"], fio.read_series(source, lazy=True)["images"]):
+        assert got["meta"] == want["meta"]
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+        assert got["raw"].dtype == np.float64 and got["bg_data"] == {}
+
+
+# ---------------------------------------------------------------------------
+# 6. every kind of target
+# ---------------------------------------------------------------------------
+
+
+def lazy_normal(image: dict[str, Any]) -> dict[str, Any]:
+    """What reading returns for a written image."""
+    version = f"flimage_io {fio.__version__}"
+    meta = {**image["meta"], "flimage version": version, "qpimage version": version}
+    return {"raw": image["raw"], "bg_data": image.get("bg_data", {}), "meta": meta}
+
+
+def lazy_check_target(target: Any, written: list[dict[str, Any]]) -> None:
+    series = fio.read_series(target, lazy=True)
+    images = series["images"]
+    assert series["identifier"] == "run 11" and len(images) == len(written)
+    for got, want in zip(images, written):
+        lazy_assert_same(got, lazy_normal(want))
+    lazy_assert_same(images[-2], lazy_normal(written[4]))
+    chosen = fio.read_series(target, ["f", 1, "a"], lazy=True)["images"]
+    assert [image["meta"]["time"] for image in chosen] == [5.0, 1.0, 0.0]
+    assert [image["meta"]["time"] for image in images[1::2]] == [1.0, 3.0, 5.0]
+    lazy_assert_same(images[1::2][2], lazy_normal(written[5]))
+
+
+@pytest.mark.parametrize("kind", ["path", "pathlike", "bytesio", "file", "group"])
+def test_lazy_reads_every_target(tmp_path: pathlib.Path, kind: str) -> None:
+    path = tmp_path / "cell.h5"
+    series = lazy_series(["a", "b", None, "d", "e", "f"])
+    full = series["images"]
+    with h5py.File(path, "w") as h5:  # a series in a group of a larger file, as cellsino writes
+        fio.write_series(h5.create_group("flseries"), series)
+        fio.write_series(h5.create_group("qpseries"), {"identifier": "other", "images": [np.ones((2, 2))]})
+    if kind == "group":
+        with h5py.File(path, "r") as h5:
+            lazy_check_target(h5["flseries"], full)
+        return
+    flat = tmp_path / "flat.h5"
+    fio.write_series(flat, series)
+    if kind == "path":
+        lazy_check_target(str(flat), full)
+    elif kind == "pathlike":
+        lazy_check_target(flat, full)
+    elif kind == "bytesio":
+        memory = io.BytesIO(flat.read_bytes())
+        lazy_check_target(memory, full)
+        copy = pickle.loads(pickle.dumps(fio.read_series(memory, lazy=True)["images"]))
+        lazy_assert_same(copy[3], lazy_normal(full[3]))
+    else:
+        with open(flat, "rb") as handle:
+            lazy_check_target(handle, full)
+
+
+def test_lazy_group_target_needs_the_group_open(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "cell.h5"
+    with h5py.File(path, "w") as h5:
+        fio.write_series(h5.create_group("flseries"), lazy_series(["a", "b"]))
+    with h5py.File(path, "r") as h5:
+        images = fio.read_series(h5["flseries"], lazy=True)["images"]
+        assert images[1]["meta"]["identifier"] == "b"
+    with pytest.raises(ValueError, match=r"the h5py group is closed"):
+        images[0]["raw"]
+
+
+# ---------------------------------------------------------------------------
+# 7. bare 2-D arrays and 3-D stacks as images
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_write_series_takes_a_3d_stack(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "stack.h5"
+    stack = np.arange(5 * 8 * 9, dtype=np.uint16).reshape(5, 8, 9)
+    fio.write_series(path, {"identifier": None, "images": stack})
+    series = fio.read_series(path)
+    assert series["identifier"] is None and len(series["images"]) == 5
+    for position, image in enumerate(series["images"]):
+        np.testing.assert_array_equal(image["raw"], stack[position])
+        assert image["raw"].dtype == np.uint16 and image["bg_data"] == {}
+    # a lazy copy of it, and an empty stack
+    fio.write_series(tmp_path / "copy.h5", fio.read_series(path, lazy=True))
+    for got, want in zip(fio.read_series(tmp_path / "copy.h5")["images"], series["images"]):
+        lazy_assert_same(got, want)
+    fio.write_series(tmp_path / "empty.h5", {"identifier": "none", "images": np.zeros((0, 8, 9))})
+    assert fio.read_series(tmp_path / "empty.h5") == {"identifier": "none", "images": []}
+
+
+def test_lazy_write_series_takes_bare_arrays_among_dicts(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "mixed.h5"
+    images = [
+        np.ones((3, 4)),
+        {"raw": np.full((2, 2), 2, np.int32), "meta": {"identifier": "two"}},
+        np.array([[True, False]]),
+    ]
+    fio.write_series(path, {"identifier": None, "images": images})
+    read = fio.read_series(path)["images"]
+    assert [image["raw"].dtype for image in read] == [np.float64, np.int32, np.bool_]
+    for got, want in zip(read, [images[0], images[1]["raw"], images[2]]):  # type: ignore[index]
+        np.testing.assert_array_equal(got["raw"], want)
+    assert read[1]["meta"]["identifier"] == "two" and "identifier" not in read[0]["meta"]
+
+
+@pytest.mark.parametrize(
+    ("images", "error", "message"),
+    [
+        (
+            np.ones((8, 9)),
+            ValueError,
+            r"series\['images'\] as an array must be 3-D \(a stack of images\), not \(8, 9\)",
+        ),
+        (np.ones((2, 8, 9, 1)), ValueError, r"must be 3-D \(a stack of images\), not \(2, 8, 9, 1\)"),
+        (np.ones(4), ValueError, r"must be 3-D \(a stack of images\), not \(4,\)"),
+        (
+            [np.ones((2, 2)), np.ones(5)],
+            ValueError,
+            r"series\['images'\]\[1\]\['raw'\] must be 2-D, but has shape \(5,\)",
+        ),
+        (
+            [np.ones((2, 2, 2))],
+            ValueError,
+            r"series\['images'\]\[0\]\['raw'\] must be 2-D, but has shape \(2, 2, 2\)",
+        ),
+        ([np.ones((0, 3))], ValueError, r"series\['images'\]\[0\]\['raw'\] must not be empty"),
+        ([np.array(["a"])], TypeError, r"series\['images'\]\[0\]\['raw'\] must hold real numbers or bools"),
+    ],
+)
+def test_lazy_write_series_refuses_arrays_of_the_wrong_shape(
+    tmp_path: pathlib.Path, images: Any, error: type[Exception], message: str
+) -> None:
+    path = tmp_path / "bad.h5"
+    with pytest.raises(error, match=message):
+        fio.write_series(path, {"identifier": None, "images": images})
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------------
+# 8. dask with nothing but the library's API
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_series_as_a_dask_array(tmp_path: pathlib.Path) -> None:
+    import dask
+    import dask.array as da
+
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series([f"f{n}" for n in range(8)], shape=(16, 24)))
+    full = np.stack([image["raw"] for image in fio.read_series(path)["images"]])
+    series = fio.read_series(path, lazy=True, workers=1)
+    count = len(series["images"])
+    stack = da.stack(
+        [
+            da.from_delayed(dask.delayed(lambda i: series["images"][i]["raw"])(i), full.shape[1:], full.dtype)
+            for i in range(count)
+        ]
+    )
+    np.testing.assert_array_equal(stack.compute(scheduler="threads"), full)
+    with dask.config.set({"multiprocessing.context": "fork"}):  # spawn would take seconds per worker
+        np.testing.assert_array_equal(stack.compute(scheduler="processes", num_workers=2), full)
+    np.testing.assert_array_equal(stack.mean(axis=(1, 2)).compute(), full.mean(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------------
+# a damaged image spoils no other image of a lazy series
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_damaged_pixels_spoil_no_other_image(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "one_bad.h5"
+    fio.write_series(path, lazy_series([f"f{n}" for n in range(8)], shape=(30, 40), background=False))
+    with h5py.File(path, "r") as h5:
+        info = h5["fli_3/fluorescence/raw"].id.get_chunk_info(0)
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset + info.size // 2)
+        byte = handle.read(1)[0]
+        handle.seek(info.byte_offset + info.size // 2)
+        handle.write(bytes([byte ^ 0xFF]))
+    failed = []
+    for position, image in enumerate(fio.read_series(path, lazy=True, workers=2)["images"]):
+        try:
+            np.testing.assert_array_equal(image["raw"], lazy_frame(position, (30, 40)))
+        except fio.FormatError as exc:
+            failed.append((position, str(exc)))
+    assert [position for position, _ in failed] == [3]
+    assert re.search(r"one_bad\.h5:/fli_3/fluorescence/raw: the fletcher32 checksum", failed[0][1])
+
+
+def test_lazy_damaged_meta_spoils_no_other_image(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "one_bad.h5"
+    fio.write_series(path, lazy_series([f"f{n}" for n in range(8)]))
+    with h5py.File(path, "r+") as h5:
+        h5["fli_5"].attrs["time"] = "five"
+    images = fio.read_series(path, lazy=True)["images"]
+    assert len(images) == 8
+    for position in (0, 4, 6, 7):
+        assert images[position]["meta"]["time"] == float(position)
+        np.testing.assert_array_equal(images[position]["raw"], lazy_frame(position))
+    with pytest.raises(fio.FormatError, match=r"one_bad\.h5:/fli_5 attribute 'time' must hold numbers"):
+        images[5]["meta"]
+    assert fio.read_image(path, index=4)["meta"]["time"] == 4.0  # as read_image does
+
+
+# ---------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# command line: helpers
+# ---------------------------------------------------------------------------
+
+CLI_MODULE_DIR = str(pathlib.Path(fio.__file__).resolve().parent)
+CLI_TILE = 16  # frames of 16x16 px fill a 256 px cell exactly (integer enlargement by 16)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a child ``python -m flimage_io``: this module first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([CLI_MODULE_DIR, *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra)
+    return env
+
+
+def cli_run(*args: str, cwd: pathlib.Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flimage_io", *args],
+        cwd=cwd,
+        env=cli_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def cli_frames(count: int, identifiers: bool = True) -> list[dict[str, Any]]:
+    """Frames whose content tells them apart in a preview: frame k has its top k+1 rows bright."""
+    frames = []
+    for k in range(count):
+        raw = np.full((CLI_TILE, CLI_TILE), 10, dtype=np.uint16)
+        raw[: k + 1] = 1000
+        meta: dict[str, Any] = {"identifier": f"cell {k}"} if identifiers else {}
+        frames.append({"raw": raw, "meta": meta})
+    return frames
+
+
+def cli_label_pixels(text: str, scale: int) -> np.ndarray:
+    """The pixels _draw_text puts on a tile for ``text``, built from the font table."""
+    box = np.zeros((7, 4 * len(text) + 1), dtype=np.uint8)
+    for i, ch in enumerate(text.upper()):
+        box[1:6, 1 + 4 * i : 4 + 4 * i] = np.where(fio._FONT[ch], 255, 0)
+    return box.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def cli_read_png(path: pathlib.Path) -> np.ndarray:
+    with PILImage.open(path) as png:
+        png.load()
+        assert png.format == "PNG" and png.mode == "L", (png.format, png.mode)
+        return np.asarray(png).copy()
+
+
+def cli_tiles(sheet: np.ndarray, count: int, cell: int = 256) -> list[np.ndarray]:
+    """Cut a contact sheet of ``count`` cells of ``cell`` px into its tiles, checking the layout.
+
+    Layout rules of _contact_sheet: ceil(sqrt(count)) columns, row-major, 2 px gaps of gray 48,
+    unused cells gray 48.
+    """
+    ncols = int(np.ceil(np.sqrt(count)))
+    nrows = -(-count // ncols)
+    step = cell + fio._GAP
+    assert sheet.shape == (nrows * step - fio._GAP, ncols * step - fio._GAP)
+    gaps = np.zeros(sheet.shape, dtype=bool)
+    for n in range(1, nrows):
+        gaps[n * step - fio._GAP : n * step] = True
+    for n in range(1, ncols):
+        gaps[:, n * step - fio._GAP : n * step] = True
+    assert (sheet[gaps] == fio._BACKGROUND).all()
+    tiles = []
+    for i in range(nrows * ncols):
+        r, c = (i // ncols) * step, (i % ncols) * step
+        tile = sheet[r : r + cell, c : c + cell]
+        if i < count:
+            tiles.append(tile)
+        else:
+            assert (tile == fio._BACKGROUND).all(), f"unused cell {i} is not background"
+    return tiles
+
+
+def cli_frame_of(tile: np.ndarray) -> int:
+    """Which cli_frames frame a 256 px tile shows: bright rows in its right-most column, 16 per row."""
+    column = tile[:, -1]
+    assert set(np.unique(column)) <= {0, 255}, np.unique(column)
+    bright = int((column == 255).sum())
+    assert bright % CLI_TILE == 0 and (column[:bright] == 255).all()
+    return bright // CLI_TILE - 1
+
+
+def cli_assert_label(tile: np.ndarray, text: str, scale: int = 2) -> None:
+    expected = cli_label_pixels(text, scale)
+    np.testing.assert_array_equal(tile[: expected.shape[0], : expected.shape[1]], expected)
+
+
+def cli_big_file(path: pathlib.Path, count: int = 4) -> None:
+    """A file as cellsino writes it: an FLSeries in /flseries beside other data."""
+    with h5py.File(path, "w") as h5:
+        fio.write_series(h5.create_group("flseries"), {"identifier": "sim", "images": cli_frames(count)})
+        h5["qpseries"] = np.ones(3)
+
+
+# ---------------------------------------------------------------------------
+# command line: usage, version, mistakes
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["-h"], "usage: python -m flimage_io [-h] [--version] COMMAND ..."),
+        (["--help"], "usage: python -m flimage_io [-h] [--version] COMMAND ..."),
+        (["demo", "--help"], "usage: python -m flimage_io demo [-h] [PATH]"),
+        (["check", "--help"], "usage: python -m flimage_io check [-h] FILE [FILE ...]"),
+        (["info", "--help"], "usage: python -m flimage_io info [-h] FILE [FILE ...]"),
+        (["preview", "--help"], "usage: python -m flimage_io preview [-h] [-o OUT.png] [-n N] FILE"),
+    ],
+)
+def test_cli_help_goes_to_stdout(args: list[str], usage: str, tmp_path: pathlib.Path) -> None:
+    result = cli_run(*args, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(usage + "\n")
+    assert os.listdir(tmp_path) == []  # `demo --help` must not write a file named --help
+
+
+def test_cli_top_level_help_lists_every_command(tmp_path: pathlib.Path) -> None:
+    out = cli_run("--help", cwd=tmp_path).stdout
+    for command in ("demo", "check", "info", "preview"):
+        assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), command
+    assert "FILE:/group/path" in out
+
+
+def test_cli_version(tmp_path: pathlib.Path) -> None:
+    result = cli_run("--version", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert re.fullmatch(rf"flimage_io {re.escape(fio.__version__)}( \(.*\))?\n", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "error"),
+    [
+        ([], "python -m flimage_io", "name a command: demo, check, info or preview"),
+        (["bogus"], "python -m flimage_io", "argument COMMAND: invalid choice: 'bogus'"),
+        (["check"], "python -m flimage_io check", "the following arguments are required: FILE"),
+        (["info"], "python -m flimage_io info", "the following arguments are required: FILE"),
+        (["preview"], "python -m flimage_io preview", "the following arguments are required: FILE"),
+        (
+            ["preview", "-n", "x", "a.h5"],
+            "python -m flimage_io preview",
+            "must be a whole number of at least 1, not 'x'",
+        ),
+        (["demo", "a.h5", "b.h5"], "python -m flimage_io", "unrecognized arguments: b.h5"),
+    ],
+)
+def test_cli_usage_mistakes_exit_2(args: list[str], usage: str, error: str, tmp_path: pathlib.Path) -> None:
+    result = cli_run(*args, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"usage: {usage} ")
+    assert re.fullmatch(rf"{re.escape(usage)}: error: .*{re.escape(error)}.*", lines[-1]), lines[-1]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("frames", ["0", "-3"])
+def test_cli_preview_frames_below_one_is_a_usage_mistake(frames: str, tmp_path: pathlib.Path) -> None:
+    """Like every other option mistake: exit 2, the preview command's usage, one error line."""
+    fio.write_series(tmp_path / "s.h5", {"identifier": None, "images": cli_frames(2)})
+    result = cli_run("preview", "-n", frames, "s.h5", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in result.stderr
+    assert lines[0].startswith("usage: python -m flimage_io preview ")
+    assert re.fullmatch(r"python -m flimage_io preview: error: .*-n.*at least 1.*", lines[1]), lines[1]
+    assert sorted(os.listdir(tmp_path)) == ["s.h5"]
+
+
+# ---------------------------------------------------------------------------
+# command line: errors at run time
+# ---------------------------------------------------------------------------
+
+
+def test_cli_demo_into_a_missing_directory(tmp_path: pathlib.Path) -> None:
+    result = cli_run("demo", "nodir/x.h5", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(r"python -m flimage_io: error: .*nodir.* does not exist\n", result.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_preview_of_a_missing_file(tmp_path: pathlib.Path) -> None:
+    result = cli_run("preview", "missing.h5", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(r"python -m flimage_io: error: .*no such file.*missing\.h5.*\n", result.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_error_lines_are_plain(tmp_path: pathlib.Path) -> None:
+    """One plain line naming the file once: no '[Errno 2]', no 'missing.h5: ... missing.h5'."""
+    preview = cli_run("preview", "missing.h5", cwd=tmp_path)
+    assert preview.stderr == "python -m flimage_io: error: no such file: missing.h5\n"
+    info = cli_run("info", "missing.h5", cwd=tmp_path)
+    assert (info.returncode, info.stderr) == (1, "no such file: missing.h5\n")
+    demo = cli_run("demo", "nodir/x.h5", cwd=tmp_path)
+    assert re.fullmatch(
+        r"python -m flimage_io: error: cannot write nodir/x\.h5: the directory \S+ does not exist\n",
+        demo.stderr,
+    )
+
+
+def test_cli_info_of_a_text_file(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "notes.h5").write_text("hello\n")
+    fio.write_image(tmp_path / "good.h5", np.eye(3))
+    result = cli_run("info", "notes.h5", "good.h5", cwd=tmp_path)
+    assert result.returncode == 1
+    assert re.fullmatch(r"notes\.h5[: ].*not a readable HDF5 file.*\n", result.stderr), result.stderr
+    assert result.stdout.startswith("good.h5: FLImage\n")  # the next file is still summarised
+    assert "notes" not in result.stdout
+
+
+def test_cli_info_and_check_go_on_after_a_fifo(tmp_path: pathlib.Path) -> None:
+    """A named pipe among the files is reported as that file's problem; the others are still handled."""
+    os.mkfifo(tmp_path / "pipe.h5")
+    fio.write_image(tmp_path / "good.h5", np.eye(3))
+    info = cli_run("info", "pipe.h5", "good.h5", cwd=tmp_path)
+    assert info.returncode == 1
+    assert re.fullmatch(r"pipe\.h5[: ].*named pipe.*\n", info.stderr), info.stderr
+    assert info.stdout.startswith("good.h5: FLImage\n")
+    check = cli_run("check", "pipe.h5", "good.h5", cwd=tmp_path)
+    assert check.returncode == 1
+    assert check.stderr == ""  # no traceback of the checking child
+    assert re.fullmatch(r"pipe\.h5: 1 problem\(s\)\n  - .*named pipe.*\ngood\.h5: ok\n", check.stdout), (
+        check.stdout
+    )
+
+
+# ---------------------------------------------------------------------------
+# command line: a reader that goes away (| head -1)
+# ---------------------------------------------------------------------------
+
+
+def cli_head_1(args: list[str], cwd: pathlib.Path) -> tuple[str, int, str]:
+    """Run the command with stdout into a pipe, read one line, close the pipe: (line, status, stderr)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flimage_io", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    line = child.stdout.readline().decode()
+    child.stdout.close()
+    try:
+        stderr = child.stderr.read().decode()
+        status = child.wait(timeout=120)
+    finally:
+        child.kill()
+        child.stderr.close()
+    return line, status, stderr
+
+
+def test_cli_info_into_a_closed_pipe(tmp_path: pathlib.Path) -> None:
+    # ~20 kB of output per file, 200 kB in all: more than a pipe holds, so writes fail after the close
+    files = []
+    for n in range(10):
+        name = f"s{n}.h5"
+        frames = [{"raw": np.eye(3), "meta": {"software": f"acq {n} " + "x" * 20_000}}]
+        fio.write_series(tmp_path / name, {"identifier": "run", "images": frames})
+        files.append(name)
+    line, status, stderr = cli_head_1(["info", *files], tmp_path)
+    assert line == "s0.h5: FLSeries 'run', 1 image\n"
+    assert stderr == ""  # no "Broken pipe" per remaining file, no traceback
+    assert status == 1
+
+
+def test_cli_check_into_a_closed_pipe(tmp_path: pathlib.Path) -> None:
+    # 300 stray attributes of ~100 characters: ~50 kB of problems per file, 500 kB in all
+    path = tmp_path / "s0.h5"
+    fio.write_series(path, {"identifier": "run", "images": cli_frames(1)})
+    with h5py.File(path, "r+") as h5:
+        for n in range(300):
+            h5.attrs[f"stray {n:03d} " + "x" * 90] = n
+    files = ["s0.h5"]
+    for n in range(1, 10):
+        shutil.copy(path, tmp_path / f"s{n}.h5")
+        files.append(f"s{n}.h5")
+    line, status, stderr = cli_head_1(["check", *files], tmp_path)
+    assert line == "s0.h5: 300 problem(s)\n"
+    assert stderr == ""
+    assert status == 1
+
+
+# ---------------------------------------------------------------------------
+# command line: FILE:/group/path
+# ---------------------------------------------------------------------------
+
+
+def test_cli_group_path_in_a_larger_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    spec = f"{path}:/flseries"
+    assert fio._main(["check", spec]) == 0
+    assert capsys.readouterr().out == f"{spec}: ok\n"
+    assert fio._main(["info", spec]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{spec}: FLSeries 'sim', 4 images\n  raw: 16x16 uint16 (all images)")
+    out_png = tmp_path / "out.png"
+    assert fio._main(["preview", spec, "-o", str(out_png)]) == 0
+    assert capsys.readouterr().out == f"wrote {out_png}: 4 frames\n"
+    tiles = cli_tiles(cli_read_png(out_png), 4)
+    assert [cli_frame_of(tile) for tile in tiles] == [0, 1, 2, 3]
+    # without -o: the file's name with .png, not the group's
+    assert fio._main(["preview", spec, "-n", "1"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'sim.png'}: 1 frame\n"
+    assert cli_frame_of(cli_tiles(cli_read_png(tmp_path / "sim.png"), 1)[0]) == 0
+
+
+def test_cli_whole_file_names_the_group_to_use(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    hint = re.compile(
+        r"holds neither an FLImage .* nor an FLSeries .*in /flseries: name one as FILE:/flseries"
+    )
+    assert fio._main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: 1 problem(s)\n  - ") and hint.search(out), out
+    assert fio._main(["info", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and hint.search(captured.err) and "\n" not in captured.err.rstrip("\n")
+    assert fio._main(["preview", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and hint.search(captured.err)
+    assert not (tmp_path / "sim.png").exists()
+
+
+@pytest.mark.parametrize("inner", ["/nope", "/qpseries", "/flseries/fli_9"])
+def test_cli_group_path_that_is_no_group(
+    inner: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    spec = f"{path}:{inner}"
+    message = f"{path} has no group {inner}"
+    assert fio._main(["check", spec]) == 1
+    assert capsys.readouterr().out == f"{spec}: 1 problem(s)\n  - {message}\n"
+    assert fio._main(["info", spec]) == 1
+    assert capsys.readouterr() in {("", f"{spec}: {message}\n"), ("", f"{message}\n")}
+    assert fio._main(["preview", spec]) == 1
+    assert capsys.readouterr() == ("", f"python -m flimage_io: error: {message}\n")
+
+
+def test_cli_file_names_with_colons(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "run:").mkdir()  # a directory ending in ':' puts ':/' inside the file's own path
+    image = tmp_path / "run:" / "a:b.h5"
+    fio.write_image(image, {"raw": cli_frames(3)[2]["raw"], "meta": {"identifier": "cell 2"}})
+    assert fio._main(["info", str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: FLImage\n  raw: 16x16 uint16;")
+    assert fio._main(["check", str(image)]) == 0
+    assert capsys.readouterr().out == f"{image}: ok\n"
+    assert fio._main(["preview", str(image)]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'run:' / 'a:b.png'}: 1 frame\n"
+    # and a group inside such a file
+    larger = tmp_path / "run:" / "c:d.h5"
+    cli_big_file(larger, count=2)
+    spec = f"{larger}:/flseries"
+    assert fio._main(["check", spec]) == 0
+    assert capsys.readouterr().out == f"{spec}: ok\n"
+    assert fio._main(["info", spec]) == 0
+    assert capsys.readouterr().out.startswith(f"{spec}: FLSeries 'sim', 2 images\n")
+    assert fio._main(["preview", spec]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'run:' / 'c:d.png'}: 2 frames\n"
+
+
+# ---------------------------------------------------------------------------
+# command line: progress of long checks
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_long_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A series that takes over 1.5 s to check here: three times the 0.5 s after which progress shows."""
+    path = tmp_path_factory.mktemp("cli_long") / "long.h5"
+    frames = [np.full((4, 4), k, dtype=np.uint16) for k in range(300)]
+    fio.write_series(path, {"identifier": "long", "images": frames})
+    for _ in range(8):
+        start = time.monotonic()
+        assert fio._check_file(str(path)) == []
+        if time.monotonic() - start > 1.5:
+            return path
+        with h5py.File(path, "r") as h5:
+            count = len(h5)
+        fio.write_series(path, {"identifier": None, "images": frames * (count // 300)}, append=True)
+    raise AssertionError("checking 76800 frames took under 1.5 s")
+
+
+def test_cli_check_shows_progress_on_a_terminal(cli_long_series: pathlib.Path) -> None:
+    import pty
+
+    with h5py.File(cli_long_series, "r") as h5:
+        count = len(h5)
+    controller, terminal = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "flimage_io", "check", cli_long_series.name],
+            cwd=cli_long_series.parent,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:  # read until the child and its forked checker have closed the terminal
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: no writer left
+                break
+            if not data:
+                break
+            shown += data
+        out, _ = child.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert child.returncode == 0
+    assert out.decode() == "long.h5: ok\n"  # progress never goes to stdout
+    text = shown.decode()
+    steps = re.findall(rf"\rlong\.h5: checked (\d+) of {count} images", text)
+    assert steps, repr(text[:300])
+    assert all(0 < int(n) <= count for n in steps) and steps == sorted(steps, key=int)
+    assert text.endswith("\r\x1b[K")  # the progress line is erased at the end
+    assert "Traceback" not in text
+
+
+def test_cli_check_shows_no_progress_in_a_pipe(cli_long_series: pathlib.Path) -> None:
+    result = cli_run("check", cli_long_series.name, cwd=cli_long_series.parent)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "long.h5: ok\n", "")
+
+
+# ---------------------------------------------------------------------------
+# command line: demo
+# ---------------------------------------------------------------------------
+
+
+def test_cli_demo_keeps_nothing_without_a_path(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "tmp").mkdir()
+    result = cli_run("demo", cwd=tmp_path / "cwd", TMPDIR=str(tmp_path / "tmp"))
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"wrote a sample series \(pass a PATH to keep it\), \d+ bytes, and read it back:", lines[0]
+    )
+    assert lines[1] == "series identifier: 'demo run', 5 images"
+    for t in range(5):
+        assert re.fullmatch(
+            rf"  fli_{t}: 'frame {t}' raw \(64, 96\) uint16, time {0.5 * t} s, "
+            r"mean corrected intensity \d+\.\d",
+            lines[2 + t],
+        ), lines[2 + t]
+    assert lines[7:] == ["read_image(path, index='frame 3'): time 1.5 s"]
+    assert os.listdir(tmp_path / "cwd") == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_cli_demo_keeps_the_file_at_path(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "demo.h5"
+    assert fio._main(["demo", str(path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"wrote {path}, {path.stat().st_size} bytes, and read it back:"
+    assert os.listdir(tmp_path) == ["demo.h5"]
+    series = fio.read_series(path)
+    assert series["identifier"] == "demo run" and len(series["images"]) == 5
+    for t, image in enumerate(series["images"]):
+        assert image["raw"].dtype == np.uint16 and image["raw"].shape == (64, 96)
+        assert image["bg_data"]["data"].dtype == np.uint16 and (image["bg_data"]["data"] == 100).all()
+        assert image["meta"]["identifier"] == f"frame {t}" and image["meta"]["time"] == 0.5 * t
+    assert fio._main(["check", str(path)]) == 0
+
+
+# ---------------------------------------------------------------------------
+# command line: info
+# ---------------------------------------------------------------------------
+
+
+def test_cli_info_counts_and_sizes(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fio.write_series(tmp_path / "run.h5", {"identifier": "run", "images": [np.eye(3)] * 3})
+    fio.write_series(tmp_path / "one.h5", {"identifier": None, "images": [np.eye(3)]})
+    fio.write_series(tmp_path / "big.h5", {"identifier": "big", "images": [np.zeros((64, 64))] * 2})
+    files = [str(tmp_path / name) for name in ("run.h5", "one.h5", "big.h5")]
+    assert fio._main(["info", *files]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    run, one, big = re.split(r"\n(?=\S)", captured.out.rstrip("\n"))
+    assert run.startswith(f"{files[0]}: FLSeries 'run', 3 images\n  raw: 3x3 float64 (all images);")
+    assert one.startswith(f"{files[1]}: FLSeries without identifier, 1 image\n  raw: 3x3 float64;")
+    assert big.startswith(f"{files[2]}: FLSeries 'big', 2 images\n")
+    # 3 images of 72 bytes: under 1 KiB, so in bytes (never "0.2 KiB")
+    assert re.search(r"raw data stored in \d{1,3} bytes of 216 bytes \(ratio \d+\.\d\d\)", run), run
+    assert re.search(r"raw data stored in \d{1,2} bytes of 72 bytes", one), one
+    assert re.search(r"raw data stored in \d+ bytes of 64\.0 KiB", big), big  # 2 x 32768 bytes
+    assert "KiB" not in run + one
+
+
+def test_cli_info_of_an_empty_series(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.h5"
+    fio.write_series(path, {"identifier": "nothing yet", "images": []})
+    assert fio._main(["info", str(path)]) == 0
+    assert capsys.readouterr() == (f"{path}: FLSeries 'nothing yet', 0 images\n", "")
+
+
+# ---------------------------------------------------------------------------
+# command line: preview
+# ---------------------------------------------------------------------------
+
+
+def test_cli_preview_default_path_and_tiles_in_order(tmp_path: pathlib.Path) -> None:
+    """Ten frames, default -n 36: every frame, row-major in a 4x3 grid, each labelled."""
+    fio.write_series(tmp_path / "ten.h5", {"identifier": "ten", "images": cli_frames(10)})
+    result = cli_run("preview", "ten.h5", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "wrote ten.png: 10 frames\n", "")
+    assert sorted(os.listdir(tmp_path)) == ["ten.h5", "ten.png"]
+    tiles = cli_tiles(cli_read_png(tmp_path / "ten.png"), 10)
+    assert [cli_frame_of(tile) for tile in tiles] == list(range(10))
+    for k, tile in enumerate(tiles):
+        cli_assert_label(tile, f"{k} cell {k}")
+
+
+def test_cli_preview_spreads_frames_evenly(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ten.h5"
+    fio.write_series(path, {"identifier": None, "images": cli_frames(10, identifiers=False)})
+    out = tmp_path / "four.png"
+    assert fio._main(["preview", str(path), "-n", "4", "-o", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out}: 4 frames\n"
+    tiles = cli_tiles(cli_read_png(out), 4)
+    assert [cli_frame_of(tile) for tile in tiles] == [0, 3, 6, 9]
+    for i, tile in enumerate(tiles):
+        cli_assert_label(tile, str(3 * i))
+
+
+@pytest.mark.parametrize(("count", "limit"), [(4, 36), (10, 9), (7, 7), (5, 2), (3, 1)])
+def test_cli_preview_frame_choice(
+    count: int, limit: int, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """min(count, limit) distinct frames, first and last among them when two or more are shown."""
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": cli_frames(count, identifiers=False)})
+    assert fio._main(["preview", str(path), "-n", str(limit), "-o", str(tmp_path / "p.png")]) == 0
+    shown = min(count, limit)
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'p.png'}: {shown} frame{'s' * (shown != 1)}\n"
+    frames = [cli_frame_of(tile) for tile in cli_tiles(cli_read_png(tmp_path / "p.png"), shown)]
+    expected = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
+    assert frames == expected
+
+
+def test_cli_preview_labels_time_when_no_identifier(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = cli_frames(2, identifiers=False)
+    frames[1]["meta"] = {"time": 1.5}
+    path = tmp_path / "t.h5"
+    fio.write_series(path, {"identifier": None, "images": frames})
+    assert fio._main(["preview", str(path)]) == 0
+    capsys.readouterr()
+    first, second = cli_tiles(cli_read_png(tmp_path / "t.png"), 2)
+    cli_assert_label(first, "0")
+    cli_assert_label(second, "1 t=1.5s")
+
+
+def test_cli_preview_of_an_image(tmp_path: pathlib.Path) -> None:
+    raw = cli_frames(6)[5]["raw"]
+    fio.write_image(tmp_path / "one.h5", {"raw": raw, "meta": {"identifier": "cell A"}})
+    result = cli_run("preview", "one.h5", "-o", "sheet.png", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "wrote sheet.png: 1 frame\n", "")
+    (tile,) = cli_tiles(cli_read_png(tmp_path / "sheet.png"), 1)
+    assert cli_frame_of(tile) == 5
+    cli_assert_label(tile, "cell A")
+    np.testing.assert_array_equal(tile[14:], np.where(raw == 1000, 255, 0).repeat(16, 0).repeat(16, 1)[14:])
+
+
+def test_cli_preview_of_an_empty_series(tmp_path: pathlib.Path) -> None:
+    fio.write_series(tmp_path / "empty.h5", {"identifier": None, "images": []})
+    result = cli_run("preview", "empty.h5", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(
+        r"python -m flimage_io: error: empty\.h5 is a series without images.*\n", result.stderr
+    )
+    assert os.listdir(tmp_path) == ["empty.h5"]
