@@ -1333,9 +1333,9 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
 
 
 def _decode_chunk(
-    stored: bytes, mask: int, filters: tuple[int, ...], dtype: np.dtype[Any], chunk: tuple[int, int], out: Any
+    where: str, stored: bytes, mask: int, filters: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
 ) -> None:
-    """Undo the filters of one stored chunk and write it into ``out`` (its part of the image)."""
+    """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image."""
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
     shuffled = False
@@ -1346,22 +1346,28 @@ def _decode_chunk(
             # cannot fail and fletcher32 is mandatory, so such a mark means the
             # (unchecksummed) chunk index is damaged.
             if code != _FILTER_DEFLATE:
-                raise FormatError("a chunk is marked as stored without a filter that cannot be skipped")
+                raise FormatError(
+                    f"{where}: a chunk is marked as stored without a filter that cannot be skipped"
+                )
         elif code == _FILTER_FLETCHER32:
             if len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != _fletcher32(
                 memoryview(data)[:-4]
             ):
-                raise FormatError("the fletcher32 checksum of a chunk does not match (the file is damaged)")
+                raise FormatError(
+                    f"{where}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
+                )
             data = memoryview(data)[:-4]
         elif code == _FILTER_DEFLATE:
             try:
                 data = _zlib().decompress(data, 15, expected)
             except Exception as exc:  # zlib.error, or zlib-ng's own error class
-                raise FormatError(f"a chunk does not inflate ({exc}); the file is damaged") from None
+                raise FormatError(f"{where}: a chunk does not inflate ({exc}); the file is damaged") from None
         else:
             shuffled = dtype.itemsize > 1
     if len(data) != expected:
-        raise FormatError(f"a chunk holds {len(data)} bytes, expected {expected}; the file is damaged")
+        raise FormatError(
+            f"{where}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
+        )
     rows, cols = out.shape
     if not shuffled:
         out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
@@ -1381,40 +1387,29 @@ def _decode_chunk(
 _Tag = TypeVar("_Tag")
 
 
-def _in_order(
-    pool: concurrent.futures.Executor | None, jobs: Iterable[tuple[Callable[[], Any], _Tag]], window: int
-) -> Iterator[tuple[Any, _Tag]]:
-    """Run each job's function on the pool, at most ``window`` ahead of the caller,
-    and yield (result, tag) in the order of the jobs; cancel what is left on exit.
+def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> Iterator[tuple[Any, _Tag]]:
+    """Run each job's function on ``workers`` threads, a bounded window ahead of the
+    caller, and yield (result, tag) in the order of the jobs; cancel what is left on exit.
 
     The jobs iterable is advanced in the calling thread, so it may call h5py.
     """
-    if pool is None:
-        for function, tag in jobs:
-            yield function(), tag
+    if workers == 1:
+        yield from ((function(), tag) for function, tag in jobs)
         return
     pending: collections.deque[tuple[concurrent.futures.Future[Any], _Tag]] = collections.deque()
-    try:
-        for function, tag in jobs:
-            pending.append((pool.submit(function), tag))
-            if len(pending) > window:
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flimage_io") as pool:
+        try:
+            for function, tag in jobs:
+                pending.append((pool.submit(function), tag))
+                while len(pending) > 2 * workers or (pending and pending[0][0].done()):
+                    future, done = pending.popleft()
+                    yield future.result(), done
+            while pending:
                 future, done = pending.popleft()
                 yield future.result(), done
-        while pending:
-            future, done = pending.popleft()
-            yield future.result(), done
-    finally:
-        for future, _ in pending:
-            future.cancel()
-
-
-@contextlib.contextmanager
-def _pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
-    if workers == 1:
-        yield None
-        return
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flimage_io") as pool:
-        yield pool
+        finally:
+            for future, _ in pending:
+                future.cancel()
 
 
 # ---------------------------------------------------------------------------
@@ -1482,30 +1477,29 @@ def _store_images(group: Any, images: Iterable[tuple[str | None, _CheckedImage]]
     fluorescence: Any = None
     background: Any = None
     dataset: Any = None
-    with _pool(options.workers) as pool:
-        for stored, job in _in_order(pool, _chunk_jobs(images, options), 2 * options.workers):
-            if job.image is not None:
-                image_group = group if job.name is None else group.create_group(job.name)
-                for key, value in job.image.meta.items():
-                    image_group.attrs[key] = value
-                fluorescence = image_group.create_group("fluorescence")
-                background = fluorescence.create_group("bg_data")
-            if job.number == 0:
-                dataset = (background if job.background else fluorescence).create_dataset(
-                    job.key,
-                    shape=job.array.shape,
-                    dtype=job.array.dtype,
-                    chunks=(job.rows, job.array.shape[1]),
-                    compression="gzip" if options.compress else None,
-                    compression_opts=(options.level or 1) if options.compress else None,
-                    shuffle=options.shuffle,
-                    fletcher32=True,
-                )
-                # HDFView shows the dataset as a grayscale image
-                dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
-                dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
-                dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
-            dataset.id.write_direct_chunk((job.number * job.rows, 0), stored, 0)
+    for stored, job in _in_order(options.workers, _chunk_jobs(images, options)):
+        if job.image is not None:
+            image_group = group if job.name is None else group.create_group(job.name)
+            for key, value in job.image.meta.items():
+                image_group.attrs[key] = value
+            fluorescence = image_group.create_group("fluorescence")
+            background = fluorescence.create_group("bg_data")
+        if job.number == 0:
+            dataset = (background if job.background else fluorescence).create_dataset(
+                job.key,
+                shape=job.array.shape,
+                dtype=job.array.dtype,
+                chunks=(job.rows, job.array.shape[1]),
+                compression="gzip" if options.compress else None,
+                compression_opts=(options.level or 1) if options.compress else None,
+                shuffle=options.shuffle,
+                fletcher32=True,
+            )
+            # HDFView shows the dataset as a grayscale image
+            dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
+            dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
+            dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
+        dataset.id.write_direct_chunk((job.number * job.rows, 0), stored, 0)
 
 
 def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
@@ -1537,10 +1531,9 @@ def _load_images(
 ) -> Iterator[Image]:
     """Read images (None: ``group`` itself) in order; chunks decode on the workers
     while this thread reads the next stored chunks and meta data."""
-    with _pool(workers) as pool:
-        for _, image in _in_order(pool, _decode_jobs(group, label, names, unknown, problems), 2 * workers):
-            if image is not None:
-                yield image
+    for _, image in _in_order(workers, _decode_jobs(group, label, names, unknown, problems)):
+        if image is not None:
+            yield image
 
 
 def _decode_jobs(
@@ -1605,8 +1598,7 @@ def _dataset_jobs(
                         f"{where}: the chunk at {offset} was never written or is damaged ({exc})"
                     ) from None
                 part = out[tuple(slice(o, o + c) for o, c in zip(offset, chunk))]
-                decode = functools.partial(_decode_chunk, stored, mask, codes, dtype, chunk, part)
-                yield functools.partial(_name_errors, decode, where), part
+                yield functools.partial(_decode_chunk, where, stored, mask, codes, dtype, chunk, part), part
             yield _nothing, out
             return
         written = dataset.id.get_num_chunks()
@@ -1619,13 +1611,6 @@ def _dataset_jobs(
     except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"{where} cannot be read ({exc}); the file is damaged") from None
     yield _nothing, out
-
-
-def _name_errors(function: Callable[[], None], where: str) -> None:
-    try:
-        function()
-    except FormatError as exc:
-        raise FormatError(f"{where}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -1657,9 +1642,6 @@ class _LazyImage(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return 3
-
-    def __repr__(self) -> str:
-        return f"<lazy FLImage {self._series._positions[self._slot]} of {self._series._source!r}>"
 
 
 class _LazyImages(Sequence[Image]):
@@ -1704,9 +1686,6 @@ class _LazyImages(Sequence[Image]):
         if not 0 <= slot < len(self):
             raise ImageNotFoundError(f"the series has {len(self)} images; index {index} is out of range")
         return _LazyImage(self, slot, self._meta_of(slot))
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} lazy FLSeries images of {self._source!r}>"
 
     def _meta_of(self, slot: int) -> dict[str, MetaValue]:
         block = slot // self._META_BLOCK
@@ -2020,7 +1999,8 @@ def _check_file_guarded(spec: str) -> list[str]:
     limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size / 2**20
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_check_in_child, args=(spec, sys.stderr.isatty(), sender), daemon=True)
+    progress = sys.stderr.isatty()
+    child = context.Process(target=lambda: sender.send(_check_file(spec, progress)), daemon=True)
     child.start()
     sender.close()
     try:
@@ -2033,11 +2013,6 @@ def _check_file_guarded(spec: str) -> list[str]:
         child.kill()
         child.join()
         receiver.close()
-
-
-def _check_in_child(spec: str, progress: bool, sender: Any) -> None:
-    sender.send(_check_file(spec, progress))
-    sender.close()
 
 
 def _size(count: int) -> str:
