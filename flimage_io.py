@@ -552,12 +552,15 @@ def _check_meta(meta: Any, what: str) -> dict[str, Any]:
 
 
 def _check_number(value: Any, what: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_, np.timedelta64)):
         raise TypeError(f"{what} must be a real number, not {type(value).__name__} ({value!r})")
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:
-        raise ValueError(f"{what} is {value!r}, too large for a float64") from None
+        number = math.inf
+    if math.isinf(number) and not (isinstance(value, (float, np.floating)) and np.isinf(value)):
+        raise ValueError(f"{what} is {value!r}, too large for a float64")
+    return number
 
 
 def _check_text(value: Any, what: str, expected: str = "a str") -> str:
@@ -756,6 +759,16 @@ def _from_h5py(exc: BaseException) -> bool:
     return module.startswith("h5py")
 
 
+def _too_new(text: str) -> bool:
+    """Whether HDF5's message says that a part of the file has a format version it does not know."""
+    return "version" in text and ("bad" in text or "not supported" in text)
+
+
+def _too_new_message(label: str, text: str) -> str:
+    version = f"{h5py.version.hdf5_version} (h5py {h5py.__version__})"
+    return f"{label} needs a newer HDF5 than the installed {version}: {text}"
+
+
 def _h5_open(target: Any, mode: str, shown: str) -> Any:
     try:
         return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
@@ -763,9 +776,8 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
         text = str(exc)
         if "unable to lock file" in text:
             raise _in_use(shown) from None
-        if "version" in text and ("bad" in text or "not supported" in text):
-            version = f"{h5py.version.hdf5_version} (h5py {h5py.__version__})"
-            raise FormatError(f"{shown} needs a newer HDF5 than the installed {version}: {text}") from None
+        if _too_new(text):
+            raise FormatError(_too_new_message(shown, text)) from None
         if mode == "r+":
             raise FormatError(f"{shown} cannot be opened to append to it (not HDF5, or damaged)") from None
         raise FormatError(
@@ -794,6 +806,8 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or not _from_h5py(exc):
                 raise
+            if _too_new(str(exc)):  # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
+                raise FormatError(_too_new_message(label, str(exc))) from exc
             raise FormatError(f"{label} cannot be read, the file is damaged: {exc}") from exc
 
 
@@ -1026,8 +1040,14 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
                     os.unlink(path)
 
 
+def _names(group: Any) -> list[str]:
+    """The member names. h5py gives a name that is not UTF-8 as bytes; it is no name
+    of the layout, so it is shown escaped and never looked up."""
+    return [name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group]
+
+
 def _refuse_occupied(group: Any, *, series: bool) -> None:
-    holds = [name for name in group if name == "fluorescence" or name.startswith("fli_")]
+    holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         raise ValueError(
@@ -1052,15 +1072,15 @@ def _layout_of(group: Any, label: str) -> str:
     """'image' or 'series'; anything else raises FormatError naming where layouts are."""
     if "fluorescence" in group:
         return "image"
-    names = list(group)
+    names = _names(group)
     if not names or any(name.startswith("fli_") for name in names):
         return "series"
     nested = []
     for name in names[:100]:
-        if group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD:
+        if name in group and group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD:
             member = group[name]
             if isinstance(member, h5py.Group) and (
-                "fluorescence" in member or any(n.startswith("fli_") for n in member)
+                "fluorescence" in member or any(n.startswith("fli_") for n in _names(member))
             ):
                 nested.append(member.name)
     where = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
@@ -1093,7 +1113,7 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
     found: list[int] = []
     problems: list[str] = []
-    for name in group:
+    for name in _names(group):
         if not name.startswith("fli_"):
             continue
         match = _SERIES_NAME.match(name)
@@ -1552,7 +1572,7 @@ def _decode_jobs(
         raw = jobs.pop()[1]
         bg_data: dict[str, npt.NDArray[Any]] = {}
         background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
-        for key in [] if background is None else list(background):
+        for key in [] if background is None else _names(background):
             more = list(_dataset_jobs(_child(background, key, label, h5py.Dataset), label, raw_node.shape))
             bg_data[key] = more.pop()[1]
             jobs += more
@@ -1584,13 +1604,28 @@ def _dataset_jobs(
         raise FormatError(f"{where} is a virtual dataset, which reads other files; flimage_io does not")
     if plist.get_external_count():
         raise FormatError(f"{where} keeps its data in external files, which flimage_io does not read")
-    out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
     if layout == h5py.h5d.CHUNKED:
+        # every check before the array is allocated: a small file may declare a huge image
         chunk = tuple(dataset.chunks)
-        grid = list(itertools.product(*(range(0, size, step) for size, step in zip(dataset.shape, chunk))))
+        starts = [range(0, size, step) for size, step in zip(dataset.shape, chunk)]
+        total = math.prod(len(r) for r in starts)
+        written = dataset.id.get_num_chunks()
+        if written != total:
+            lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
+            missing = next((o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None)
+            raise FormatError(
+                f"{where}: the chunk at {missing} was never written ({total - written} of its {total} "
+                "chunks are missing)"
+                if missing is not None
+                else f"{where} lists {written} chunks, but has room for {total}; the file is damaged"
+            )
         codes = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
-        if set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
-            for offset in grid:
+        # our decoder takes the stored bytes as numpy's dtype; odd HDF5 types (12-bit words,
+        # other float formats) need HDF5's conversion
+        plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
+        if plain and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
+            out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
+            for offset in itertools.product(*starts):
                 try:
                     mask, stored = dataset.id.read_direct_chunk(offset)
                 except (OSError, RuntimeError, KeyError, ValueError) as exc:
@@ -1601,11 +1636,9 @@ def _dataset_jobs(
                 yield functools.partial(_decode_chunk, where, stored, mask, codes, dtype, chunk, part), part
             yield _nothing, out
             return
-        written = dataset.id.get_num_chunks()
-        if written != len(grid):
-            raise FormatError(f"{where} has {written} of its {len(grid)} chunks; the rest were never written")
     elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
         raise FormatError(f"{where} was never written (it has no storage)")
+    out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
     try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
         dataset.read_direct(out)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -1923,7 +1956,7 @@ def _check_series_group(group: Any, label: str, problems: list[str], progress: b
             _text_attr(group, "identifier", label)
         except FormatError as exc:
             problems.append(str(exc))
-    for name in group:
+    for name in _names(group):
         if not name.startswith("fli_"):
             problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
     numbers, numbering = _scan_series(group, label)

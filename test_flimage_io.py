@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import collections.abc
+import contextlib
+import datetime
 import io
 import multiprocessing
 import os
@@ -12,12 +15,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import warnings
 import weakref
 import zlib
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -2890,3 +2894,724 @@ def test_cli_preview_of_an_empty_series(tmp_path: pathlib.Path) -> None:
         r"python -m flimage_io: error: empty\.h5 is a series without images.*\n", result.stderr
     )
     assert os.listdir(tmp_path) == ["empty.h5"]
+
+
+# ---------------------------------------------------------------------------
+# hostile and odd files and values
+# ---------------------------------------------------------------------------
+
+with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
+    warnings.simplefilter("ignore")
+    import flimage
+
+
+def hostile_image_file(path: pathlib.Path, make_raw: Callable[[h5py.Group], Any]) -> pathlib.Path:
+    """An FLImage file whose fluorescence/raw (and anything else) ``make_raw`` creates with h5py."""
+    with h5py.File(path, "w") as h5:
+        h5.attrs["flimage version"] = "0.3.3"
+        h5.attrs["qpimage version"] = "0.9.3"
+        fluorescence = h5.create_group("fluorescence")
+        fluorescence.create_group("bg_data")
+        make_raw(fluorescence)
+    return path
+
+
+def hostile_series(path: pathlib.Path, count: int = 3) -> list[np.ndarray]:
+    raws = [np.arange(12, dtype=np.float64).reshape(3, 4) + 100 * n for n in range(count)]
+    images = [
+        {"raw": raw, "bg_data": np.ones((3, 4)), "meta": {"identifier": f"s-{n:02d}"}}
+        for n, raw in enumerate(raws)
+    ]
+    fio.write_series(path, {"identifier": "run", "images": images})
+    return raws
+
+
+@contextlib.contextmanager
+def hostile_never_opened(fifo: pathlib.Path) -> Iterator[None]:
+    """Fail if anything opens the FIFO while the block runs.
+
+    A thread waits in open() for writing; any reader's open() releases it. At
+    the end our own non-blocking reader releases it, after the verdict.
+    """
+    opened = threading.Event()
+
+    def writer() -> None:
+        fd = os.open(fifo, os.O_WRONLY)
+        opened.set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        yield
+        assert not opened.wait(0.2), f"{fifo} was opened"
+    finally:
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open() return
+        thread.join(10)
+        os.close(reader)
+        assert not thread.is_alive()
+
+
+def hostile_run_limited(code: str, headroom: int) -> tuple[str, float]:
+    """Run ``code`` in a new Python whose address space may grow by ``headroom`` bytes
+    after the imports; return its output and the seconds ``code`` took."""
+    prelude = (
+        "import resource, time\n"
+        "import h5py, numpy as np\n"
+        "import flimage_io as fio\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, (used + {headroom}, used + {headroom}))\n"
+        "start = time.monotonic()\n"
+    )
+    epilogue = "\nprint(f'seconds={time.monotonic() - start}')\n"
+    path = os.path.dirname(os.path.abspath(fio.__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code + epilogue],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    output, seconds = done.stdout.rsplit("seconds=", 1)
+    return output, float(seconds)
+
+
+# ---------------------------------------------------------------------------
+# 1. links, external storage and virtual datasets: nothing outside the file is read
+# ---------------------------------------------------------------------------
+
+
+def test_hostile_fifo_probe_detects_an_open(tmp_path: pathlib.Path) -> None:
+    """The probe of the tests below can fail: h5py itself follows an external link."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "s.h5"
+    hostile_series(path)
+    with h5py.File(path, "r+") as h5:
+        h5["link"] = h5py.ExternalLink(str(fifo), "/")
+
+    def follow() -> None:
+        with h5py.File(path, "r") as h5, contextlib.suppress(KeyError):
+            h5["link"]
+
+    with pytest.raises(AssertionError, match=r"fifo was opened"), hostile_never_opened(fifo):
+        follow()
+
+
+@pytest.mark.parametrize("target", ["valid file", "fifo"])
+@pytest.mark.parametrize(
+    "member",
+    ["fli_1", "fli_1/fluorescence", "fli_1/fluorescence/raw", "fli_1/fluorescence/bg_data/data"],
+)
+def test_hostile_external_links_are_not_followed(tmp_path: pathlib.Path, member: str, target: str) -> None:
+    other = tmp_path / "other.h5"
+    if target == "fifo":
+        os.mkfifo(other)
+    else:  # a valid FLImage and series: following the link would "work"
+        hostile_series(other)
+    path = tmp_path / "s.h5"
+    raws = hostile_series(path)
+    with h5py.File(path, "r+") as h5:
+        del h5[member]
+        h5[member] = h5py.ExternalLink(str(other), "/" + member)  # the same place in a good file
+    message = rf"s\.h5:/{member} is a link to another file"
+    with hostile_never_opened(other) if target == "fifo" else contextlib.nullcontext():
+        with pytest.raises(fio.FormatError, match=message):
+            fio.read_series(path)
+        with pytest.raises(fio.FormatError, match=message):
+            fio.read_image(path, index=1)
+        with pytest.raises(fio.FormatError, match=message):
+            list(fio.read_series(path, lazy=True)["images"][1]["raw"])
+        np.testing.assert_array_equal(fio.read_image(path, index=2)["raw"], raws[2])
+        problems = fio._check_file(str(path))
+    assert any(re.search(message, problem) for problem in problems), problems
+
+
+def test_hostile_external_and_virtual_storage_are_refused(tmp_path: pathlib.Path) -> None:
+    secret = tmp_path / "secret"
+    os.mkfifo(secret)  # reading it would block: proves that nothing opens it
+    source = tmp_path / "source.h5"
+    fio.write_image(source, np.ones((3, 4), np.float32))
+
+    def external(fluorescence: h5py.Group) -> None:
+        fluorescence.create_dataset("raw", shape=(3, 4), dtype="<f4", external=[(str(secret), 0, 48)])
+
+    def virtual(fluorescence: h5py.Group) -> None:
+        layout = h5py.VirtualLayout(shape=(3, 4), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(secret), "fluorescence/raw", shape=(3, 4))
+        fluorescence.create_virtual_dataset("raw", layout)
+
+    def virtual_valid(fluorescence: h5py.Group) -> None:  # its source is a good file
+        layout = h5py.VirtualLayout(shape=(3, 4), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(source), "fluorescence/raw", shape=(3, 4))
+        fluorescence.create_virtual_dataset("raw", layout)
+
+    cases = [
+        (external, r"ext\.h5:/fluorescence/raw\b.* external files"),
+        (virtual, r"virt\.h5:/fluorescence/raw\b.* virtual dataset"),
+        (virtual_valid, r"virt\.h5:/fluorescence/raw\b.* virtual dataset"),
+    ]
+    for make, message in cases:
+        path = hostile_image_file(tmp_path / ("ext.h5" if make is external else "virt.h5"), make)
+        with hostile_never_opened(secret):
+            with pytest.raises(fio.FormatError, match=message):
+                fio.read_image(path)
+            problems = fio._check_file(str(path))
+        assert len(problems) == 1 and re.search(message, problems[0]), problems
+
+
+# ---------------------------------------------------------------------------
+# 2. storage never written, and small files that declare huge images
+# ---------------------------------------------------------------------------
+
+
+def hostile_unwritten(kind: str) -> Callable[[h5py.Group], Any]:
+    def make(fluorescence: h5py.Group) -> None:
+        if kind == "contiguous":
+            fluorescence.create_dataset("raw", shape=(30, 40), dtype="<f4")
+        elif kind == "our filters, no chunk":
+            fluorescence.create_dataset(
+                "raw", shape=(30, 40), dtype="<f4", chunks=(30, 40), compression="gzip", fletcher32=True
+            )
+        elif kind == "plain chunks, no chunk":
+            fluorescence.create_dataset("raw", shape=(30, 40), dtype="<f4", chunks=(10, 40))
+        elif kind == "lzf, no chunk":
+            fluorescence.create_dataset(
+                "raw", shape=(30, 40), dtype="<f4", chunks=(30, 40), compression="lzf"
+            )
+        elif kind == "virtual, missing source":
+            layout = h5py.VirtualLayout(shape=(30, 40), dtype="<f4")
+            layout[:] = h5py.VirtualSource("/nonexistent/missing.h5", "raw", shape=(30, 40))
+            fluorescence.create_virtual_dataset("raw", layout)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("contiguous", r"raw was never written"),
+        ("our filters, no chunk", r"raw.*never written"),
+        ("plain chunks, no chunk", r"raw.*never written"),
+        ("lzf, no chunk", r"raw.*never written"),
+        ("virtual, missing source", r"raw is a virtual dataset"),
+    ],
+    ids=["contiguous", "our filters", "plain chunks", "lzf", "virtual"],
+)
+def test_hostile_storage_never_written(tmp_path: pathlib.Path, kind: str, message: str) -> None:
+    path = hostile_image_file(tmp_path / "unwritten.h5", hostile_unwritten(kind))
+    with pytest.raises(fio.FormatError, match=message):  # never MemoryError
+        fio.read_image(path)
+    for problems in (fio._check_file(str(path)), fio._check_file_guarded(str(path))):
+        assert len(problems) == 1 and re.search(rf"unwritten\.h5:/fluorescence/{message}", problems[0]), (
+            problems
+        )
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"compression": "lzf"},
+        {"compression": "gzip", "shuffle": True, "fletcher32": True},
+        {"compression": "gzip", "compression_opts": 9, "fletcher32": True},
+    ],
+    ids=["lzf", "our filters", "flimage's filters"],
+)
+def test_hostile_small_file_with_a_huge_image(tmp_path: pathlib.Path, filters: dict[str, Any]) -> None:
+    """60000 x 15000 float32 (3.4 GiB) declared, one chunk of 100 rows stored: a 100 KB file
+    must be refused at once, in 1 GiB of address space, not after allocating the image."""
+    path = tmp_path / "huge.h5"
+
+    def make(fluorescence: h5py.Group) -> None:
+        dataset = fluorescence.create_dataset(
+            "raw", shape=(60000, 15000), dtype="<f4", chunks=(100, 15000), **filters
+        )
+        dataset[:100] = np.ones((100, 15000), np.float32)
+
+    hostile_image_file(path, make)
+    assert path.stat().st_size < 1 << 20
+    code = (
+        "try:\n"
+        f"    fio.read_image({str(path)!r})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "try:\n"
+        f"    print('CHECK', fio._check_file({str(path)!r}))\n"
+        "except Exception as exc:\n"
+        "    print('CHECK', type(exc).__name__, exc)\n"
+    )
+    output, seconds = hostile_run_limited(code, 1 << 30)
+    read, check = output.split("CHECK", 1)
+    assert re.match(r"FormatError .*huge\.h5:/fluorescence/raw\b.*never written", read), output
+    assert re.search(r"huge\.h5:/fluorescence/raw\b.*never written", check), output
+    assert "MemoryError" not in output and seconds < 10
+
+
+# ---------------------------------------------------------------------------
+# 3. a huge gap in the numbering
+# ---------------------------------------------------------------------------
+
+
+def test_hostile_check_of_a_huge_gap_is_quick_and_small(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "gap.h5"
+    hostile_series(path, 1)
+    with h5py.File(path, "r+") as h5:
+        h5.copy("fli_0", "fli_1000000000000")
+    code = f"print(fio._check_file({str(path)!r}))\n"
+    output, seconds = hostile_run_limited(code, 256 << 20)
+    assert seconds < 5, output
+    assert re.search(
+        r"gap\.h5 .*gap in its numbering: fli_1, fli_2, fli_3, .*missing"
+        r".*fli_1000000000000",
+        output,
+    ), output
+    with pytest.raises(fio.FormatError, match=r"gap in its numbering: fli_1, fli_2"):
+        fio.read_image(path, index=0)
+
+
+# ---------------------------------------------------------------------------
+# 4. big-endian data in every layout
+# ---------------------------------------------------------------------------
+
+
+def hostile_values(dtype: np.dtype[Any], shape: tuple[int, int] = (37, 53)) -> np.ndarray:
+    """Values that use every byte, little-endian; the extremes of the dtype included."""
+    rng = np.random.default_rng(10)
+    native = dtype.newbyteorder("=")
+    if native.kind == "f":
+        info = np.finfo(native)
+        values = rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, shape)
+        values = values.astype(native)
+        values.flat[:8] = [info.max, -info.max, info.tiny, info.tiny / 4, -0.0, np.inf, -np.inf, np.nan]
+    else:
+        info_i = np.iinfo(native)
+        values = rng.integers(int(info_i.min), int(info_i.max), shape, dtype=native, endpoint=True)
+        values.flat[:3] = [info_i.min, info_i.max, 0]
+    return values
+
+
+def hostile_big_endian_dataset(group: h5py.Group, name: str, data: np.ndarray, layout: str) -> None:
+    if layout == "compact":
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        space = h5py.h5s.create_simple(data.shape)
+        dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(data.dtype), space, dcpl=dcpl)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(data))
+        return
+    options: dict[str, Any] = {
+        "contiguous": {"chunks": None},
+        "shuffle+gzip+fletcher32": {
+            "chunks": (16, 20),
+            "shuffle": True,
+            "compression": "gzip",
+            "fletcher32": True,
+        },
+        "gzip 9+fletcher32 (flimage's)": {
+            "chunks": data.shape,
+            "compression": "gzip",
+            "compression_opts": 9,
+            "fletcher32": True,
+        },
+        "lzf": {"chunks": (16, 20), "compression": "lzf"},
+    }[layout]
+    group.create_dataset(name, data=data, dtype=data.dtype, **options)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">u2", ">i4"])
+@pytest.mark.parametrize(
+    "layout", ["contiguous", "compact", "shuffle+gzip+fletcher32", "gzip 9+fletcher32 (flimage's)", "lzf"]
+)
+def test_hostile_big_endian_data_reads_exactly(tmp_path: pathlib.Path, dtype: str, layout: str) -> None:
+    little = hostile_values(np.dtype(dtype))
+    big = little.astype(dtype)
+
+    def make(fluorescence: h5py.Group) -> None:
+        hostile_big_endian_dataset(fluorescence, "raw", big, layout)
+        hostile_big_endian_dataset(fluorescence["bg_data"], "data", big[::-1].copy(), layout)
+
+    path = hostile_image_file(tmp_path / "be.h5", make)
+    with h5py.File(path, "r") as h5:  # the file really holds big-endian numbers
+        raw = h5["fluorescence/raw"]
+        assert raw.dtype == np.dtype(dtype)
+        if layout == "contiguous":
+            with open(path, "rb") as handle:
+                handle.seek(raw.id.get_offset())
+                assert handle.read(big.nbytes) == big.tobytes()
+    got = fio.read_image(path)
+    for array, expected in ((got["raw"], little), (got["bg_data"]["data"], little[::-1])):
+        assert array.dtype == little.dtype  # native byte order
+        assert np.array_equal(array, expected, equal_nan=True)
+        assert array.tobytes() == expected.tobytes()  # -0.0, NaN and every bit
+    assert fio._check_file(str(path)) == []
+
+
+# ---------------------------------------------------------------------------
+# 5. attributes that are no meta data keys
+# ---------------------------------------------------------------------------
+
+HOSTILE_UNKNOWN = {"wavelength": 5.5e-7, "medium index": 1.335, "sim index": 1.36, "exposure": 0.02}
+
+
+def hostile_unknown_warnings(record: Any) -> list[str]:
+    return [str(item.message) for item in record if issubclass(item.category, fio.UnknownMetaWarning)]
+
+
+def test_hostile_unknown_attributes_of_an_image(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "old.h5"
+    raw = np.arange(20, dtype=np.float64).reshape(4, 5)
+    with flimage.FLImage(
+        data=raw, meta_data={"time": 1.5, "pixel size": 2e-7}, h5file=path, h5mode="w"
+    ) as fli:
+        fli.set_bg_data(np.ones_like(raw))
+    with h5py.File(path, "r+") as h5:
+        h5.attrs.update(HOSTILE_UNKNOWN)
+    for _ in range(2):  # once per call, not once per process
+        with pytest.warns(fio.UnknownMetaWarning) as record:
+            got = fio.read_image(path)
+        (message,) = hostile_unknown_warnings(record)
+        assert [item.filename for item in record] == [__file__]  # points at the caller
+        for key in HOSTILE_UNKNOWN:
+            assert re.search(rf"'{key}' on {re.escape(str(path))}\b", message), message
+    np.testing.assert_array_equal(got["raw"], raw.astype(np.float32))
+    np.testing.assert_array_equal(got["bg_data"]["data"], np.ones((4, 5), np.float32))
+    assert sorted(got["meta"]) == ["flimage version", "pixel size", "qpimage version", "time"]
+    assert got["meta"]["time"] == 1.5 and got["meta"]["pixel size"] == 2e-7
+    problems = fio._check_file(str(path))
+    assert len(problems) == 4, problems
+    for key in HOSTILE_UNKNOWN:
+        assert any(re.search(rf"old\.h5\b.*'{key}'.*no meta data key", p) for p in problems)
+    with pytest.raises(KeyError, match=r"unknown key 'wavelength'"):
+        fio.write_image(tmp_path / "new.h5", {"raw": raw, "meta": {"wavelength": 1}})
+    assert not (tmp_path / "new.h5").exists()
+    # flimage 0.3.3 still reads the pixels, but its meta data raises KeyError on these keys
+    # (even on 'wavelength', which flimage 0.1.0 itself wrote).
+    with flimage.FLImage(h5file=path, h5mode="r") as fli:
+        np.testing.assert_array_equal(fli.raw_fl, raw.astype(np.float32))
+        with pytest.raises(KeyError, match=r"Unknown meta key"):
+            fli.meta  # noqa: B018
+
+
+def test_hostile_unknown_attributes_of_a_series_warn_once(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "old_series.h5"
+    raws = [np.full((3, 4), n, np.float64) for n in range(5)]
+    with h5py.File(path, "w") as h5:
+        series = flimage.FLSeries(h5file=h5, identifier="old")
+        for n, raw in enumerate(raws):
+            series.add_flimage(flimage.FLImage(data=raw, meta_data={"identifier": f"f{n}"}))
+    with h5py.File(path, "r+") as h5:
+        for n in range(5):
+            h5[f"fli_{n}"].attrs.update(HOSTILE_UNKNOWN)
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        got = fio.read_series(path)
+    (message,) = hostile_unknown_warnings(record)
+    assert [item.filename for item in record] == [__file__]
+    shown = re.escape(str(path))
+    for key in HOSTILE_UNKNOWN:
+        assert re.search(rf"'{key}' on {shown}:/fli_0, {shown}:/fli_1\b", message), message
+    assert [image["meta"]["identifier"] for image in got["images"]] == [f"f{n}" for n in range(5)]
+    for image, raw in zip(got["images"], raws):
+        np.testing.assert_array_equal(image["raw"], raw.astype(np.float32))
+        assert not set(image["meta"]) & set(HOSTILE_UNKNOWN)
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        lazy = fio.read_series(path, lazy=True)["images"]
+        assert [image["meta"]["identifier"] for image in lazy] == [f"f{n}" for n in range(5)]
+    assert len(hostile_unknown_warnings(record)) == 1
+    problems = fio._check_file(str(path))
+    assert len(problems) == 20, problems
+    for key in HOSTILE_UNKNOWN:
+        for n in range(5):
+            assert any(re.search(rf"fli_{n}\b.*'{key}'.*no meta data key", p) for p in problems), problems
+
+
+# ---------------------------------------------------------------------------
+# 6. healthy files are never called damaged
+# ---------------------------------------------------------------------------
+
+
+def test_hostile_odd_indexes_of_a_healthy_series(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "healthy.h5"
+    raws = hostile_series(path)
+    for index in ["frame-" + "1" * 5000, "\udcff", "a\x00b", "s-03", 10**30, -4]:
+        with pytest.raises(fio.ImageNotFoundError, match=r"healthy\.h5 has 3 images and none at") as caught:
+            fio.read_image(path, index=index)
+        assert not isinstance(caught.value, fio.FormatError)
+    with pytest.raises(fio.ImageNotFoundError, match=r"identifier 'frame-1111"):
+        fio.read_series(path, ["s-00", "frame-" + "1" * 5000])
+    np.testing.assert_array_equal(fio.read_image(path, index=np.int64(-1))["raw"], raws[2])
+    bad: list[tuple[Callable[[], Any], type[Exception], str]] = [
+        (
+            lambda: fio.read_image(path, index=1.0),
+            TypeError,
+            r"index must be an int, a str or None, not float",
+        ),
+        (lambda: fio.read_image(path, index=True), TypeError, r"index must be .* not bool"),
+        (lambda: fio.read_image(path, index=b"s-00"), TypeError, r"index must be .* not bytes"),
+        (lambda: fio.read_image(path, index=0, workers=0), ValueError, r"workers must be at least 1"),
+        (lambda: fio.read_image(path, index=0, workers=1.5), TypeError, r"workers must be an int"),
+        (lambda: fio.read_series(path, "s-00"), TypeError, r"index must be None, a slice"),
+        (lambda: fio.read_series(path, [0, 1.5]), TypeError, r"index items must be ints or strs"),
+        (lambda: fio.read_series(path, lazy="yes"), TypeError, r"lazy must be True or False"),
+    ]
+    for call, kind, message in bad:
+        with pytest.raises(kind, match=message) as caught:
+            call()
+        assert not isinstance(caught.value, fio.FormatError)
+    assert fio._check_file(str(path)) == []
+
+
+# An FLImage written by h5py 3.16 / HDF5 2.0 with libver="latest": its chunked, filtered raw
+# (3x4 float32 0..11) has a layout message of version 5, which HDF5 before 2.0 cannot read.
+HOSTILE_HDF5_2_FILE = (
+    "eNrr9HBx4+WS4mLm4GCAgf9Q0CkM4RtAxXP7/fP8PVyCmBgqBAQYGDYLQISTodJcTAyMDAwgmZmCEBFLqAyPIwMDM4MAgwgDCwND"
+    "Wk5mbmJ6qkJZalFxZn4egyQjIwPIJBBmBCvnYGACkqxAvBlqACOM+H6+VMXd2d8HLCCAJAnVAHaunrGeMZBmwhC3BIvDwAF+hlEw"
+    "CkbBKBgFo2AUjIJRMApGwSgYBaNgFAxS4O/s4c0kBGL9RwMo4wyFBaSPM4D4j5PUX0FHObDbAhnnYOMDGcNclFh+CTrawSYEEmFP"
+    "So9PSSxJZBOGDTuQ7sMSt3XVIF+KCoE8gm4/mzjIHp60nNL8otTi5NS85FQxqBNSJwWmg93OyMDIqAL0DxMjIzPUUBYojcEXYWAU"
+    "VJCH8hUYxDkYxOtB4QL0JjM3Nw8DI9AQBhAEqeCQBckwMTMys7AwaiC5+Z4QlNE6SJJJ9urPPBVxyQkMjWzVCg8ZXBzuMBzhbvjB"
+    "IGDPkMTmzsbGqBDGkMTszjBjMdsSIuKbIYJ2Tj2688QaADTNkWY="
+)
+
+
+def test_hostile_file_from_a_newer_hdf5(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "hdf5_2.h5"
+    path.write_bytes(zlib.decompress(base64.b64decode(HOSTILE_HDF5_2_FILE)))
+    if h5py.version.hdf5_version_tuple >= (2, 0, 0):
+        got = fio.read_image(path)
+        np.testing.assert_array_equal(got["raw"], np.arange(12, dtype=np.float32).reshape(3, 4))
+        assert got["meta"] == {"flimage version": "0.3.3", "qpimage version": "0.9.3"}
+        assert fio._check_file(str(path)) == []
+        return
+    newer = rf"hdf5_2\.h5 needs a newer HDF5 than the installed {re.escape(h5py.version.hdf5_version)}"
+    with pytest.raises(fio.FormatError, match=newer) as caught:
+        fio.read_image(path)
+    assert "damaged" not in str(caught.value)
+    problems = fio._check_file(str(path))
+    assert len(problems) == 1 and re.search(newer, problems[0]) and "damaged" not in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        ("12-bit uint16 at bit 4", [1, 100, 4095, 2048, 7, 0]),
+        ("24-bit int32", [-1, -5, 100, -(2**23), 2**23 - 1, 0]),
+        ("12-bit uint16, padded with ones", [1, 100, 4095, 2048, 7, 0]),
+        ("float32 with exponent bias 120", [1.5, -2.25, 2.0**-10, 100.0, 0.0, 3.0]),
+    ],
+)
+def test_hostile_odd_hdf5_number_types_read_as_hdf5_converts_them(
+    tmp_path: pathlib.Path, kind: str, values: list[float]
+) -> None:
+    """HDF5 types that are no numpy type (packed camera words, odd floats) behind our filters:
+    the values are those HDF5 gives, never the stored bits, and the file is not damaged."""
+    if kind.startswith("12-bit"):
+        hdf5_type = h5py.h5t.STD_U16LE.copy()
+        hdf5_type.set_precision(12)
+        if "ones" in kind:
+            hdf5_type.set_pad(h5py.h5t.PAD_ONE, h5py.h5t.PAD_ONE)
+        else:
+            hdf5_type.set_offset(4)
+    elif kind.startswith("24-bit"):
+        hdf5_type = h5py.h5t.STD_I32LE.copy()
+        hdf5_type.set_precision(24)
+    else:
+        hdf5_type = h5py.h5t.IEEE_F32LE.copy()
+        hdf5_type.set_ebias(120)
+
+    def make(fluorescence: h5py.Group) -> None:
+        data = np.array([values], dtype=np.float64)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(data.shape)
+        dcpl.set_shuffle()
+        dcpl.set_deflate(4)
+        dcpl.set_fletcher32()
+        space = h5py.h5s.create_simple(data.shape)
+        h5py.h5d.create(fluorescence.id, b"raw", hdf5_type, space, dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, data
+        )
+
+    path = hostile_image_file(tmp_path / "odd.h5", make)
+    with h5py.File(path, "r") as h5:
+        expected = h5["fluorescence/raw"][()]
+    np.testing.assert_array_equal(expected, [values])  # HDF5 itself converts exactly
+    got = fio.read_image(path)["raw"]
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    assert fio._check_file(str(path)) == []
+
+
+def test_hostile_member_names_that_are_not_utf8(tmp_path: pathlib.Path) -> None:
+    """h5py gives such names as bytes: a stray one is reported, never a crash or TypeError."""
+    path = tmp_path / "names.h5"
+    raws = hostile_series(path, 2)
+    with h5py.File(path, "r+") as h5:
+        h5.create_group("notes").attrs["x"] = 1
+        h5.id.links.create_hard(b"\xffnotes", h5.id, b"notes")
+        del h5["notes"]
+    got = fio.read_series(path)
+    for image, raw in zip(got["images"], raws):
+        np.testing.assert_array_equal(image["raw"], raw)
+    np.testing.assert_array_equal(fio.read_image(path, index=1)["raw"], raws[1])
+    problems = fio._check_file_guarded(str(path))
+    assert len(problems) == 1 and re.search(
+        r"names\.h5 has the member .*notes.*not part of an FLSeries", problems[0]
+    )
+    with h5py.File(path, "r+") as h5:
+        h5.id.links.create_hard(b"fli_\xff", h5.id, b"fli_0")
+    with pytest.raises(fio.FormatError, match=r"names\.h5 has the member .*fli_.*no valid series name"):
+        fio.read_series(path)
+    problems = fio._check_file_guarded(str(path))
+    assert any(re.search(r"member .*fli_.*no valid series name", problem) for problem in problems), problems
+    assert not any("crashed" in problem for problem in problems), problems
+
+
+# ---------------------------------------------------------------------------
+# 7. identifiers stored as fixed-length bytes
+# ---------------------------------------------------------------------------
+
+
+def test_hostile_fixed_length_identifiers(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "fixed.h5"
+    raws = hostile_series(path)
+    with h5py.File(path, "r+") as h5:
+        for n in range(3):
+            del h5[f"fli_{n}"].attrs["identifier"]
+            h5[f"fli_{n}"].attrs.create("identifier", np.bytes_(f"s-{n:02d}".encode()))
+    one = fio.read_image(path, index="s-01")
+    np.testing.assert_array_equal(one["raw"], raws[1])
+    assert one["meta"]["identifier"] == "s-01" and type(one["meta"]["identifier"]) is str
+    got = fio.read_series(path, ["s-02", 0])
+    assert [image["meta"]["identifier"] for image in got["images"]] == ["s-02", "s-00"]
+    problems = fio._check_file(str(path))
+    assert len(problems) == 3, problems
+    for n, problem in enumerate(problems):
+        assert re.search(rf"fixed\.h5:/fli_{n} .*fixed-length", problem), problems
+    # why check reports it: flimage does not find them
+    with (
+        flimage.FLSeries(h5file=path, h5mode="r") as series,
+        pytest.raises(KeyError, match=r"'s-01' not found"),
+    ):
+        series.get_flimage("s-01")
+
+
+# ---------------------------------------------------------------------------
+# 8. values are kept exactly, or refused before the disk is touched
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        np.array([[2**24 + 1, 0, 2**32 - 1]], np.uint32),
+        np.array([[2**25 + 1, -(2**63), 2**63 - 1]], np.int64),
+        np.array([[1e40, -1e-300, 5e-324, np.nan, -0.0]], np.float64),
+        np.array([[0, 65535, 12345]], np.uint16),
+    ],
+    ids=["uint32", "int64", "float64", "uint16"],
+)
+def test_hostile_default_storage_keeps_every_value(tmp_path: pathlib.Path, raw: np.ndarray) -> None:
+    path = tmp_path / "exact.h5"
+    fio.write_image(path, {"raw": raw, "bg_data": raw[:, ::-1]})
+    got = fio.read_image(path)
+    assert got["raw"].dtype == raw.dtype and got["raw"].tobytes() == raw.tobytes()
+    assert got["bg_data"]["data"].tobytes() == raw[:, ::-1].tobytes()
+
+
+@pytest.mark.parametrize("h5dtype", ["float64", "uint16"])
+def test_hostile_copies_of_flimage_files_are_exact(tmp_path: pathlib.Path, h5dtype: str) -> None:
+    source, copy = tmp_path / "flimage.h5", tmp_path / "copy.h5"
+    raw = (np.arange(20).reshape(4, 5) * 3001 + 7).astype(h5dtype)
+    if h5dtype == "float64":
+        raw = raw / 3 + 1e40  # neither float32 nor its range
+    with flimage.FLImage(
+        data=raw, meta_data={"time": 0.1}, h5file=source, h5mode="w", h5dtype=h5dtype
+    ) as fli:
+        fli.set_bg_data(raw[::-1].copy())
+    original = fio.read_image(source)
+    fio.write_image(copy, original)
+    got = fio.read_image(copy)
+    for image in (original, got):
+        assert image["raw"].dtype == np.dtype(h5dtype) and image["raw"].tobytes() == raw.tobytes()
+        assert image["bg_data"]["data"].dtype == np.dtype(h5dtype)
+        assert image["bg_data"]["data"].tobytes() == raw[::-1].tobytes()
+    assert got["meta"] == original["meta"]
+
+
+def test_hostile_float32_storage_refuses_what_it_would_change(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "f32.h5"
+    refused = [
+        (np.array([[2**24 + 1]], np.uint32), r"16777217.*float32.*dtype=None"),
+        (np.array([[2**25 + 1]], np.int64), r"33554433.*float32.*dtype=None"),
+        (np.array([[1.0, 1e40]]), r"1e\+40.*float32.*dtype=None"),
+    ]
+    for raw, message in refused:
+        with pytest.raises(ValueError, match=message):
+            fio.write_image(target, raw, dtype="float32")
+        with pytest.raises(ValueError, match=message):
+            fio.write_image(target, {"raw": np.ones(raw.shape), "bg_data": raw}, dtype="float32")
+        assert os.listdir(tmp_path) == []  # refused before the disk was touched
+    kept = np.array([[0.1, np.nan, np.inf, -np.inf, -0.0, 2.0**24]])
+    fio.write_image(target, kept, dtype="float32")
+    got = fio.read_image(target)["raw"]
+    assert got.dtype == np.float32 and got.tobytes() == kept.astype(np.float32).tobytes()
+
+
+# ---------------------------------------------------------------------------
+# 9. meta data values
+# ---------------------------------------------------------------------------
+
+
+def test_hostile_numpy_scalars_and_dates_in_meta() -> None:
+    buffer = io.BytesIO()
+    meta = {
+        "device": np.str_("scope µ"),
+        "time": np.float32(1.5),
+        "pixel size": np.int64(3),
+        "angle": np.uint8(2),
+        "focus": np.float16(0.5),
+        "sim center": np.array([1, 2.5], np.float32),
+        "date": datetime.date(2026, 11, 25),
+    }
+    fio.write_image(buffer, {"raw": np.ones((2, 2)), "meta": meta})
+    got = fio.read_image(buffer)["meta"]
+    assert got["device"] == "scope µ" and type(got["device"]) is str
+    for key, value in (("time", 1.5), ("pixel size", 3.0), ("angle", 2.0), ("focus", 0.5)):
+        assert got[key] == value and type(got[key]) is float
+    assert got["sim center"] == (1.0, 2.5) and all(type(v) is float for v in got["sim center"])
+    assert got["date"] == "2026-11-25"
+    with h5py.File(buffer, "r") as h5:
+        assert h5.attrs["date"] == "2026-11-25" and h5.attrs["time"].dtype == np.float64
+    fio.write_image(buffer, {"raw": np.ones((2, 2)), "meta": {"date": "25.11.2026"}})
+    assert fio.read_image(buffer)["meta"]["date"] == "25.11.2026"  # a string stays as given
+
+
+@pytest.mark.parametrize(
+    ("image", "kind", "message"),
+    [
+        ({"meta": {"time": 10**400}}, ValueError, r"\['time'\] is 1000.*too large for a float64"),
+        ({"meta": {"time": np.longdouble(10) ** 400}}, ValueError, r"\['time'\] .*too large for a float64"),
+        ({"meta": {"time": np.timedelta64(1, "s")}}, TypeError, r"\['time'\] must be a real number"),
+        ({"meta": {"date": datetime.datetime(2026, 11, 25)}}, TypeError, r"\['date'\] must be a str"),
+        ({"bg_data": {"a\x00b": np.ones((2, 2))}}, ValueError, r"name 'a\\x00b' contains a NUL"),
+        (
+            {"raw": np.ma.masked_array(np.ones((2, 2)), mask=[[0, 1], [0, 0]])},
+            TypeError,
+            r"raw'\] is a masked",
+        ),
+        ({"bg_data": np.ma.masked_array(np.ones((2, 2)))}, TypeError, r"bg_data'\] is a masked array"),
+    ],
+    ids=["huge int", "huge longdouble", "timedelta64", "datetime", "NUL name", "masked raw", "masked bg"],
+)
+def test_hostile_meta_and_arrays_refused(
+    tmp_path: pathlib.Path, image: dict[str, Any], kind: type[Exception], message: str
+) -> None:
+    huge = image.get("meta", {}).get("time")
+    if isinstance(huge, np.longdouble) and not np.isfinite(huge):  # pragma: no cover - longdouble is float64
+        image = {"meta": {"time": np.inf}}  # then nothing overflows: inf is stored as given
+        fio.write_image(tmp_path / "x.h5", {"raw": np.ones((2, 2)), **image})
+        assert fio.read_image(tmp_path / "x.h5")["meta"]["time"] == np.inf
+        return
+    with pytest.raises(kind, match=message):
+        fio.write_image(tmp_path / "x.h5", {"raw": np.ones((2, 2)), **image})
+    assert os.listdir(tmp_path) == []
