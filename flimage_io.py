@@ -301,6 +301,8 @@ def write_series(
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {type(append).__name__}")
     identifier, images = _check_series(series)
+    if _is_path(h5file):  # what would fail at the end fails before the generator is advanced
+        _check_writable(*_real_path(h5file, write=True), append=append)
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
@@ -731,24 +733,37 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
         handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
+        kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
-            _fcntl.flock(handle, (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            if time.monotonic() > deadline:
-                raise _in_use(shown) from None
-            time.sleep(0.01)
-            continue
-        except OSError:  # a file system without locks (some network mounts): go on without
-            return handle, created
-        held = os.fstat(handle.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            now = os.stat(real)
+            # flock is the lock (HDF5 takes the same); a POSIX lock on byte 0 is a turnstile
+            # that a waiting writer holds, so that readers in a loop cannot starve it
+            if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, shown):
+                _retry(functools.partial(_fcntl.flock, handle, kind), deadline, shown)
+                _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
+            held, now = os.fstat(handle.fileno()), os.stat(real)
             if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
                 return handle, created
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
+        except BaseException:
+            handle.close()
+            raise
         handle.close()  # replaced or removed while we waited: lock what the path is now
-        if not create and not os.path.exists(real):
-            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}")
+
+
+def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
+    """Take a lock, retrying until the deadline; False on a file system without locks."""
+    while True:
+        try:
+            lock()
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                return False  # e.g. some network mounts: go on without
+            if time.monotonic() > deadline:
+                raise _in_use(shown) from None
+            time.sleep(0.005)
 
 
 def _from_h5py(exc: BaseException) -> bool:
@@ -913,7 +928,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
             raise
     elif _is_path(h5file):
         shown, real, info = _real_path(h5file, write=True)
-        _check_writable(shown, real, info)
+        _check_writable(shown, real, info, append=append)
         with _append_path(shown, real) if append else _replace_path(shown, real, info) as opened:
             yield opened, shown
     else:
@@ -948,8 +963,8 @@ def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
         raise
 
 
-def _check_writable(shown: str, real: str, info: os.stat_result | None) -> None:
-    """Refuse what would only fail at the final rename, before any image is consumed."""
+def _check_writable(shown: str, real: str, info: os.stat_result | None, *, append: bool) -> None:
+    """Refuse what would only fail at the end (write protection, the final rename)."""
     directory = os.path.dirname(real)
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -961,11 +976,9 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None) -> None:
         return
     if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
         mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-        raise PermissionError(
-            errno.EACCES, f"{shown} is write-protected ({mode}): make it writable first", shown
-        )
+        raise PermissionError(errno.EACCES, f"{shown} is write-protected ({mode}): make it writable first")
     folder = os.stat(directory)
-    if folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
+    if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
         raise PermissionError(
             errno.EPERM, f"cannot replace {shown}: another user's file in a sticky directory"
         )
