@@ -303,6 +303,8 @@ def write_series(
     identifier, images = _check_series(series)
     if _is_path(h5file):  # what would fail at the end fails before the generator is advanced
         _check_writable(*_real_path(h5file, write=True), append=append)
+    elif not isinstance(h5file, h5py.Group):
+        _fileobj_label(h5file, write=True, read=append)
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
@@ -836,9 +838,12 @@ class _HeldWrites:
     """
 
     def __init__(self, handle: Any, old_size: int) -> None:
-        self._handle, self._old_size, self._position = handle, old_size, 0
+        handle.flush()  # what the caller buffered goes first; then bypass the buffer, which a
+        self._outer, self._handle = handle, getattr(handle, "raw", handle)  # rollback can't empty
+        self._old_size, self._position = old_size, 0
         self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
+        self.closing = self.closed = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
@@ -865,18 +870,25 @@ class _HeldWrites:
         return bytes(buffer[: self.readinto(buffer)])
 
     def write(self, data: Any) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "the write was rolled back")
         view = memoryview(data).cast("B")
         split = min(len(view), max(0, self._old_size - self._position))
         if split:
             self._held.pop(self._position, None)
             self._held[self._position] = bytes(view[:split])
         try:
-            if split < len(view):
+            if split < len(view) and self.error is None:
                 self._handle.seek(self._position + split)
-                self._handle.write(view[split:])
+                _write_all(self._handle, view[split:])
         except OSError as exc:
-            self.error = self.error or exc
-            raise
+            self.error = exc
+            if not self.closing:
+                raise
+        if split < len(view) and self.error is not None:
+            # HDF5 must close cleanly (a failed close leaves old HDF5 unstable): keep the rest
+            # of its final flush here, for the rollback that follows
+            self._held[self._position + split] = bytes(view[split:])
         self._position += len(view)
         return len(view)
 
@@ -888,21 +900,37 @@ class _HeldWrites:
         self._handle.flush()
 
     def commit(self) -> None:
+        if self.error is not None:
+            raise self.error
         self._sync()
         for offset, data in self._held.items():
             self._handle.seek(offset)
-            self._handle.write(data)
+            _write_all(self._handle, data)
         self._sync()
 
     def rollback(self) -> None:
         self._held.clear()
         self._handle.truncate(self._old_size)
         self._sync()
+        self.closed = True  # a late flush by HDF5 (at exit) must change nothing
 
     def _sync(self) -> None:
         self._handle.flush()
+        if self._outer is not self._handle:
+            self._outer.seek(0, os.SEEK_END)  # forget what the buffered object read before
         with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
             os.fsync(self._handle.fileno())
+
+
+def _write_all(handle: Any, data: Any) -> None:
+    """Write every byte: on a full disk a raw file takes what fits and raises ENOSPC
+    only on the next call."""
+    view = memoryview(data).cast("B")
+    while view:
+        count = handle.write(view)
+        if not count:  # None: a non-blocking file that would block
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[count:]
 
 
 @contextlib.contextmanager
@@ -951,11 +979,10 @@ def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
         try:
             yield opened
         finally:
+            held.closing = True
             opened.close()
         held.commit()
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            opened.close()
+    except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
         with contextlib.suppress(OSError):
             held.rollback()
         if held.error is not None and isinstance(exc, Exception):
@@ -1009,7 +1036,10 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
                 _fcntl.flock(old, _fcntl.LOCK_SH)
         _remove_stale_temporaries(directory, base)
         temp = os.path.join(directory, _temp_name(base))
-        handle = stack.enter_context(open(temp, "x+b", buffering=0))  # the umask applies
+        try:
+            handle = stack.enter_context(open(temp, "x+b", buffering=0))  # the umask applies
+        except OSError as exc:  # no inode left, a quota: name what the caller wrote
+            raise OSError(exc.errno, f"cannot write {shown}: {exc.strerror}") from None
         try:
             if _fcntl is not None:
                 _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live

@@ -5,23 +5,31 @@ from __future__ import annotations
 import base64
 import collections.abc
 import contextlib
+import copy
 import datetime
+import errno
+import hashlib
 import io
+import json
 import multiprocessing
 import os
 import pathlib
 import pickle
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 import warnings
 import weakref
 import zlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -3615,3 +3623,1037 @@ def test_hostile_meta_and_arrays_refused(
     with pytest.raises(kind, match=message):
         fio.write_image(tmp_path / "x.h5", {"raw": np.ones((2, 2)), **image})
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# nothing lost in a real lab: buffers, full disks, locks, threads, processes, file modes, links
+# ---------------------------------------------------------------------------
+
+LAB_ROOT = str(pathlib.Path(fio.__file__).parent)
+LAB_FORK = multiprocessing.get_context("fork")
+
+
+@contextlib.contextmanager
+def lab_tmpfs(directory: pathlib.Path, options: str = "size=2m") -> Iterator[pathlib.Path]:
+    """A real, small tmpfs mounted at ``directory`` for the duration of the block."""
+    directory.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+@contextlib.contextmanager
+def lab_deadline(seconds: float) -> Iterator[None]:
+    """Fail with TimeoutError instead of hanging (a blocking open of a FIFO is interrupted)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def lab_python(script: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Run ``script`` in a fresh interpreter that imports this flimage_io."""
+    environment = {**os.environ, "PYTHONPATH": LAB_ROOT, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=environment,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def lab_finish(process: subprocess.Popen[str], timeout: float = 30) -> str:
+    """Wait for a child; its stdout if it succeeded, else a failure showing its stderr."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"child failed ({process.returncode}):\n{err}"
+    return out
+
+
+def lab_release(*children: subprocess.Popen[str]) -> None:
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+
+
+def lab_digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lab_noise(shape: tuple[int, int], seed: int, dtype: Any = np.uint16) -> np.ndarray:
+    """Random noise over the whole range of ``dtype``: deflate cannot shrink it."""
+    info = np.iinfo(dtype)
+    return np.random.default_rng(seed).integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+
+
+def lab_same_series(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert got["identifier"] == expected["identifier"]
+    assert len(got["images"]) == len(expected["images"])
+    for position, a in enumerate(got["images"]):
+        b = expected["images"][position]
+        np.testing.assert_array_equal(a["raw"], b["raw"])
+        assert a["raw"].dtype == b["raw"].dtype
+        assert sorted(a["bg_data"]) == sorted(b["bg_data"])
+        for name in a["bg_data"]:
+            np.testing.assert_array_equal(a["bg_data"][name], b["bg_data"][name])
+        assert a["meta"] == b["meta"]
+
+
+def lab_ids(path: Any) -> list[str]:
+    return [image["meta"]["identifier"] for image in fio.read_series(path)["images"]]
+
+
+def lab_counting(count: list[int]) -> Iterator[np.ndarray]:
+    for _ in range(3):
+        count[0] += 1
+        yield np.ones((2, 2))
+
+
+def lab_temporaries(directory: pathlib.Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name.endswith(fio._TEMP_SUFFIX))
+
+
+# ---------------------------------------------------------------------------
+# a camera that reuses its buffer
+# ---------------------------------------------------------------------------
+
+LAB_FRAMES = 12
+
+
+@pytest.mark.parametrize("workers", [None, 3])
+@pytest.mark.parametrize("append", [False, True])
+def test_lab_camera_refilling_one_array_stores_every_frame(
+    tmp_path: pathlib.Path, workers: int | None, append: bool
+) -> None:
+    buffer = np.zeros((512, 512), np.uint16)
+    shots: list[np.ndarray] = []
+
+    def camera() -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(7)
+        for number in range(LAB_FRAMES):
+            buffer[...] = rng.integers(0, 4096, buffer.shape)  # the next exposure, in place
+            buffer[0, :4] = number
+            shots.append(buffer.copy())
+            yield buffer
+        buffer[...] = 0  # the camera is closed and clears its buffer
+
+    path = tmp_path / "camera.h5"
+    if append:
+        fio.write_series(path, {"identifier": "run", "images": [np.ones((512, 512), np.uint16)]})
+    fio.write_series(path, {"identifier": None, "images": camera()}, workers=workers, append=append)
+    got = [image["raw"] for image in fio.read_series(path)["images"]][int(append) :]
+    assert len(got) == LAB_FRAMES
+    for number, stored in enumerate(got):
+        np.testing.assert_array_equal(stored, shots[number])
+
+
+@pytest.mark.parametrize("workers", [None, 3])
+def test_lab_camera_yielding_one_dict_stores_every_frame(tmp_path: pathlib.Path, workers: int | None) -> None:
+    frame: dict[str, Any] = {
+        "raw": np.zeros((512, 512), np.float32),
+        "bg_data": {"data": np.zeros((512, 512), np.float32), "dark": np.zeros((512, 512), np.uint8)},
+        "meta": {"time": 0.0, "identifier": "", "sim center": [0.0, 0.0]},
+    }
+    shots: list[dict[str, Any]] = []
+
+    def camera() -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng(8)
+        for number in range(LAB_FRAMES):
+            frame["raw"][...] = rng.normal(100.0, 10.0, (512, 512))
+            frame["bg_data"]["data"][...] = rng.normal(5.0, 1.0, (512, 512))
+            frame["bg_data"]["dark"][...] = rng.integers(0, 256, (512, 512))
+            frame["meta"]["time"] = 0.1 * number
+            frame["meta"]["identifier"] = f"shot {number}"
+            frame["meta"]["sim center"][0] = float(number)  # the same list, changed in place
+            shots.append(copy.deepcopy(frame))
+            yield frame
+
+    path = tmp_path / "camera.h5"
+    fio.write_series(path, {"identifier": None, "images": camera()}, workers=workers)
+    got = fio.read_series(path)["images"]
+    assert len(got) == LAB_FRAMES
+    for number, stored in enumerate(got):
+        shot = shots[number]
+        np.testing.assert_array_equal(stored["raw"], shot["raw"])
+        np.testing.assert_array_equal(stored["bg_data"]["data"], shot["bg_data"]["data"])
+        np.testing.assert_array_equal(stored["bg_data"]["dark"], shot["bg_data"]["dark"])
+        assert stored["meta"]["time"] == shot["meta"]["time"]
+        assert stored["meta"]["identifier"] == shot["meta"]["identifier"]
+        assert stored["meta"]["sim center"] == tuple(shot["meta"]["sim center"])
+
+
+@pytest.mark.parametrize("position", [0, 3])
+@pytest.mark.parametrize("where", ["raw", "bg_data"])
+def test_lab_range_check_sees_the_buffer_as_yielded(
+    tmp_path: pathlib.Path, position: int, where: str
+) -> None:
+    """A value out of range at yield time is refused even if the camera overwrites it right after."""
+    buffer = np.zeros((64, 64), np.int32)
+
+    def camera() -> Iterator[dict[str, Any]]:
+        for number in range(6):
+            buffer[...] = 70000 if number == position else 7
+            yield {"raw": buffer} if where == "raw" else {"raw": np.full((64, 64), 7), "bg_data": buffer}
+            buffer[...] = 1  # overwritten as soon as the next frame is asked for
+
+    path = tmp_path / "range.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.ones((64, 64), np.uint16)]})
+    before = lab_digest(path)
+    pattern = rf"\[{position}\]\['{where}'\] holds (values from )?70000\b.*uint16"
+    with pytest.raises(ValueError, match=pattern):
+        fio.write_series(path, {"identifier": None, "images": camera()}, dtype="uint16")
+    with pytest.raises(ValueError, match=pattern):
+        fio.write_series(path, {"identifier": None, "images": camera()}, dtype="uint16", append=True)
+    assert lab_digest(path) == before
+    assert os.listdir(tmp_path) == ["range.h5"]
+
+
+# ---------------------------------------------------------------------------
+# a full disk
+# ---------------------------------------------------------------------------
+
+
+def lab_fill(directory: pathlib.Path, leave: int) -> None:
+    """Fill the file system of ``directory`` up to ``leave`` free bytes."""
+    info = os.statvfs(directory)
+    (directory / "filler").write_bytes(b"\xff" * (info.f_bavail * info.f_frsize - leave))
+
+
+def lab_free(directory: pathlib.Path) -> int:
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize
+
+
+@pytest.mark.parametrize("identifiers", [False, True])
+@pytest.mark.parametrize("target", ["path", "fileobj", "unbuffered fileobj"])
+def test_lab_full_disk_during_an_append_changes_nothing(
+    tmp_path: pathlib.Path, identifiers: bool, target: str
+) -> None:
+    """Sweep the size of an appended image from 'fits' to 'does not fit' in 1.5 KB steps."""
+    with lab_tmpfs(tmp_path / "disk") as disk:
+        path = disk / "run.h5"
+        old = [
+            {"raw": lab_noise((64, 64), n), "meta": {"identifier": f"old {n}"} if identifiers else {}}
+            for n in range(3)
+        ]
+        fio.write_series(path, {"identifier": "run", "images": old})
+        lab_fill(disk, 100_000)
+        before_bytes = path.read_bytes()
+        before = fio.read_series(path)
+        failed_although_the_pixels_fit = 0
+        outcomes = []
+        for width in range(40, 400, 3):
+            raw = lab_noise((256, width), width)
+            new = {"raw": raw, "meta": {"identifier": "new"} if identifiers else {}}
+            free = lab_free(disk)
+            try:
+                if target == "path":
+                    fio.write_series(path, {"identifier": None, "images": [new]}, append=True)
+                else:
+                    with open(path, "r+b", buffering=0 if target.startswith("unbuffered") else -1) as handle:
+                        fio.write_series(handle, {"identifier": None, "images": [new]}, append=True)
+            except OSError as exc:
+                outcomes.append("full")
+                assert exc.errno == errno.ENOSPC, exc
+                assert fio._TEMP_SUFFIX not in str(exc)
+                if target == "path":
+                    assert str(path) in str(exc)
+                assert path.read_bytes() == before_bytes, f"width {width}: the file changed"
+                lab_same_series(fio.read_series(path), before)
+                failed_although_the_pixels_fit += raw.nbytes < free
+            else:
+                outcomes.append("ok")
+                got = fio.read_series(path)
+                assert len(got["images"]) == 4, f"width {width}"
+                lab_same_series({"identifier": "run", "images": got["images"][:3]}, before)
+                np.testing.assert_array_equal(got["images"][3]["raw"], raw)
+                assert got["images"][3]["meta"] == fio.read_image(path, index=-1)["meta"]
+                with open(path, "r+b") as handle:  # back to the old series for the next size
+                    handle.write(before_bytes)
+                    handle.truncate()
+            assert sorted(os.listdir(disk)) == ["filler", "run.h5"]
+        assert outcomes[0] == "ok" and outcomes[-1] == "full"
+        assert failed_although_the_pixels_fit > 0
+
+
+def test_lab_full_disk_during_a_new_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: pathlib.Path,
+) -> None:
+    with lab_tmpfs(tmp_path / "disk") as disk:
+        old = disk / "old.h5"
+        fio.write_image(old, lab_noise((64, 64), 1))
+        before = old.read_bytes()
+        lab_fill(disk, 100_000)
+        fresh = disk / "new.h5"
+        outcomes = []
+        for width in range(150, 260, 4):
+            raw = lab_noise((256, width), width)
+            for path, append in ((fresh, False), (fresh, True), (old, False)):
+                try:
+                    if path == fresh:
+                        fio.write_series(path, {"identifier": None, "images": [raw]}, append=append)
+                    else:
+                        fio.write_series(path, {"identifier": None, "images": [raw, raw[::-1]]})
+                except OSError as exc:
+                    outcomes.append("full")
+                    assert exc.errno == errno.ENOSPC, exc
+                    assert str(path) in str(exc) and fio._TEMP_SUFFIX not in str(exc)
+                    assert old.read_bytes() == before
+                    assert not fresh.exists()
+                else:
+                    outcomes.append("ok")
+                    if path == fresh:
+                        np.testing.assert_array_equal(fio.read_image(fresh, index=0)["raw"], raw)
+                        fresh.unlink()
+                    else:
+                        assert len(fio.read_series(old)["images"]) == 2
+                        old.write_bytes(before)
+                assert lab_temporaries(disk) == []
+        assert "ok" in outcomes and "full" in outcomes
+
+
+def test_lab_no_free_inode_for_the_temporary(tmp_path: pathlib.Path) -> None:
+    """A file system out of inodes refuses the temporary: the error names the target, nothing changes."""
+    with lab_tmpfs(tmp_path / "disk", "size=2m,nr_inodes=8") as disk:
+        path = disk / "run.h5"
+        fio.write_series(path, {"identifier": "run", "images": [np.ones((4, 4))]})
+        before = path.read_bytes()
+        with pytest.raises(OSError) as filled:  # create files until no inode is left
+            for number in range(100):
+                (disk / f"f{number}").touch()
+        assert filled.value.errno == errno.ENOSPC
+        calls = (
+            lambda target: fio.write_image(target, np.ones((4, 4))),
+            lambda target: fio.write_series(target, {"identifier": None, "images": [np.ones((4, 4))]}),
+        )
+        for target in (path, disk / "new.h5"):
+            for call in calls:
+                with pytest.raises(OSError) as info:
+                    call(target)
+                assert info.value.errno == errno.ENOSPC
+                assert str(target) in str(info.value) and fio._TEMP_SUFFIX not in str(info.value)
+        assert path.read_bytes() == before
+        assert lab_temporaries(disk) == [] and not (disk / "new.h5").exists()
+
+
+def test_lab_read_only_file_system(tmp_path: pathlib.Path) -> None:
+    with lab_tmpfs(tmp_path / "disk") as disk:
+        path = disk / "run.h5"
+        fio.write_series(path, {"identifier": "run", "images": [np.ones((4, 4))]})
+        before = path.read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for target in (path, disk / "new.h5"):
+            for append in (False, True):
+                taken = [0]
+                with pytest.raises(PermissionError, match=re.escape(str(target))):
+                    fio.write_series(
+                        target, {"identifier": None, "images": lab_counting(taken)}, append=append
+                    )
+                assert taken == [0]
+        assert path.read_bytes() == before
+        assert len(fio.read_series(path)["images"]) == 1  # reading needs no write access
+        assert fio.read_image(path, index=-1)["raw"].sum() == 16
+
+
+LAB_KILLED_APPENDER = """
+import numpy as np, flimage_io as fio
+base = np.random.default_rng(0).poisson(500, (128, 128)).astype(np.float32)
+def frames():
+    for n in range(10**6):
+        if n == 30:
+            print("appending", flush=True)
+        yield {"raw": base + n, "bg_data": base, "meta": {"identifier": f"new {n}"}}
+fio.write_series(PATH, {"identifier": None, "images": frames()}, append=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.6])
+def test_lab_kill_9_mid_append_keeps_the_series(tmp_path: pathlib.Path, delay: float) -> None:
+    path = tmp_path / "grow.h5"
+    old = [{"raw": np.full((8, 8), -n), "meta": {"identifier": f"old {n}"}} for n in range(5)]
+    fio.write_series(path, {"identifier": "run", "images": old})
+    before_bytes = path.read_bytes()
+    before = fio.read_series(path)
+    appender = lab_python(LAB_KILLED_APPENDER.replace("PATH", repr(str(path))))
+    assert appender.stdout is not None and appender.stdout.readline() == "appending\n"
+    time.sleep(delay)
+    appender.send_signal(signal.SIGKILL)
+    appender.wait()
+    assert path.read_bytes()[: len(before_bytes)] == before_bytes  # only fresh space at the end was used
+    lab_same_series(fio.read_series(path), before)
+    # and the next append goes on from there
+    fio.write_series(path, {"identifier": "run", "images": [{"raw": np.ones((8, 8))}]}, append=True)
+    got = fio.read_series(path)
+    assert len(got["images"]) == 6
+    lab_same_series({"identifier": "run", "images": got["images"][:5]}, before)
+
+
+# ---------------------------------------------------------------------------
+# threads of one process
+# ---------------------------------------------------------------------------
+
+
+def test_lab_three_threads_append_while_a_thread_follows(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "threads.h5"
+    errors: list[BaseException] = []
+    first_landed = threading.Event()
+    writing = threading.Event()
+    writing.set()
+    seen: list[tuple[str, np.ndarray]] = []
+
+    def appender(thread: int) -> None:
+        try:
+            for call in range(10):
+                images = [
+                    {
+                        "raw": np.full((16, 16), 1000 * thread + 3 * call + k),
+                        "meta": {"identifier": f"t{thread}-{call}-{k}"},
+                    }
+                    for k in range(3)
+                ]
+                fio.write_series(path, {"identifier": None, "images": images}, append=True, workers=1)
+                first_landed.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def follower() -> None:
+        try:
+            first_landed.wait(10)
+            while writing.is_set():
+                image = fio.read_image(path, index=-1, workers=1)
+                seen.append((image["meta"]["identifier"], image["raw"]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender, args=(n,)) for n in range(3)]
+    reader = threading.Thread(target=follower)
+    for thread in [*threads, reader]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    writing.clear()
+    reader.join(30)
+    assert not errors, errors
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5) == sorted(f"fli_{n}" for n in range(90))
+    final = fio.read_series(path)["images"]
+    ids = [image["meta"]["identifier"] for image in final]
+    assert sorted(ids) == sorted(f"t{t}-{c}-{k}" for t in range(3) for c in range(10) for k in range(3))
+    for thread in range(3):  # every call's images together and in order, the calls in order
+        mine = [ids.index(f"t{thread}-{call}-0") for call in range(10)]
+        assert mine == sorted(mine)
+        for call, start in enumerate(mine):
+            assert ids[start : start + 3] == [f"t{thread}-{call}-{k}" for k in range(3)]
+    raw_of = {image["meta"]["identifier"]: image["raw"] for image in final}
+    assert len(seen) > 0
+    for identifier, raw in seen:
+        np.testing.assert_array_equal(raw, raw_of[identifier])
+
+
+# ---------------------------------------------------------------------------
+# other processes
+# ---------------------------------------------------------------------------
+
+LAB_LOOP_APPENDER = """
+import sys, time, numpy as np, flimage_io as fio
+sys.stdin.readline()
+for n in range(1, COUNT + 1):
+    raw = np.full((64, 64), float(n))
+    images = [{"raw": raw, "meta": {"identifier": f"TAG{n}.{k}"}} for k in range(PER_CALL)]
+    fio.write_series(PATH, {"identifier": None, "images": images}, append=True, workers=1)
+    time.sleep(PAUSE)
+print("done", flush=True)
+"""
+
+LAB_LOOP_READER = """
+import json, sys, time, flimage_io as fio
+sys.stdin.readline()
+reads, last, errors = 0, -1.0, []
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    try:
+        if WHOLE:
+            images = fio.read_series(PATH)["images"]
+            number = float(len(images))
+            assert all(image["raw"][0, 0] == n + 1 for n, image in enumerate(images[1:])), "wrong pixels"
+        else:
+            number = float(fio.read_image(PATH, index=-1, workers=1)["raw"][0, 0])
+    except Exception as exc:
+        errors.append(repr(exc))
+        if len(errors) > 5:
+            break
+        continue
+    reads += 1
+    if reads == 1:
+        print("reading", flush=True)
+    if number < last:
+        errors.append(f"went back from {last} to {number}")
+    last = number
+    if number >= COUNT + (1 if WHOLE else 0):
+        break
+print(json.dumps({"reads": reads, "last": last, "errors": errors}), flush=True)
+"""
+
+
+def lab_appender(
+    path: pathlib.Path, count: int, tag: str = "f", per_call: int = 1, pause: float = 0.0, env: Any = None
+) -> Any:
+    script = LAB_LOOP_APPENDER.replace("PATH", repr(str(path))).replace("COUNT", str(count))
+    script = script.replace("PAUSE", repr(pause)).replace("TAG", tag).replace("PER_CALL", str(per_call))
+    return lab_python(script, env)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_lab_a_process_follows_another_process_appending(tmp_path: pathlib.Path, whole: bool) -> None:
+    """read_image(index=-1) (or read_series) in one process while another appends 50 times."""
+    path = tmp_path / "live.h5"
+    fio.write_series(path, {"identifier": "live", "images": [{"raw": np.zeros((64, 64))}]})
+    reader_script = LAB_LOOP_READER.replace("PATH", repr(str(path))).replace("COUNT", "50")
+    reader = lab_python(reader_script.replace("WHOLE", str(whole)))
+    appender = lab_appender(path, 50, pause=0.01)  # a camera at up to 100 frames per second
+    lab_release(reader)
+    assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+    lab_release(appender)
+    assert lab_finish(appender) == "done\n"
+    result = json.loads(lab_finish(reader))
+    assert result["errors"] == []
+    assert result["last"] == 50 + int(whole)  # it saw the last frame
+    assert result["reads"] >= 10
+
+
+LAB_FOLLOWER = """
+import json, os, sys, time, flimage_io as fio
+reads, errors = 0, []
+while not os.path.exists(PATH + ".stop") and len(errors) < 5:
+    try:
+        fio.read_image(PATH, index=-1, workers=1)
+    except Exception as exc:
+        errors.append(repr(exc))
+    reads += 1
+    if reads == 1:
+        print("reading", flush=True)
+print(json.dumps({"reads": reads, "errors": errors}), flush=True)
+"""
+
+
+def test_lab_followers_in_a_loop_do_not_starve_the_camera(tmp_path: pathlib.Path) -> None:
+    """Three viewers reading the newest frame as fast as they can; the camera still appends at once."""
+    path = tmp_path / "live.h5"
+    fio.write_series(path, {"identifier": "live", "images": [{"raw": np.zeros((64, 64))}]})
+    followers = [lab_python(LAB_FOLLOWER.replace("PATH", repr(str(path)))) for _ in range(3)]
+    waited = 0.0
+    try:
+        for follower in followers:
+            assert follower.stdout is not None and follower.stdout.readline() == "reading\n"
+        for number in range(1, 21):
+            start = time.monotonic()
+            image = {"raw": np.full((64, 64), float(number))}
+            fio.write_series(path, {"identifier": None, "images": [image]}, append=True, workers=1)
+            waited += time.monotonic() - start
+            assert waited < 5.0, f"20 appends of a 32 KB frame took over 5 s (frame {number})"
+            time.sleep(0.01)
+    finally:
+        (tmp_path / "live.h5.stop").touch()
+        results = [json.loads(lab_finish(follower)) for follower in followers]
+    assert [result["errors"] for result in results] == [[], [], []]
+    assert [image["raw"][0, 0] for image in fio.read_series(path)["images"]] == list(range(21))
+
+
+LAB_HOLDER = """
+import sys, h5py
+with h5py.File(PATH, "a") as h5:
+    print("open", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_lab_a_file_held_open_by_h5py_elsewhere_is_refused_after_the_wait(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "held.h5"
+    fio.write_series(path, {"identifier": "held", "images": [np.ones((4, 4))]})
+    monkeypatch.setattr(fio, "_LOCK_WAIT", 1.0)
+    holder = lab_python(LAB_HOLDER.replace("PATH", repr(str(path))), {"HDF5_USE_FILE_LOCKING": "TRUE"})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        before = lab_digest(path)
+        calls = {
+            "write_image": lambda: fio.write_image(path, np.zeros((4, 4))),
+            "write_series": lambda: fio.write_series(
+                path, {"identifier": None, "images": [np.zeros((4, 4))]}
+            ),
+            "append": lambda: fio.write_series(
+                path, {"identifier": None, "images": [np.zeros((4, 4))]}, append=True
+            ),
+        }
+        for name, call in calls.items():
+            start = time.monotonic()
+            with pytest.raises(
+                BlockingIOError, match=rf"{re.escape(str(path))} is in use by another process"
+            ):
+                call()
+            waited = time.monotonic() - start
+            assert 1.0 <= waited < 3.0, (name, waited)
+            assert lab_digest(path) == before
+            assert lab_temporaries(tmp_path) == []
+    finally:
+        lab_release(holder)
+        lab_finish(holder)
+    fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]}, append=True)
+    assert len(fio.read_series(path)["images"]) == 2
+
+
+def lab_append_at_barrier(path: str, tag: str, barrier: Any, queue: Any) -> None:
+    try:
+        barrier.wait(10)
+        images = [{"raw": np.full((8, 8), k), "meta": {"identifier": f"{tag}{k}"}} for k in range(3)]
+        fio.write_series(path, {"identifier": None, "images": images}, append=True, workers=1)
+        queue.put((tag, None))
+    except BaseException as exc:
+        queue.put((tag, repr(exc)))
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_lab_two_processes_appending_to_a_missing_path_both_land(tmp_path: pathlib.Path, trial: int) -> None:
+    path = str(tmp_path / f"new{trial}.h5")
+    barrier, queue = LAB_FORK.Barrier(2), LAB_FORK.Queue()
+    children = [
+        LAB_FORK.Process(target=lab_append_at_barrier, args=(path, tag, barrier, queue)) for tag in "ab"
+    ]
+    for child in children:
+        child.start()
+    results = dict(queue.get(timeout=30) for _ in children)
+    for child in children:
+        child.join(30)
+    assert results == {"a": None, "b": None}
+    ids = lab_ids(path)
+    assert sorted(ids) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert ids in (["a0", "a1", "a2", "b0", "b1", "b2"], ["b0", "b1", "b2", "a0", "a1", "a2"])
+    assert sorted(os.listdir(tmp_path)) == [f"new{trial}.h5"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_lab_appenders_without_hdf5_file_locking(tmp_path: pathlib.Path, existing: bool) -> None:
+    """HDF5_USE_FILE_LOCKING=FALSE (common on network file systems) turns off HDF5's locks, not ours."""
+    path = tmp_path / "nolock.h5"
+    if existing:
+        fio.write_series(
+            path, {"identifier": "run", "images": [{"raw": np.zeros((64, 64)), "meta": {"identifier": "0"}}]}
+        )
+    env = {"HDF5_USE_FILE_LOCKING": "FALSE"}
+    children = [lab_appender(path, 15, tag, per_call=2, env=env) for tag in "ab"]
+    lab_release(*children)
+    for child in children:
+        assert lab_finish(child) == "done\n"
+    ids = lab_ids(path)[int(existing) :]
+    assert sorted(ids) == sorted(f"{tag}{n}.{k}" for tag in "ab" for n in range(1, 16) for k in range(2))
+    for tag in "ab":  # each call's two images stay together, the calls in order
+        mine = [ids.index(f"{tag}{n}.0") for n in range(1, 16)]
+        assert mine == sorted(mine) and all(ids[i + 1] == ids[i][:-1] + "1" for i in mine)
+
+
+LAB_SLOW_WRITER = """
+import sys, time, numpy as np, flimage_io as fio
+def frames():
+    yield np.full((64, 64), 1.0)
+    print("writing", flush=True)
+    sys.stdin.readline()  # idle: the temporary is not touched meanwhile
+    yield np.full((64, 64), 2.0)
+fio.write_series(PATH, {"identifier": "slow", "images": frames()}, workers=1)
+print("done", flush=True)
+"""
+
+
+def test_lab_an_idle_writers_temporary_survives_the_stale_cleanup(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "x.h5"
+    writer = lab_python(LAB_SLOW_WRITER.replace("PATH", repr(str(path))))
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        (live,) = lab_temporaries(tmp_path)
+        monkeypatch.setattr(fio, "_STALE_SECONDS", 0.5)
+        stale = tmp_path / f".x.h5.0badf00d{fio._TEMP_SUFFIX}"
+        other = tmp_path / f".y.h5.0badf00d{fio._TEMP_SUFFIX}"  # another target's temporary
+        for leftover in (stale, other):
+            with h5py.File(leftover, "w"):
+                pass
+            os.utime(leftover, (time.time() - 10, time.time() - 10))
+        time.sleep(1.0)  # the live temporary is idle for longer than _STALE_SECONDS
+        assert time.time() - os.stat(tmp_path / live).st_mtime > fio._STALE_SECONDS
+        fio.write_image(path, np.zeros((4, 4)))
+        assert lab_temporaries(tmp_path) == sorted([live, other.name])
+        assert fio.read_image(path)["raw"].sum() == 0
+    finally:
+        lab_release(writer)
+    assert lab_finish(writer) == "done\n"
+    assert [image["raw"][0, 0] for image in fio.read_series(path)["images"]] == [1.0, 2.0]
+    assert lab_temporaries(tmp_path) == [other.name]
+
+
+# ---------------------------------------------------------------------------
+# file-system semantics
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_lab_new_files_follow_the_umask(tmp_path: pathlib.Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        fio.write_image(tmp_path / "image.h5", np.ones((2, 2)))
+        fio.write_series(tmp_path / "series.h5", {"identifier": None, "images": [np.ones((2, 2))]})
+        fio.write_series(
+            tmp_path / "appended.h5", {"identifier": None, "images": [np.ones((2, 2))]}, append=True
+        )
+    finally:
+        os.umask(previous)
+    for name in ("image.h5", "series.h5", "appended.h5"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o640, 0o600])
+def test_lab_rewriting_keeps_mode_owner_and_group(tmp_path: pathlib.Path, mode: int) -> None:
+    path = tmp_path / "shared.h5"
+    fio.write_image(path, np.ones((2, 2)))
+    os.chown(path, 4321, 1234)
+    os.chmod(path, mode)
+    with open(path, "rb") as old:  # keeps the old inode, so that its number is not reused
+        for call in (
+            lambda: fio.write_image(path, np.zeros((2, 2))),
+            lambda: fio.write_series(path, {"identifier": None, "images": [np.zeros((2, 2))]}),
+            lambda: fio.write_series(path, {"identifier": None, "images": [np.zeros((2, 2))]}, append=True),
+        ):
+            call()
+            info = os.stat(path)
+            assert info.st_ino != os.fstat(old.fileno()).st_ino  # replaced, not rewritten in place
+            assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, 4321, 1234)
+    assert len(fio.read_series(path)["images"]) == 2
+
+
+def test_lab_writing_through_symlinks_replaces_the_target(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "real.h5"
+    fio.write_image(real, np.ones((2, 2)))
+    link = tmp_path / "link.h5"
+    link.symlink_to("data/real.h5")  # relative
+    chain = tmp_path / "chain.h5"
+    chain.symlink_to(link)
+    fio.write_image(link, np.full((2, 2), 2.0))
+    fio.write_series(chain, {"identifier": "s", "images": [np.full((2, 2), 3.0)]})
+    fio.write_series(link, {"identifier": None, "images": [np.full((2, 2), 4.0)]}, append=True)
+    assert os.readlink(link) == "data/real.h5" and os.readlink(chain) == str(link)
+    assert [image["raw"][0, 0] for image in fio.read_series(real)["images"]] == [3.0, 4.0]
+    assert sorted(os.listdir(tmp_path)) == ["chain.h5", "data", "link.h5"]
+    assert os.listdir(tmp_path / "data") == ["real.h5"]
+    dangling = tmp_path / "dangling.h5"
+    dangling.symlink_to("data/later.h5")
+    fio.write_image(dangling, np.ones((2, 2)))
+    assert dangling.is_symlink() and fio.read_image(tmp_path / "data" / "later.h5")["raw"].sum() == 4
+
+
+def lab_refused_calls(path: pathlib.Path) -> dict[str, Any]:
+    return {
+        "write_image": lambda: fio.write_image(path, np.ones((2, 2))),
+        "write_series": lambda: fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]}),
+        "append": lambda: fio.write_series(
+            path, {"identifier": None, "images": [np.ones((2, 2))]}, append=True
+        ),
+        "read_image": lambda: fio.read_image(path),
+        "read_series": lambda: fio.read_series(path),
+    }
+
+
+def test_lab_a_fifo_is_refused_at_once(tmp_path: pathlib.Path) -> None:
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    for name, call in lab_refused_calls(fifo).items():
+        with (
+            lab_deadline(3),
+            pytest.raises(ValueError, match=r"pipe.h5 is a named pipe \(FIFO\), not a regular"),
+        ):
+            call()
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode), name
+    assert os.listdir(tmp_path) == ["pipe.h5"]
+
+
+def test_lab_a_device_is_refused(tmp_path: pathlib.Path) -> None:
+    # a node of /dev/null's own device, so that a regression replaces this node and not the system's
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+    for name, call in lab_refused_calls(null).items():
+        with lab_deadline(3), pytest.raises(ValueError, match=r"null is a device or socket, not a regular"):
+            call()
+        assert os.stat(null).st_rdev == os.stat("/dev/null").st_rdev, name
+    assert os.listdir(tmp_path) == ["null"]
+    for call in (lambda: fio.read_image("/dev/null"), lambda: fio.read_series("/dev/null")):
+        with pytest.raises(ValueError, match=r"/dev/null is a device"):
+            call()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 228 + ".h5",  # 231 bytes
+        "b" * 237 + ".h5",
+        "c" * 251 + ".h5",
+        "d" * 252 + ".h5",  # 255 bytes: the longest name Linux allows
+        "é" * 126 + ".h5",  # 255 bytes of two-byte characters
+        "中" * 84 + ".h5",  # 255 bytes, cut inside a three-byte character for the temporary
+        "😀" * 63 + ".h5",  # 255 bytes of four-byte characters
+    ],
+)
+def test_lab_names_up_to_255_bytes(tmp_path: pathlib.Path, name: str) -> None:
+    assert 231 <= len(name.encode()) <= 255
+    path = tmp_path / name
+    fio.write_image(path, np.ones((2, 2)))
+    fio.write_image(path, np.zeros((2, 2)))  # replaced through a temporary beside it
+    assert fio.read_image(path)["raw"].sum() == 0
+    fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]})
+    fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]}, append=True)
+    assert len(fio.read_series(path)["images"]) == 2
+    assert os.listdir(tmp_path) == [name]
+    # a temporary that a killed writer left under this name is found and removed once stale
+    leftover = tmp_path / fio._temp_name(name)
+    assert len(leftover.name.encode()) <= 255
+    leftover.touch()
+    os.utime(leftover, (time.time() - 2 * fio._STALE_SECONDS,) * 2)
+    fio.write_image(path, np.ones((2, 2)))
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_lab_dotdot_after_a_symlink_to_another_file_system(tmp_path: pathlib.Path) -> None:
+    """``link/../x.h5`` is where the kernel resolves it: beside the link's target, on its file system."""
+    with lab_tmpfs(tmp_path / "mnt", "size=8m") as mnt:
+        (mnt / "deep").mkdir()
+        (tmp_path / "link").symlink_to(mnt / "deep")
+        target = f"{tmp_path}/link/../x.h5"
+        seen: list[tuple[str, int]] = []
+
+        def frames() -> Iterator[np.ndarray]:
+            yield np.ones((8, 8))
+            for folder in (tmp_path, mnt):
+                seen.extend((name, os.stat(folder / name).st_dev) for name in lab_temporaries(folder))
+            yield np.zeros((8, 8))
+
+        fio.write_series(target, {"identifier": None, "images": frames()})
+        assert seen == [(seen[0][0], os.stat(mnt).st_dev)] and seen[0][0].startswith(".x.h5.")
+        assert os.stat(mnt).st_dev != os.stat(tmp_path).st_dev
+        assert (mnt / "x.h5").exists() and not (tmp_path / "x.h5").exists()
+        fio.write_series(target, {"identifier": None, "images": [np.ones((8, 8))]}, append=True)
+        assert len(fio.read_series(mnt / "x.h5")["images"]) == 3
+        assert sorted(os.listdir(mnt)) == ["deep", "x.h5"]
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_lab_a_write_protected_file_is_refused_before_any_image_is_taken(
+    tmp_path: pathlib.Path, append: bool
+) -> None:
+    path = tmp_path / "protected.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]})
+    os.chmod(path, 0o444)
+    before = lab_digest(path)
+    taken = [0]
+    with pytest.raises(
+        PermissionError, match=rf"{re.escape(str(path))} is write-protected \(mode 0444\)"
+    ) as info:
+        fio.write_series(path, {"identifier": None, "images": lab_counting(taken)}, append=append)
+    assert fio._TEMP_SUFFIX not in str(info.value)
+    assert taken == [0], "an image was taken from the generator and lost"
+    assert lab_digest(path) == before and os.listdir(tmp_path) == ["protected.h5"]
+
+
+@pytest.mark.parametrize(
+    "kind", ["fifo", "device", "directory", "missing directory", "sticky, read-only", "sticky, writable"]
+)
+def test_lab_refused_paths_take_no_image(tmp_path: pathlib.Path, kind: str) -> None:
+    """Whatever makes a path unwritable is found before the camera is asked for a frame."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        os.chmod(top, 0o755)  # reachable for the unprivileged child
+        shared = pathlib.Path(top) / "shared"
+        shared.mkdir()
+        os.chmod(shared, 0o1777)
+        path = shared / "target.h5"
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "device":
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+        elif kind == "directory":
+            path.mkdir()
+        elif kind == "missing directory":
+            path = shared / "missing" / "target.h5"
+        else:
+            fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]})
+            os.chown(path, 4321, 4321)
+            os.chmod(path, 0o644 if kind.endswith("read-only") else 0o666)
+        before = lab_digest(path) if path.is_file() else None
+        queue = LAB_FORK.Queue()
+        children = [
+            LAB_FORK.Process(target=lab_write_as_nobody, args=(str(path), append, queue))
+            for append in (False, True)
+        ]
+        for child in children:
+            child.start()
+            child.join(30)
+        results = [queue.get(timeout=5) for _ in children]
+        for append, (error, message, taken) in ((False, results[0]), (True, results[1])):
+            if kind == "sticky, writable" and append:
+                # appending writes the file in place: the sticky bit restricts only renames
+                assert (error, taken) == (None, 3), message
+                continue
+            expected = {
+                "fifo": ("ValueError", "is a named pipe"),
+                "device": ("ValueError", "is a device"),
+                "directory": ("IsADirectoryError", "is a directory"),
+                "missing directory": ("FileNotFoundError", "does not exist"),
+                "sticky, read-only": ("PermissionError", "is write-protected"),
+                "sticky, writable": ("PermissionError", "another user's file in a sticky directory"),
+            }[kind]
+            assert error == expected[0] and expected[1] in message, (append, error, message)
+            assert str(path) in message and fio._TEMP_SUFFIX not in message
+            assert taken == 0, f"append={append}: an image was taken from the generator and lost"
+        if before is not None and kind != "sticky, writable":
+            assert lab_digest(path) == before
+        assert lab_temporaries(shared) == []
+
+
+def lab_write_as_nobody(path: str, append: bool, queue: Any) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    taken = [0]
+    try:
+        with lab_deadline(5):
+            fio.write_series(path, {"identifier": None, "images": lab_counting(taken)}, append=append)
+        queue.put((None, "", taken[0]))
+    except BaseException as exc:
+        queue.put((type(exc).__name__, str(exc), taken[0]))
+
+
+# ---------------------------------------------------------------------------
+# file objects
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "error"),
+    [({"raw": np.ones(3)}, ValueError), ({"raw": "text"}, TypeError), ({"meta": {}}, KeyError)],
+)
+def test_lab_file_object_kept_when_the_first_image_is_invalid(
+    tmp_path: pathlib.Path, first: dict[str, Any], error: type
+) -> None:
+    path = tmp_path / "old.h5"
+    fio.write_series(path, {"identifier": "old", "images": [np.ones((4, 4))] * 2})
+    before = path.read_bytes()
+    with open(path, "r+b") as handle:
+        with pytest.raises(error, match=r"series\['images'\]\[0\]"):
+            fio.write_series(handle, {"identifier": None, "images": iter([first, np.ones((4, 4))])})
+        with pytest.raises(error, match=r"image"):
+            fio.write_image(handle, first)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("buffering", [-1, 0])
+def test_lab_file_object_append_undone_when_the_generator_raises(
+    tmp_path: pathlib.Path, buffering: int
+) -> None:
+    path = tmp_path / "old.h5"
+    fio.write_series(path, {"identifier": "old", "images": [np.ones((64, 64))] * 2})
+    before = path.read_bytes()
+
+    def frames() -> Iterator[np.ndarray]:
+        for number in range(5):
+            yield lab_noise((64, 64), number)
+        raise RuntimeError("camera unplugged")
+
+    with open(path, "r+b", buffering=buffering) as handle:
+        with pytest.raises(RuntimeError, match=r"camera unplugged"):
+            fio.write_series(handle, {"identifier": None, "images": frames()}, append=True)
+        fio.write_series(handle, {"identifier": None, "images": [np.zeros((64, 64))]}, append=True)
+    after = fio.read_series(path)["images"]
+    assert [image["raw"][0, 0] for image in after] == [1.0, 1.0, 0.0]
+    with open(path, "r+b", buffering=buffering) as handle, pytest.raises(RuntimeError, match=r"unplugged"):
+        fio.write_series(handle, {"identifier": None, "images": frames()}, append=True)
+    path.write_bytes(before)
+    with open(path, "r+b", buffering=buffering) as handle, pytest.raises(RuntimeError, match=r"unplugged"):
+        fio.write_series(handle, {"identifier": None, "images": frames()}, append=True)
+    assert path.read_bytes() == before
+
+
+def test_lab_unusable_file_objects_are_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "f.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]})
+    before = path.read_bytes()
+    series = {"identifier": None, "images": [np.ones((2, 2))]}
+    name = re.escape(str(path))
+
+    def writes(handle: Any) -> list[Any]:
+        return [
+            lambda: fio.write_image(handle, np.ones((2, 2))),
+            lambda: fio.write_series(handle, series),
+            lambda: fio.write_series(handle, series, append=True),
+        ]
+
+    with open(path, "ab") as handle:
+        for call in writes(handle):
+            with pytest.raises(ValueError, match=rf"{name} is opened in append mode"):
+                call()
+    for mode in ("r+", "r"):
+        with open(path, mode, encoding="latin-1") as text:
+            for call in [*writes(text), lambda: fio.read_image(text), lambda: fio.read_series(text)]:
+                with pytest.raises(TypeError, match=rf"{name} is opened in text mode"):
+                    call()
+    closed = open(path, "r+b")  # noqa: SIM115 - closed on purpose
+    closed.close()
+    for call in [*writes(closed), lambda: fio.read_image(closed), lambda: fio.read_series(closed)]:
+        with pytest.raises(ValueError, match=rf"{name} is closed"):
+            call()
+    with open(path, "rb") as handle:
+        for call in writes(handle):
+            with pytest.raises(ValueError, match=rf"{name} is opened read-only"):
+                call()
+    assert path.read_bytes() == before
+    other = tmp_path / "w.h5"
+    with open(other, "wb") as handle:
+        for call in (lambda: fio.read_image(handle), lambda: fio.read_series(handle)):
+            with pytest.raises(ValueError, match=r"w.h5 is not readable"):
+                call()
+        with pytest.raises(ValueError, match=r"w.h5 is not readable"):
+            fio.write_series(handle, series, append=True)
+    assert other.read_bytes() == b""
+    with pytest.raises(TypeError, match=r"<StringIO> is opened in text mode"):
+        fio.write_image(io.StringIO(), np.ones((2, 2)))
+
+
+def test_lab_refused_file_objects_take_no_image(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "f.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.ones((2, 2))]})
+    closed = open(path, "r+b")  # noqa: SIM115 - closed on purpose
+    closed.close()
+    with (
+        open(path, "ab") as appending,
+        open(path, "rb") as reading,
+        open(path, "r+", encoding="latin-1") as text,
+    ):
+        for handle, error in (
+            (appending, ValueError),
+            (reading, ValueError),
+            (text, TypeError),
+            (closed, ValueError),
+        ):
+            for append in (False, True):
+                taken = [0]
+                with pytest.raises(error, match=re.escape(str(path))):
+                    fio.write_series(
+                        handle, {"identifier": None, "images": lab_counting(taken)}, append=append
+                    )
+                assert taken == [0], f"{handle.mode} append={append}: an image was taken and lost"
