@@ -1139,17 +1139,16 @@ def _child(group: Any, name: str, label: str, kind: type, *, required: bool = Tr
     Links to other files are refused: a file must not make the reader open others.
     Unlike ``group.get``, this lets a damaged member raise.
     """
-    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"
-    if name not in group:
-        if required:
-            raise FormatError(f"{where} is missing")
-        return None
-    if group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_EXTERNAL:
+    link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
+    member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
+    if isinstance(member, kind) or (link is None and not required):
+        return member
+    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # only for errors: it costs
+    if link is None:
+        raise FormatError(f"{where} is missing")
+    if member is None:
         raise FormatError(f"{where} is a link to another file, which flimage_io does not follow")
-    member = group[name]
-    if not isinstance(member, kind):
-        raise FormatError(f"{where} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
-    return member
+    raise FormatError(f"{where} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
 
 
 def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
@@ -1464,6 +1463,7 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
         try:
             for function, tag in jobs:
                 pending.append((pool.submit(function), tag))
+                time.sleep(0)  # lets a worker that waits for the GIL take it now, not in 5 ms
                 while len(pending) > 2 * workers or (pending and pending[0][0].done()):
                     future, done = pending.popleft()
                     yield future.result(), done
