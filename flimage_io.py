@@ -1094,8 +1094,8 @@ def _refuse_occupied(group: Any, *, series: bool) -> None:
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         raise ValueError(
-            f"{group.file.filename}:{group.name} already holds {found}; write a "
-            f"{'series' if series else 'image'} into a new, empty group or to a path"
+            f"{group.file.filename}:{group.name} already holds {found}; write "
+            f"{'a series' if series else 'an image'} into a new, empty group or to a path"
         )
 
 
