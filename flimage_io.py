@@ -2189,7 +2189,7 @@ def _message(exc: BaseException) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m flimage_io",
+        prog=f"python -m {__spec__.name if __spec__ else 'flimage_io'}",  # vendored copies too
         description="Read, check and look at FLImage / FLSeries HDF5 files.",
         epilog="FILE may name an image or series inside a larger file as FILE:/group/path.",
     )
