@@ -179,9 +179,9 @@ def write_image(
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
     checked = _check_image(image, options.dtype, "image")
-    with _open_write(h5file, append=False) as (group, _):
+    with _open_write(h5file, append=False) as (group, _, check):
         _refuse_occupied(group, series=False)
-        _store_images(group, [(None, checked)], options)
+        _store_images(group, [(None, checked)], options, check)
 
 
 def read_image(h5file: Target, index: int | str | None = None, *, workers: int | None = None) -> Image:
@@ -308,7 +308,7 @@ def write_series(
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
-    with _open_write(h5file, append=append) as (group, label):
+    with _open_write(h5file, append=append) as (group, label, check):
         if append:
             start = _prepare_append(group, label, identifier)
         else:
@@ -316,7 +316,7 @@ def write_series(
             start = 0
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        _store_images(group, _numbered(group, start, checked, images, options), options)
+        _store_images(group, _numbered(group, start, checked, images, options), options, check)
 
 
 def read_series(
@@ -843,7 +843,7 @@ class _HeldWrites:
         self._old_size, self._position = old_size, 0
         self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
-        self.closing = self.closed = False
+        self.closed = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
@@ -883,11 +883,9 @@ class _HeldWrites:
                 _write_all(self._handle, view[split:])
         except OSError as exc:
             self.error = exc
-            if not self.closing:
-                raise
         if split < len(view) and self.error is not None:
-            # HDF5 must close cleanly (a failed close leaves old HDF5 unstable): keep the rest
-            # of its final flush here, for the rollback that follows
+            # HDF5 never sees a failed write (old HDF5 is unstable after one): the bytes are kept
+            # here, readable, and check() fails the call at the next chunk or at the commit
             self._held[self._position + split] = bytes(view[split:])
         self._position += len(view)
         return len(view)
@@ -899,9 +897,12 @@ class _HeldWrites:
     def flush(self) -> None:
         self._handle.flush()
 
-    def commit(self) -> None:
+    def check(self) -> None:
         if self.error is not None:
             raise self.error
+
+    def commit(self) -> None:
+        self.check()
         self._sync()
         for offset, data in self._held.items():
             self._handle.seek(offset)
@@ -934,8 +935,9 @@ def _write_all(handle: Any, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
-    """Yield (group, label) to write into; a failure leaves the target as it was.
+def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callable[[], None]]]:
+    """Yield (group, label, check) to write into, where check() raises a write error
+    that HDF5 was not shown; a failure leaves the target as it was.
 
     A path is written to a temporary file beside its real target and moved into
     place; an append holds its changes to old bytes until the end (_HeldWrites);
@@ -947,7 +949,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
             raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
         members, attributes = set(h5file), set(h5file.attrs)
         try:
-            yield h5file, label
+            yield h5file, label, _nothing
         except BaseException:
             for name in set(h5file) - members:
                 del h5file[name]
@@ -957,16 +959,16 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str]]:
     elif _is_path(h5file):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
-        with _append_path(shown, real) if append else _replace_path(shown, real, info) as opened:
-            yield opened, shown
+        with _append_path(shown, real) if append else _replace_path(shown, real, info) as (opened, check):
+            yield opened, shown, check
     else:
         label = _fileobj_label(h5file, write=True, read=append)
         size = h5file.seek(0, os.SEEK_END)
         if not (append and size):
             h5file.seek(0)
             h5file.truncate()
-        with _held_writes(h5file, size if append else 0, label) as opened:
-            yield opened, label
+        with _held_writes(h5file, size if append else 0, label) as (opened, check):
+            yield opened, label, check
 
 
 @contextlib.contextmanager
@@ -977,9 +979,8 @@ def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
     opened = _h5_open(held, "r+" if size else "w", shown)
     try:
         try:
-            yield opened
+            yield opened, held.check
         finally:
-            held.closing = True
             opened.close()
         held.commit()
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
@@ -1534,7 +1535,12 @@ def _chunk_jobs(
                 first = None
 
 
-def _store_images(group: Any, images: Iterable[tuple[str | None, _CheckedImage]], options: _Options) -> None:
+def _store_images(
+    group: Any,
+    images: Iterable[tuple[str | None, _CheckedImage]],
+    options: _Options,
+    check: Callable[[], None],
+) -> None:
     """Encode chunks on the workers while this thread, the only one calling h5py,
     creates the groups and datasets and stores finished chunks in order."""
     fluorescence: Any = None
@@ -1563,6 +1569,7 @@ def _store_images(group: Any, images: Iterable[tuple[str | None, _CheckedImage]]
             dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
             dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
         dataset.id.write_direct_chunk((job.number * job.rows, 0), stored, 0)
+        check()  # a full disk stops the stream here
 
 
 def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
