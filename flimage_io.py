@@ -179,8 +179,8 @@ def write_image(
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
     checked = _check_image(image, options.dtype, "image")
-    with _open_write(h5file, append=False) as (group, _, check):
-        _refuse_occupied(group, series=False)
+    with _open_write(h5file, append=False) as (group, label, check):
+        _refuse_occupied(group, label, series=False)
         _store_images(group, [(None, checked)], options, check)
 
 
@@ -312,11 +312,11 @@ def write_series(
         if append:
             start = _prepare_append(group, label, identifier)
         else:
-            _refuse_occupied(group, series=True)
+            _refuse_occupied(group, label, series=True)
             start = 0
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        _store_images(group, _numbered(group, start, checked, images, options), options, check)
+        _store_images(group, _numbered(group, label, start, checked, images, options), options, check)
 
 
 def read_series(
@@ -810,7 +810,7 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
-            group, label = h5file, h5file.file.filename + ("" if h5file.name == "/" else f":{h5file.name}")
+            group, label = h5file, _at(h5file.file.filename, h5file)
         elif _is_path(h5file):
             label, real, _ = _real_path(h5file, write=False)
             stack.enter_context(_lock(label, real, exclusive=False)[0])
@@ -875,8 +875,7 @@ class _HeldWrites:
         view = memoryview(data).cast("B")
         split = min(len(view), max(0, self._old_size - self._position))
         if split:
-            self._held.pop(self._position, None)
-            self._held[self._position] = bytes(view[:split])
+            self._hold(self._position, view[:split])
         try:
             if split < len(view) and self.error is None:
                 self._handle.seek(self._position + split)
@@ -886,9 +885,13 @@ class _HeldWrites:
         if split < len(view) and self.error is not None:
             # HDF5 never sees a failed write (old HDF5 is unstable after one): the bytes are kept
             # here, readable, and check() fails the call at the next chunk or at the commit
-            self._held[self._position + split] = bytes(view[split:])
+            self._hold(self._position + split, view[split:])
         self._position += len(view)
         return len(view)
+
+    def _hold(self, offset: int, data: memoryview) -> None:
+        self._held.pop(offset, None)  # to the end of the write order: the latest write wins
+        self._held[offset] = bytes(data)
 
     def truncate(self, size: int | None = None) -> int:
         # never below the old end before the commit; HDF5 only grows a file here
@@ -944,7 +947,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
     a group gets back the members and attributes it had.
     """
     if isinstance(h5file, h5py.Group):
-        label = f"{h5file.file.filename}:{h5file.name}" if h5file.id.valid else "?"
+        label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
             raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
         members, attributes = set(h5file), set(h5file.attrs)
@@ -1072,12 +1075,14 @@ def _temp_name(base: str) -> str:
 def _remove_stale_temporaries(directory: str, base: str) -> None:
     """Delete temporaries a killed writer of this path left: older than a minute
     and not locked (a live writer holds its lock); other files are never touched."""
+    if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
+        return
     prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            if _fcntl is None or not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
                 continue
+            path = os.path.join(directory, name)
             with contextlib.suppress(OSError), open(path, "rb") as handle:
                 _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
                 if time.time() - os.fstat(handle.fileno()).st_mtime > _STALE_SECONDS:
@@ -1090,12 +1095,12 @@ def _names(group: Any) -> list[str]:
     return [name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group]
 
 
-def _refuse_occupied(group: Any, *, series: bool) -> None:
+def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
     holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         raise ValueError(
-            f"{group.file.filename}:{group.name} already holds {found}; write "
+            f"{label} already holds {found}; write "
             f"{'a series' if series else 'an image'} into a new, empty group or to a path"
         )
 
@@ -1494,11 +1499,10 @@ class _ChunkJob(NamedTuple):
 
 
 def _numbered(
-    group: Any, start: int, first: list[_CheckedImage], images: Iterator[Any], options: _Options
+    group: Any, label: str, start: int, first: list[_CheckedImage], images: Iterator[Any], options: _Options
 ) -> Iterator[tuple[str, _CheckedImage]]:
     """("fli_N", checked image) for a series, with identifiers kept unique."""
     seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
-    label = f"{group.file.filename}:{group.name}"
     for offset, image in enumerate(itertools.chain(first, images)):
         what = f"series['images'][{offset}]"
         checked = image if isinstance(image, _CheckedImage) else _check_image(image, options.dtype, what)
@@ -1618,24 +1622,22 @@ def _decode_jobs(
         meta = _read_meta(image_group, label, unknown, problems)
         fluorescence = _child(image_group, "fluorescence", label, h5py.Group)
         raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
-        jobs = list(_dataset_jobs(raw_node, label, None))
-        raw = jobs.pop()[1]
+        raw, jobs = _dataset_jobs(raw_node, label, None)
         bg_data: dict[str, npt.NDArray[Any]] = {}
         background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
         for key in [] if background is None else _names(background):
-            more = list(_dataset_jobs(_child(background, key, label, h5py.Dataset), label, raw_node.shape))
-            bg_data[key] = more.pop()[1]
+            node = _child(background, key, label, h5py.Dataset)
+            bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
             jobs += more
-        image: Image = {"raw": raw, "bg_data": bg_data, "meta": meta}
-        jobs = jobs or [(_nothing, raw)]
-        yield from ((function, None) for function, _ in jobs[:-1])
-        yield jobs[-1][0], image
+        jobs = jobs or [_nothing]  # the image is done when its last job is
+        yield from ((job, None) for job in jobs[:-1])
+        yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
 
 
 def _dataset_jobs(
     dataset: Any, label: str, shape: tuple[int, ...] | None
-) -> Iterator[tuple[Callable[[], None], npt.NDArray[Any]]]:
-    """Jobs that decode a dataset's chunks into its array, then (a no-op, the array).
+) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
+    """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it).
 
     Storage that was never written, or that lies outside the file, is an error
     here: the layout's writers store every chunk, and a fill value is no data.
@@ -1675,6 +1677,7 @@ def _dataset_jobs(
         plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
         if plain and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
             out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
+            jobs: list[Callable[[], None]] = []
             for offset in itertools.product(*starts):
                 try:
                     mask, stored = dataset.id.read_direct_chunk(offset)
@@ -1683,9 +1686,8 @@ def _dataset_jobs(
                         f"{where}: the chunk at {offset} was never written or is damaged ({exc})"
                     ) from None
                 part = out[tuple(slice(o, o + c) for o, c in zip(offset, chunk))]
-                yield functools.partial(_decode_chunk, where, stored, mask, codes, dtype, chunk, part), part
-            yield _nothing, out
-            return
+                jobs.append(functools.partial(_decode_chunk, where, stored, mask, codes, dtype, chunk, part))
+            return out, jobs
     elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
         raise FormatError(f"{where} was never written (it has no storage)")
     out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
@@ -1693,7 +1695,7 @@ def _dataset_jobs(
         dataset.read_direct(out)
     except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"{where} cannot be read ({exc}); the file is damaged") from None
-    yield _nothing, out
+    return out, []
 
 
 # ---------------------------------------------------------------------------
