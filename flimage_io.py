@@ -1,30 +1,22 @@
 """Read and write FLImage / FLSeries HDF5 files with nothing but h5py and numpy.
 
-The layout is the one of the ``flimage`` package: files written here open in
-``flimage`` (any version that reads its own files), and every file ``flimage``
-wrote opens here with the same numbers.
-
-Data in, data out: an image is a plain dict ::
+The layout is the one of the ``flimage`` package: files written here open in ``flimage``, and
+every file ``flimage`` wrote opens here with the same numbers. Data in, data out: an image is ::
 
     {"raw": ndarray, "bg_data": {"data": ndarray}, "meta": {"pixel size": 1.4e-7}}
 
-and a series is ``{"identifier": str | None, "images": [image, ...]}``.
-The dict that :func:`read_image` returns is the dict :func:`write_image`
-takes, and the same for :func:`read_series` / :func:`write_series`.
+and a series is ``{"identifier": str | None, "images": [image, ...]}``. The dict that
+:func:`read_image` returns is the dict :func:`write_image` takes; the same for series.
 
-This module is self-contained: copy ``flimage_io.py`` into a project as is.
-If the optional ``zlib-ng`` package is installed it is used for (de)compression,
-otherwise the standard library's ``zlib``; both write standard deflate streams.
+Copy ``flimage_io.py`` into a project as is. Deflate uses the optional ``zlib-ng`` package when
+it is installed, otherwise the standard library's ``zlib``; both write standard deflate streams.
 
 Sections, in order:
-
 1. Public API: the types, the errors and the four functions.
 2. Argument checks: turn what the caller passes into what is stored, or refuse it.
-3. Opening: one way in (``_open_read``) and one way out (``_open_write``) for
-   paths, file objects and groups, with locks and the atomic replace.
+3. Opening: ``_open_read`` and ``_open_write`` for paths, file objects and groups; locks.
 4. Layout: find the images of a series and read their meta data.
-5. Chunks: HDF5's shuffle, deflate and fletcher32 filters, and the ordered
-   thread pipeline that runs them.
+5. Chunks: HDF5's shuffle, deflate and fletcher32 filters, and the ordered thread pipeline.
 6. Storing and loading: images to and from HDF5 groups through that pipeline.
 7. Lazy series: a sequence of images that reads on access.
 8. Command line: demo, check, info, preview.
@@ -54,7 +46,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import IO, Any, NamedTuple, TypedDict, TypeVar, Union
 
@@ -74,9 +66,7 @@ __all__ = ["META_KEYS", "NUMBER_KEYS", "SEQUENCE_KEYS", "TEXT_KEYS", "FormatErro
 __all__ += ["ImageNotFoundError", "MetaValue", "Series", "Target", "UnknownMetaWarning"]
 __all__ += ["read_image", "read_series", "write_image", "write_series"]
 
-# ---------------------------------------------------------------------------
-# 1. public API
-# ---------------------------------------------------------------------------
+# 1. public API ------------------------------------------------------------------------------------------
 
 #: Meta data keys that hold real numbers (stored as float64), with their unit.
 NUMBER_KEYS: dict[str, str] = {"pixel size": "m", "time": "s", "angle": "rad", "focus": "m"}
@@ -145,21 +135,20 @@ def write_image(
     Parameters
     ----------
     h5file
-        A path (replaced whole and atomically; through a symlink, its target),
-        a binary file object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not
-        atomically), or an open, writable ``h5py.Group`` holding no image yet.
+        A path (replaced whole and atomically; through a symlink, its target), a binary file
+        object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not atomically), or an open,
+        writable ``h5py.Group`` holding no image yet.
     image
-        ``{"raw": 2-D array, "bg_data": {name: array} | array | None,
-        "meta": {key: value} | None}``, or a bare 2-D array for ``{"raw": array}``.
+        ``{"raw": 2-D array, "bg_data": {name: array} | array | None, "meta": {key: value} | None}``,
+        or a bare 2-D array for ``{"raw": array}``.
     dtype
-        ``None`` (default) stores each array with its own dtype, so every value
-        comes back exactly. ``"float32"`` stores what ``flimage`` stores and
-        refuses integers it cannot hold exactly and finite values it would make
-        inf. Bool stays bool.
+        ``None`` (default) stores each array with its own dtype, so every value comes back
+        exactly. ``"float32"`` stores what ``flimage`` stores and refuses integers it cannot hold
+        exactly and finite values it would make inf. Bool stays bool.
     compression, level, shuffle
-        ``"gzip"`` or ``None``; ``level=None`` is a fast run-length deflate,
-        ``1`` to ``9`` a zlib level (``level=9, shuffle=False`` is ``flimage``'s
-        setting); ``shuffle`` applies HDF5's byte shuffle first.
+        ``"gzip"`` or ``None``; ``level=None`` is a fast run-length deflate, ``1`` to ``9`` a zlib
+        level (``level=9, shuffle=False`` is ``flimage``'s setting); ``shuffle`` applies HDF5's
+        byte shuffle first.
     workers
         Threads that encode chunks (default: the CPUs available).
 
@@ -168,9 +157,8 @@ def write_image(
     TypeError, ValueError, KeyError
         For invalid arguments or image contents, before the disk is touched.
     OSError
-        The target cannot be written: ``PermissionError`` if write-protected,
-        errno ``ENOSPC`` on a full disk, ``BlockingIOError`` if another process
-        holds the file for longer than a few seconds.
+        The target cannot be written: ``PermissionError`` if write-protected, errno ``ENOSPC``
+        on a full disk, ``BlockingIOError`` if another process holds the file for over 5 s.
 
     Examples
     --------
@@ -192,33 +180,28 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     h5file
         A path, a binary file object, or an open ``h5py.Group``.
     index
-        ``None`` for an FLImage; for an FLSeries the image's position (negative
-        counts from the end) or identifier. Only that image is read, so
-        ``index=-1`` follows a series that another process appends to.
+        ``None`` for an FLImage; for an FLSeries the image's position (negative counts from
+        the end) or identifier. Only that image is read, so ``index=-1`` follows a series
+        that another process appends to.
     workers
         Threads that decode chunks (default: the CPUs available).
 
     Returns
     -------
     Image
-        ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}``
-        with the stored dtypes; meta numbers are ``float``, text ``str``,
-        ``sim center`` a tuple of floats.
+        ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}`` with the stored
+        dtypes; meta numbers are ``float``, text ``str``, ``sim center`` a tuple of floats.
+        Attributes beyond the 16 meta data keys are left out with an ``UnknownMetaWarning``.
 
     Raises
     ------
     FileNotFoundError, BlockingIOError
         The path does not exist, or another process writes it for long.
     FormatError
-        The file is not HDF5, is damaged, points to other files, or holds
-        another layout (e.g. a series read without ``index``).
+        The file is not HDF5, is damaged, points to other files, or holds another layout
+        (e.g. a series read without ``index``).
     ImageNotFoundError
         ``index`` names no image of the series.
-
-    Warns
-    -----
-    UnknownMetaWarning
-        The image has attributes beyond the 16 meta data keys.
 
     Examples
     --------
@@ -268,24 +251,22 @@ def write_series(
     h5file
         As for :func:`write_image`.
     series
-        ``{"identifier": str | None, "images": iterable of images}``: dicts as
-        for :func:`write_image` or bare 2-D arrays, a 3-D array, a generator
-        (consumed once, a few images in memory at a time) or the lazy images of
-        :func:`read_series`. Each image is stored as it was when yielded (a
-        camera may reuse its buffer); identifiers must be unique.
+        ``{"identifier": str | None, "images": iterable of images}``: dicts as for
+        :func:`write_image` or bare 2-D arrays, a 3-D array, a generator (consumed once, a few
+        images in memory at a time) or the lazy images of :func:`read_series`. Each image is
+        stored as it was when yielded (a camera may reuse its buffer); identifiers must be unique.
     dtype, compression, level, shuffle, workers
         As for :func:`write_image`.
     append
-        Add the images after the last ``fli_N`` of the series in ``h5file``
-        (created when missing or empty). ``series["identifier"]`` must be None
-        or match the file's. A failed append leaves the series as it was.
+        Add the images after the last ``fli_N`` of the series in ``h5file`` (created when
+        missing or empty). ``series["identifier"]`` must be None or match the file's. A failed
+        append leaves the series as it was.
 
     Raises
     ------
     TypeError, ValueError, KeyError
-        For invalid arguments or images; one found while the images are
-        consumed undoes the call (a file object written without ``append`` is
-        not restored).
+        For invalid arguments or images; one found while the images are consumed undoes the
+        call (a file object written without ``append`` is not restored).
     FormatError
         ``append=True`` and the target holds an FLImage or another layout.
     OSError
@@ -309,11 +290,9 @@ def write_series(
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
     with _open_write(h5file, append=append) as (group, label, check):
-        if append:
-            start = _prepare_append(group, label, identifier)
-        else:
+        start = _prepare_append(group, label, identifier) if append else 0
+        if not append:
             _refuse_occupied(group, label, series=True)
-            start = 0
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
         _store_images(group, _numbered(group, label, start, checked, images, options), options, check)
@@ -333,21 +312,21 @@ def read_series(
     h5file
         A path, a binary file object, or an open ``h5py.Group`` holding a series.
     index
-        ``None`` for every image; a ``slice`` or ``range``; or a sequence of
-        positions (negative count from the end) and identifiers, in its order.
+        ``None`` for every image; a ``slice`` or ``range``; or a sequence of positions
+        (negative count from the end) and identifiers, in its order.
     lazy
-        Return at once with ``images`` a read-only sequence: ``len()`` reads
-        nothing, an image reads its ``meta`` without pixels and its arrays on
-        first access, and iteration reads a few images ahead on the workers.
-        No file stays open between accesses, so it pickles (for a path) and
-        survives forks; for a group, keep the group open.
+        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing, an image
+        reads its ``meta`` without pixels and its arrays on first access, and iteration reads a
+        few images ahead on the workers. No file stays open between accesses, so it pickles
+        (for a path) and survives forks; for a group, keep the group open.
     workers
         Threads that decode chunks (default: the CPUs available).
 
     Returns
     -------
     Series
-        ``{"identifier": str | None, "images": [image, ...]}``, ``fli_10`` after ``fli_9``.
+        ``{"identifier": str | None, "images": [image, ...]}``, ``fli_10`` after ``fli_9``;
+        images as for :func:`read_image`.
 
     Raises
     ------
@@ -356,11 +335,6 @@ def read_series(
     ImageNotFoundError
         ``index`` names positions or identifiers the series lacks.
 
-    Warns
-    -----
-    UnknownMetaWarning
-        Images have attributes beyond the 16 meta data keys.
-
     Examples
     --------
     >>> import numpy as np, io
@@ -368,8 +342,7 @@ def read_series(
     >>> len(read_series(f, lazy=True)["images"]), len(read_series(f, [0, -1])["images"])
     (3, 2)
     """
-    workers = _check_workers(workers)
-    selection = _check_selection(index)
+    workers, selection = _check_workers(workers), _check_selection(index)
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be True or False, not {type(lazy).__name__}")
     unknown: list[tuple[str, str]] = []
@@ -386,9 +359,7 @@ def read_series(
     return {"identifier": identifier, "images": images}
 
 
-# ---------------------------------------------------------------------------
-# 2. argument checks
-# ---------------------------------------------------------------------------
+# 2. argument checks -----------------------------------------------------------------------------------------
 
 
 class _Options(NamedTuple):
@@ -405,7 +376,7 @@ class _CheckedImage(NamedTuple):
     meta: dict[str, Any]
 
 
-def _check_workers(workers: int | None) -> int:
+def _check_workers(workers: Any) -> int:
     if workers is None:
         try:
             return max(1, len(os.sched_getaffinity(0)))
@@ -418,14 +389,8 @@ def _check_workers(workers: int | None) -> int:
     return int(workers)
 
 
-def _check_options(
-    dtype: npt.DTypeLike | None,
-    compression: str | None,
-    level: int | None,
-    shuffle: bool,
-    workers: int | None,
-) -> _Options:
-    storage: np.dtype[Any] | None = None
+def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, workers: Any) -> _Options:
+    storage = None
     if dtype is not None:
         try:
             storage = np.dtype(dtype)
@@ -458,28 +423,19 @@ def _storable(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "biuf" and dtype.itemsize <= 8
 
 
-def _suggest(name: str, valid: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _storage_dtype(source: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dtype[Any]:
-    """The dtype an array is stored with: its own or the one asked for, little-endian;
-    bool stays bool, like ``flimage``."""
-    if source.kind == "b":
-        return np.dtype(bool)
-    chosen = source if storage is None else storage
-    return chosen.newbyteorder("<") if chosen.itemsize > 1 else chosen
+def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], what: str, hint: str) -> None:
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise _KeyError(f"{what} has the unknown key {key!r}{guess} ({hint})")
 
 
 def _check_array(
     value: Any, storage: np.dtype[Any] | None, what: str, shape: tuple[int, ...] | None
 ) -> npt.NDArray[Any]:
-    """A private copy of ``value`` in its storage dtype, or a clear error.
-
-    Copied while the caller waits, so a camera may refill its buffer as soon
-    as the next image is asked for; the checks see exactly what is stored.
-    """
+    """A private copy of ``value`` in its storage dtype, made while the caller waits (a camera
+    may refill its buffer when the next image is asked for), or a clear error."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{what} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
@@ -497,7 +453,9 @@ def _check_array(
             raise ValueError(f"{what} must not be empty, but has shape {source.shape}")
     elif source.shape != shape:
         raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {source.shape}")
-    target = _storage_dtype(source.dtype, storage)
+    # its own dtype or the one asked for, little-endian; bool stays bool, like flimage
+    target = np.dtype(bool) if source.dtype.kind == "b" else source.dtype if storage is None else storage
+    target = target.newbyteorder("<") if target.itemsize > 1 else target
     if source.shape[-1] * target.itemsize > _MAX_CHUNK_BYTES:
         raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {source.shape})")
     if target == source.dtype:
@@ -521,8 +479,7 @@ def _check_array(
 
 def _check_meta(meta: Any, what: str) -> dict[str, Any]:
     """Validate meta data and convert it to the values that are stored."""
-    if meta is None:
-        meta = {}
+    meta = {} if meta is None else meta
     if not isinstance(meta, Mapping):
         raise TypeError(f"{what} must be a dict of meta data, not {type(meta).__name__}")
     checked: dict[str, Any] = {}
@@ -531,11 +488,7 @@ def _check_meta(meta: Any, what: str) -> dict[str, Any]:
             raise TypeError(f"{what} keys must be str, not {type(key).__name__} ({key!r})")
         key = str(key)
         where = f"{what}[{key!r}]"
-        if key not in META_KEYS:
-            raise _KeyError(
-                f"{what} has the unknown key {key!r}{_suggest(key, META_KEYS)} "
-                f"(valid keys: {', '.join(sorted(META_KEYS))})"
-            )
+        _refuse_unknown([key], META_KEYS, what, f"valid keys: {', '.join(sorted(META_KEYS))}")
         if key in NUMBER_KEYS:
             checked[key] = _check_number(value, where)
         elif key in TEXT_KEYS:
@@ -587,12 +540,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
         raise TypeError(
             f"{what} must be a dict with 'raw', 'bg_data', 'meta' or a 2-D array, not {type(image).__name__}"
         )
-    for key in image:
-        if key not in ("raw", "bg_data", "meta"):
-            raise _KeyError(
-                f"{what} has the unknown key {key!r}{_suggest(str(key), ('raw', 'bg_data', 'meta'))} "
-                "(an image has 'raw', 'bg_data' and 'meta')"
-            )
+    _refuse_unknown(image, ("raw", "bg_data", "meta"), what, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
         raise _KeyError(f"{what} has no 'raw' image")
     raw = _check_array(image["raw"], storage, f"{what}['raw']", None)
@@ -614,12 +562,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
     if not isinstance(series, Mapping):
         raise TypeError(f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}")
-    for key in series:
-        if key not in ("identifier", "images"):
-            raise _KeyError(
-                f"series has the unknown key {key!r}{_suggest(str(key), ('identifier', 'images'))} "
-                "(a series has 'identifier' and 'images')"
-            )
+    _refuse_unknown(series, ("identifier", "images"), "series", "a series has 'identifier' and 'images'")
     if "images" not in series:
         raise _KeyError("series has no 'images'")
     identifier = series.get("identifier")
@@ -656,10 +599,9 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # 3. opening: one way in, one way out
 # ---------------------------------------------------------------------------
 
-# The HDF5 1.8 file format checksums object headers (the attributes and links),
-# so damaged meta data raises instead of reading as other values; readable by
-# every HDF5 since 1.8 (2008). Not 1.10: its superblock marks a file open for
-# writing, and a process killed while appending would leave the file refused.
+# The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
+# reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a file
+# open for writing, so a process killed while appending would leave the file refused.
 _LIBVER = ("v108", "v108")
 _TEMP_SUFFIX = ".fio~"
 _STALE_SECONDS = 60.0
@@ -720,11 +662,8 @@ def _in_use(shown: str) -> BlockingIOError:
 
 def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tuple[IO[bytes], bool]:
     """Open ``real`` under our advisory lock: (handle, whether this call created the file).
-
-    Readers share the lock and writers hold it alone, whether HDF5's own
-    locking is on or not. A file replaced while we waited is locked anew.
-    After _LOCK_WAIT seconds this raises BlockingIOError.
-    """
+    Readers share it, writers hold it alone, whether HDF5's own locking is on or not; a file
+    replaced while we waited is locked anew. After _LOCK_WAIT seconds: BlockingIOError."""
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
@@ -768,20 +707,10 @@ def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
             time.sleep(0.005)
 
 
-def _from_h5py(exc: BaseException) -> bool:
-    """Whether an exception was raised inside h5py, so that it reports the file's bytes."""
-    tb, module = exc.__traceback__, ""
-    while tb is not None:
-        module, tb = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_next
-    return module.startswith("h5py")
-
-
-def _too_new(text: str) -> bool:
-    """Whether HDF5's message says that a part of the file has a format version it does not know."""
-    return "version" in text and ("bad" in text or "not supported" in text)
-
-
-def _too_new_message(label: str, text: str) -> str:
+def _too_new(label: str, text: str) -> str | None:
+    """A message when HDF5 says that a part of the file has a format version it does not know."""
+    if "version" not in text or ("bad" not in text and "not supported" not in text):
+        return None
     version = f"{h5py.version.hdf5_version} (h5py {h5py.__version__})"
     return f"{label} needs a newer HDF5 than the installed {version}: {text}"
 
@@ -790,22 +719,20 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
     try:
         return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
     except (OSError, RuntimeError, ValueError) as exc:
-        text = str(exc)
-        if "unable to lock file" in text:
+        if "unable to lock file" in str(exc):
             raise _in_use(shown) from None
-        if _too_new(text):
-            raise FormatError(_too_new_message(shown, text)) from None
-        if mode == "r+":
-            raise FormatError(f"{shown} cannot be opened to append to it (not HDF5, or damaged)") from None
-        raise FormatError(
-            f"{shown} is not a readable HDF5 file (empty, truncated or another format): {text}"
-        ) from None
+        damaged = (
+            f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
+            if mode == "r+"
+            else f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
+        )
+        raise FormatError(_too_new(shown, str(exc)) or damaged) from None
 
 
 @contextlib.contextmanager
 def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
-    """Yield (group, label) for any target, closing only what it opened; errors that
-    h5py raises on the file's bytes become FormatError naming the file."""
+    """Yield (group, label) for any target, closing only what it opened; errors that h5py
+    raises on the file's bytes become FormatError naming the file."""
     with contextlib.ExitStack() as stack:
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
@@ -821,21 +748,21 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
         try:
             yield group, label
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or not _from_h5py(exc):
+            tb, module = exc.__traceback__, ""  # only what h5py raised reports the file's bytes
+            while tb is not None:
+                module, tb = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_next
+            if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or module[:4] != "h5py":
                 raise
-            if _too_new(str(exc)):  # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
-                raise FormatError(_too_new_message(label, str(exc))) from exc
-            raise FormatError(f"{label} cannot be read, the file is damaged: {exc}") from exc
+            # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
+            message = _too_new(label, str(exc)) or f"{label} cannot be read, the file is damaged: {exc}"
+            raise FormatError(message) from exc
 
 
 class _HeldWrites:
-    """The file object HDF5 writes through, so that a failed write changes nothing.
-
-    Bytes past the old end go to the file at once; writes over old bytes are
-    held in memory until ``commit``, which applies them only after every new
-    byte is on disk; ``rollback`` cuts the file back to its old length. A full
-    disk or a kill -9 before the commit leaves the old file as it was.
-    """
+    """The file object HDF5 writes through, so that a failed write changes nothing: bytes past
+    the old end go to the file at once, writes over old bytes wait in memory for ``commit``
+    (after every new byte is on disk), and ``rollback`` cuts the file back to its old length.
+    A full disk or a kill -9 before the commit leaves the old file as it was."""
 
     def __init__(self, handle: Any, old_size: int) -> None:
         handle.flush()  # what the caller buffered goes first; then bypass the buffer, which a
@@ -927,8 +854,7 @@ class _HeldWrites:
 
 
 def _write_all(handle: Any, data: Any) -> None:
-    """Write every byte: on a full disk a raw file takes what fits and raises ENOSPC
-    only on the next call."""
+    """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
     view = memoryview(data).cast("B")
     while view:
         count = handle.write(view)
@@ -939,13 +865,10 @@ def _write_all(handle: Any, data: Any) -> None:
 
 @contextlib.contextmanager
 def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callable[[], None]]]:
-    """Yield (group, label, check) to write into, where check() raises a write error
-    that HDF5 was not shown; a failure leaves the target as it was.
-
-    A path is written to a temporary file beside its real target and moved into
-    place; an append holds its changes to old bytes until the end (_HeldWrites);
-    a group gets back the members and attributes it had.
-    """
+    """Yield (group, label, check) to write into, where check() raises a write error that HDF5
+    was not shown; a failure leaves the target as it was. A path is written to a temporary
+    file beside its real target and moved into place; an append holds its changes to old
+    bytes until the end (_HeldWrites); a group gets back the members and attributes it had."""
     if isinstance(h5file, h5py.Group):
         label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
@@ -976,8 +899,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
 
 @contextlib.contextmanager
 def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
-    """An h5py file over ``handle`` (holding ``size`` old bytes) through _HeldWrites:
-    committed on success, rolled back on any failure."""
+    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, rolled back on failure."""
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", shown)
     try:
@@ -1073,8 +995,8 @@ def _temp_name(base: str) -> str:
 
 
 def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Delete temporaries a killed writer of this path left: older than a minute
-    and not locked (a live writer holds its lock); other files are never touched."""
+    """Delete temporaries a killed writer of this path left: older than a minute and not locked
+    (a live writer holds its lock); other files are never touched."""
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
     prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]
@@ -1090,8 +1012,7 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
 
 
 def _names(group: Any) -> list[str]:
-    """The member names. h5py gives a name that is not UTF-8 as bytes; it is no name
-    of the layout, so it is shown escaped and never looked up."""
+    """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
     return [name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group]
 
 
@@ -1161,9 +1082,7 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
     found: list[int] = []
     problems: list[str] = []
-    for name in _names(group):
-        if not name.startswith("fli_"):
-            continue
+    for name in (name for name in _names(group) if name.startswith("fli_")):
         match = _SERIES_NAME.match(name)
         if match is None:
             problems.append(
@@ -1172,13 +1091,9 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
         else:
             found.append(int(match.group(1)))
     found.sort()
-    missing: list[str] = []
-    expected = 0
-    for number in found:  # memory in proportion to the members, not to the largest number
-        while expected < number and len(missing) < 10:
-            missing.append(f"fli_{expected}")
-            expected += 1
-        expected = number + 1
+    # the first ten absent numbers, in memory and time in proportion to the members, not to the largest
+    gaps = (number for low, high in zip([-1, *found], found) for number in range(low + 1, high))
+    missing = [f"fli_{number}" for number in itertools.islice(gaps, 10)]
     if missing:
         problems.append(
             f"{label} is a series with a gap in its numbering: {', '.join(missing)} "
@@ -1189,8 +1104,7 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
 
 
 def _series_length(group: Any, label: str) -> int:
-    """Length of a series, without listing every member when the count of
-    links already proves it (a series of only 'fli_0' .. 'fli_{n-1}')."""
+    """Length of a series, without listing the members when the count of links proves it."""
     count = len(group)
     if count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group:
         return count
@@ -1211,38 +1125,29 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
         return [p + count if p < 0 else p for p in selection]  # no per-item checks for a long range
     chosen: list[int] = []
     missing: list[str] = []
-    absent = 0  # how many are missing; only the first few are named
     identifiers: dict[str, int] | None = None
     for item in selection:
         if isinstance(item, int):
             position = item + count if item < 0 else item
-            if 0 <= position < count:
-                chosen.append(position)
-            else:
-                absent += 1
-                missing += [f"position {item}"] if absent <= 5 else []
-            continue
-        found = _guess_identifier(group, label, item, count)
-        if found is None:
-            if identifiers is None:
-                identifiers = _identifiers(group, label, count)
+            found: int | None = position if 0 <= position < count else None
+        elif (found := _guess_identifier(group, label, item, count)) is None:
+            identifiers = _identifiers(group, label, count) if identifiers is None else identifiers
             found = identifiers.get(item)
             if found == -1:
                 raise FormatError(f"{label} has several images with identifier {item!r}")
         if found is None:
-            absent += 1
-            missing += [f"identifier {item!r}"] if absent <= 5 else []
+            missing.append(f"position {item}" if isinstance(item, int) else f"identifier {item!r}")
         else:
             chosen.append(found)
     if missing:
-        shown = ", ".join(missing) + (f" and {absent - 5} more" if absent > 5 else "")
-        raise ImageNotFoundError(f"{label} has {count} images and none at {shown}")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ImageNotFoundError(f"{label} has {count} images and none at {', '.join(missing[:5])}{more}")
     return chosen
 
 
 def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> int | None:
-    """Reading an identifier costs an object header per image, so first try the
-    positions that numbers in it suggest ("frame-0500" is usually fli_500 or fli_499)."""
+    """An identifier costs an object header per image to read, so first try the positions its
+    numbers suggest ("frame-0500" is usually fli_500 or fli_499)."""
     digits = [int(d) for d in re.findall(r"[0-9]+", identifier)[-3:] if len(d) <= 18]
     guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
     for position in dict.fromkeys(guesses):
@@ -1285,8 +1190,8 @@ def _text_attr(group: Any, key: str, label: str) -> str:
 def _read_meta(
     group: Any, label: str, unknown: list[tuple[str, str]], problems: list[str] | None = None
 ) -> dict[str, MetaValue]:
-    """The meta data of an image; attributes beyond the 16 keys go to ``unknown``,
-    and a bad value raises FormatError, or with ``problems`` (for check) is listed there."""
+    """The meta data of an image; attributes beyond the 16 keys go to ``unknown``, and a bad value
+    raises FormatError, or with ``problems`` (for check) is listed there."""
     meta: dict[str, MetaValue] = {}
     for key in group.attrs:
         try:
@@ -1326,12 +1231,8 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
         f"{key!r} on {', '.join(where[:3])}" + (f" and {len(where) - 3} more" if len(where) > 3 else "")
         for key, where in places.items()
     ]
-    warnings.warn(
-        UnknownMetaWarning(
-            "left out attributes that are no meta data keys of the layout: " + "; ".join(parts)
-        ),
-        stacklevel=3,
-    )
+    message = "left out attributes that are no meta data keys of the layout: " + "; ".join(parts)
+    warnings.warn(UnknownMetaWarning(message), stacklevel=3)
 
 
 # ---------------------------------------------------------------------------
