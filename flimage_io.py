@@ -397,15 +397,9 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
         except TypeError as exc:
             raise TypeError(f"dtype {dtype!r} is not a numpy dtype: {exc}") from None
         if not _storable(storage):
-            raise TypeError(
-                "dtype must be a real numeric or bool dtype (bool, int8-64, uint8-64, "
-                f"float16/32/64) or None, not {storage}"
-            )
+            raise TypeError(f"dtype must be bool, int8-64, uint8-64, float16/32/64 or None, not {storage}")
     if compression not in ("gzip", None):
-        raise ValueError(
-            f"compression must be 'gzip' or None, not {compression!r} "
-            "(only filters that every HDF5 install ships keep files portable)"
-        )
+        raise ValueError(f"compression must be 'gzip' or None (filters every HDF5 has), not {compression!r}")
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, int):
             raise TypeError(f"level must be an int from 1 to 9 or None, not {type(level).__name__}")
@@ -537,9 +531,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
     if isinstance(image, np.ndarray):
         image = {"raw": image}
     if not isinstance(image, Mapping):
-        raise TypeError(
-            f"{what} must be a dict with 'raw', 'bg_data', 'meta' or a 2-D array, not {type(image).__name__}"
-        )
+        raise TypeError(f"{what} must be a dict with 'raw', 'bg_data', 'meta' or an array, not {type(image)}")
     _refuse_unknown(image, ("raw", "bg_data", "meta"), what, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
         raise _KeyError(f"{what} has no 'raw' image")
@@ -1020,10 +1012,8 @@ def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
     holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
-        raise ValueError(
-            f"{label} already holds {found}; write "
-            f"{'a series' if series else 'an image'} into a new, empty group or to a path"
-        )
+        what = "a series" if series else "an image"
+        raise ValueError(f"{label} already holds {found}; write {what} into a new, empty group or a path")
 
 
 # ---------------------------------------------------------------------------
@@ -1179,9 +1169,7 @@ def _text_attr(group: Any, key: str, label: str) -> str:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(
-                f"{_at(label, group)} attribute {key!r} is not valid UTF-8 text: {value!r}"
-            ) from None
+            raise FormatError(f"{_at(label, group)} attribute {key!r} is no UTF-8 text: {value!r}") from None
     if isinstance(value, str):
         return value
     raise FormatError(f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}")
