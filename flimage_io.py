@@ -1708,7 +1708,7 @@ class _LazyImages(Sequence[Image]):
 
 
 # 3x5 font: one octal digit per row (top to bottom), bit 4 = left column. Small enough to review by eye;
-# legibility at larger tiles comes from integer scaling in _draw_text, not from a bigger font.
+# legibility at larger tiles comes from integer scaling of the labels, not from a bigger font.
 _CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ .-_:=/#()+,?"
 _CODES = (
     "75557 26227 71747 71317 55711 74717 74757 71111 75757 75717 25755 65656 34443 65556 74647 74644 34553 "
@@ -1721,7 +1721,7 @@ _FONT = {
 }
 _BACKGROUND = 48  # dark gray for gaps and unused cell area, so tile edges show against black image content
 _GAP = 2  # px between cells
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TILE = 256  # px: the longer side of a frame on a contact sheet
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -1729,92 +1729,60 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def _png(pixels: npt.NDArray[Any]) -> bytes:
-    """Encode a 2-D uint8 array as an 8-bit grayscale PNG."""
-    if pixels.ndim != 2 or pixels.dtype != np.uint8 or 0 in pixels.shape:
-        raise ValueError(f"need a non-empty 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
+def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """Encode a non-empty 2-D uint8 array as an 8-bit grayscale PNG."""
     height, width = pixels.shape
-    raw = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter type 0 (None) for every row
-    raw[:, 1:] = pixels
-    data = zlib.compress(raw.tobytes(), 6)
+    data = zlib.compress(np.pad(pixels, ((0, 0), (1, 0))).tobytes(), 6)  # a 0 before each row: filter None
     step = 1 << 20  # several IDAT chunks keep each chunk small; decoders concatenate them
     idat = b"".join(_png_chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, deflate, no interlace
-    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + idat + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + idat + _png_chunk(b"IEND", b"")
 
 
-def _stretch(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-    """Map a real or bool 2-D array to uint8 between its 0.5 and 99.5 percentiles; NaN/inf become 0."""
-    a = np.asarray(image)
-    if a.ndim != 2 or a.dtype.kind not in "biuf":  # bool, signed, unsigned, float
-        raise TypeError(f"need a real 2-D array, got {a.dtype} {a.shape}")
-    # Percentiles of a ~512x512 strided subsample match the full image closely and cost ~1/64 on 4096^2.
-    step = max(1, math.isqrt(a.size >> 18))
-    sample = a[::step, ::step].astype(np.float64).ravel()
-    sample = sample[np.isfinite(sample)]  # filtering first: nanpercentile warns on all-NaN input
-    f: npt.NDArray[np.float64] = a.astype(np.float64)  # a private copy, so the maths below can be in place
+def _fit(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """A raw frame as uint8, _TILE px on its longer side, stretched between its 0.5 and 99.5 percentiles."""
+    # Stride first, then stretch: 100 frames of 4096^2 only ever stretch <=_TILE^2 pixels each. Nearest-
+    # neighbour striding (not block means) keeps NaN/inf handling in one place. The readers checked the dtype.
+    down = max(1, -(-max(image.shape) // _TILE))
+    f: npt.NDArray[np.float64] = image[::down, ::down].astype(np.float64)  # a copy: the maths is in place
     finite = np.isfinite(f)
+    sample = f[finite]  # filtering first: nanpercentile warns on all-NaN input
     with np.errstate(over="ignore", invalid="ignore"):  # huge finite ranges overflow; handled just below
         lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5])) if sample.size else (0.0, 0.0)
         if 0.0 < hi - lo < math.inf:  # false for a constant image and for a range beyond float64
-            f -= lo  # in place: fresh 4096^2 temporaries would take most of the time
+            f -= lo
             f *= 255.0 / (hi - lo)
         else:
             f.fill(128.0)  # constant image: mid-gray, so it is not mistaken for an empty one
     f[~finite] = 0.0  # before the cast: casting NaN to uint8 warns
     np.clip(f, 0.0, 255.0, out=f)
-    return np.rint(f, out=f).astype(np.uint8)
-
-
-def _draw_text(canvas: npt.NDArray[np.uint8], text: str, row: int, col: int, scale: int = 1) -> None:
-    """Draw white text on a black box with its top-left corner at (row, col), clipped to the canvas."""
-    if not text:
-        return
-    # Build the whole label as a small image first; then one clipped paste replaces per-glyph bounds checks.
-    box = np.zeros((7, 4 * len(text) + 1), dtype=bool)  # 1 px black margin around 3x5 glyphs
-    for i, ch in enumerate(text):
-        box[1:6, 1 + 4 * i : 4 + 4 * i] = _FONT.get(ch.upper(), _FONT["?"])
-    box = box.repeat(scale, axis=0).repeat(scale, axis=1)
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + box.shape[0], canvas.shape[0]), min(col + box.shape[1], canvas.shape[1])
-    if r1 > r0 and c1 > c0:
-        canvas[r0:r1, c0:c1] = np.where(box[r0 - row : r1 - row, c0 - col : c1 - col], 255, 0)
-
-
-def _fit(image: npt.NDArray[Any], tile: int) -> npt.NDArray[np.uint8]:
-    # Stride first, then stretch: 100 frames of 4096^2 only ever stretch <=tile^2 pixels each.
-    # Nearest-neighbour striding (not block means) keeps NaN/inf handling in one place, _stretch.
-    a = np.asarray(image)
-    if a.ndim != 2 or 0 in a.shape:
-        raise ValueError(f"need a non-empty 2-D frame, got shape {a.shape}")
-    down = max(1, -(-max(a.shape) // tile))
-    small = _stretch(a[::down, ::down])
-    up = max(1, tile // max(small.shape))  # enlarge tiny images by an integer factor: pixels stay square
+    small = np.rint(f, out=f).astype(np.uint8)
+    up = max(1, _TILE // max(small.shape))  # enlarge tiny images by an integer factor: pixels stay square
     return small.repeat(up, axis=0).repeat(up, axis=1)
 
 
-def _contact_sheet(
-    frames: Sequence[tuple[npt.NDArray[Any], str]], *, tile: int = 256, columns: int | None = None
-) -> npt.NDArray[np.uint8]:
+def _contact_sheet(frames: Sequence[tuple[npt.NDArray[Any], str]]) -> npt.NDArray[np.uint8]:
     """Lay labelled frames out row-major in a grid; each cell is as large as the largest fitted frame."""
-    if not frames or tile < 1:
-        raise ValueError("need at least one frame and tile >= 1")
-    tiles = [(_fit(image, tile), label) for image, label in frames]
-    ncols = max(1, min(columns or math.ceil(math.sqrt(len(tiles))), len(tiles)))
+    tiles = [(_fit(image), label) for image, label in frames]
+    ncols = math.ceil(math.sqrt(len(tiles)))
     nrows = -(-len(tiles) // ncols)
     cell_h = max(t.shape[0] for t, _ in tiles)
     cell_w = max(t.shape[1] for t, _ in tiles)
     sheet = np.full((nrows * (cell_h + _GAP) - _GAP, ncols * (cell_w + _GAP) - _GAP), _BACKGROUND, np.uint8)
-    scale = max(1, tile // 128)  # 3x5 glyphs at 2x are readable on a 256 px tile
+    scale = _TILE // 128  # 3x5 glyphs at 2x are readable on a 256 px tile
     for i, (pixels, label) in enumerate(tiles):
         r, c = (i // ncols) * (cell_h + _GAP), (i % ncols) * (cell_w + _GAP)
         sheet[r : r + pixels.shape[0], c : c + pixels.shape[1]] = pixels
-        # Drawing into the cell view clips long labels at the cell edge instead of spilling into neighbours.
-        _draw_text(sheet[r : r + cell_h, c : c + cell_w], label, 0, 0, scale)
+        if label:  # white on a black box with a 1 px margin, cut at the cell edge rather than spill over
+            box = np.zeros((7, 4 * len(label) + 1), dtype=bool)
+            for k, ch in enumerate(label):
+                box[1:6, 1 + 4 * k : 4 + 4 * k] = _FONT.get(ch.upper(), _FONT["?"])
+            box = box.repeat(scale, axis=0).repeat(scale, axis=1)[:cell_h, :cell_w]
+            sheet[r : r + box.shape[0], c : c + box.shape[1]] = np.where(box, 255, 0)
     return sheet
 
 
-def _demo(path: str | None) -> int:
+def _demo(path: str | None) -> None:
     """Write a small sample series (kept only at ``path``) and print what was read back."""
     import tempfile
 
@@ -1838,26 +1806,22 @@ def _demo(path: str | None) -> int:
         print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
         for position, image in enumerate(series["images"]):
             # correct in floating point: uint16 counts minus a background would wrap around
-            corrected = image["raw"].astype(np.float64) - sum(
-                b.astype(np.float64) for b in image["bg_data"].values()
-            )
-            meta = image["meta"]
+            background = sum(b.astype(np.float64) for b in image["bg_data"].values())
+            corrected, meta = image["raw"].astype(np.float64) - background, image["meta"]
             print(
                 f"  fli_{position}: {meta['identifier']!r} raw {image['raw'].shape} {image['raw'].dtype}, "
                 f"time {meta['time']} s, mean corrected intensity {corrected.mean():.1f}"
             )
         one = read_image(target, index="frame 3")
         print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
-    return 0
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
-    """'FILE' or 'FILE:/group/path' -> (file, group path)."""
-    if os.path.exists(spec) or ":/" not in spec:
-        return spec, "/"
-    for match in re.finditer(":/", spec):
-        if os.path.isfile(spec[: match.start()]):
-            return spec[: match.start()], spec[match.start() + 1 :]
+    """'FILE' or 'FILE:/group/path' -> (file, group path); an existing file wins over a split."""
+    if not os.path.exists(spec):
+        for at in (match.start() for match in re.finditer(":/", spec)):
+            if os.path.isfile(spec[:at]):
+                return spec[:at], spec[at + 1 :]
     return spec, "/"
 
 
@@ -1865,12 +1829,12 @@ def _split_spec(spec: str) -> tuple[str, str]:
 def _open_spec(spec: str) -> Iterator[tuple[Any, str]]:
     path, inner = _split_spec(spec)
     with _open_read(path) as (root, label):
-        if inner.strip("/") == "":
+        if not inner.strip("/"):
             yield root, label
-            return
-        if inner not in root or not isinstance(root[inner], h5py.Group):
+        elif inner in root and isinstance(root[inner], h5py.Group):
+            yield root[inner], f"{path}:{root[inner].name}"
+        else:
             raise FormatError(f"{path} has no group {inner}")
-        yield root[inner], f"{path}:{root[inner].name}"
 
 
 def _check_file(spec: str, progress: bool = False) -> list[str]:
@@ -1927,20 +1891,16 @@ def _check_one_image(parent: Any, label: str, problems: list[str], name: str | N
             if key not in group.attrs:
                 problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
+        inner = _at(label, fluorescence)
         if len(fluorescence.attrs):
-            problems.append(
-                f"{_at(label, fluorescence)} has attributes {sorted(fluorescence.attrs)}; it should have none"
-            )
+            problems.append(f"{inner} has attributes {sorted(fluorescence.attrs)}; it should have none")
         if "bg_data" not in fluorescence:
+            problems.append(f"{inner} has no 'bg_data' group: flimage cannot open it read-only")
+        kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
+        if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
             problems.append(
-                f"{_at(label, fluorescence)} has no 'bg_data' group: flimage cannot open it read-only"
+                f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
             )
-        if "identifier" in group.attrs:
-            kind = group.attrs.get_id("identifier").get_type()
-            if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
-                problems.append(
-                    f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
-                )
         unknown: list[tuple[str, str]] = []
         (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
         problems += [
@@ -1956,8 +1916,7 @@ def _check_one_image(parent: Any, label: str, problems: list[str], name: str | N
 
 # A damaged global heap (where HDF5 keeps text) can make the HDF5 library loop
 # forever; `check` is for suspect files, so it runs in a child it can stop.
-_CHECK_BASE_SECONDS = 60.0
-_CHECK_SECONDS_PER_MIB = 0.5
+_CHECK_BASE_SECONDS = 60.0  # and half a second more per MiB
 
 
 def _check_file_guarded(spec: str) -> list[str]:
@@ -1966,11 +1925,10 @@ def _check_file_guarded(spec: str) -> list[str]:
 
     if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
         return _check_file(spec)
-    try:
+    size = 0
+    with contextlib.suppress(OSError):
         size = os.path.getsize(_split_spec(spec)[0])
-    except OSError:
-        size = 0
-    limit = _CHECK_BASE_SECONDS + _CHECK_SECONDS_PER_MIB * size / 2**20
+    limit = _CHECK_BASE_SECONDS + 0.5 * size / 2**20
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     progress = sys.stderr.isatty()
@@ -2003,11 +1961,9 @@ def _info(spec: str) -> str:
             images, title = [group], f"{label}: FLImage"
         else:
             count = _series_length(group, label)
-            named = (
-                repr(_text_attr(group, "identifier", label))
-                if "identifier" in group.attrs
-                else "without identifier"
-            )
+            named = "without identifier"
+            if "identifier" in group.attrs:
+                named = repr(_text_attr(group, "identifier", label))
             images = [_child(group, f"fli_{n}", label, h5py.Group) for n in range(count)]
             title = f"{label}: FLSeries {named}, {count} image{'s' * (count != 1)}"
         if not images:
@@ -2020,32 +1976,20 @@ def _info(spec: str) -> str:
         backgrounds = _child(images[0]["fluorescence"], "bg_data", label, h5py.Group, required=False) or {}
         stored = sum(raw.id.get_storage_size() for raw in raws)
         logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
-        compression = (
-            f"{first.compression} level {first.compression_opts}"
-            if first.compression_opts
-            else first.compression
-        )
-        filters = [
-            name
-            for name, on in (
-                ("shuffle", first.shuffle),
-                (compression, compression),
-                ("fletcher32", first.fletcher32),
-            )
-            if on
-        ]
+        compression = first.compression
+        if first.compression_opts:
+            compression = f"{compression} level {first.compression_opts}"
+        flags = (("shuffle", first.shuffle), (compression, compression), ("fletcher32", first.fletcher32))
+        filters = [name for name, on in flags if on]
         meta = _read_meta(images[0], label, [])
         chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
-        return "\n".join(
-            [
-                title,
-                f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
-                f"background: {', '.join(sorted(backgrounds)) or 'none'}",
-                f"  filters: {', '.join(filters) or 'none'}; chunks {chunks}; raw data stored in "
-                f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
-                f"  {'meta' if images[0] is group else 'meta of fli_0'}: "
-                + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none"),
-            ]
+        return (
+            f"{title}\n  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
+            f"background: {', '.join(sorted(backgrounds)) or 'none'}\n"
+            f"  filters: {', '.join(filters) or 'none'}; chunks {chunks}; raw data stored in "
+            f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})\n"
+            f"  {'meta' if images[0] is group else 'meta of fli_0'}: "
+            + (", ".join(f"{key}={value!r}" for key, value in sorted(meta.items())) or "none")
         )
 
 
@@ -2085,7 +2029,7 @@ def _message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'flimage_io'}",  # vendored copies too
         description="Read, check and look at FLImage / FLSeries HDF5 files.",
@@ -2107,11 +2051,6 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "-n", "--frames", type=_frame_count, default=36, metavar="N", help="at most N frames (default 36)"
     )
-    return parser
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("name a command: demo, check, info or preview")
@@ -2133,11 +2072,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
                     summary = _info(spec)
                 except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
                     failed, message = True, _message(exc)
-                    print(
-                        message if _split_spec(spec)[0] in message else f"{spec}: {message}", file=sys.stderr
-                    )
-                    continue
-                print(summary, flush=True)
+                    named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
+                    print(named, file=sys.stderr)
+                else:
+                    print(summary, flush=True)
         return int(failed)
     except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
