@@ -40,6 +40,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image as PILImage
 
 import flimage_io as fio
+import flimage_io_cli as cli
 
 with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
     warnings.simplefilter("ignore")
@@ -853,12 +854,12 @@ def test_module_version_matches_pyproject() -> None:
 
 
 def test_demo_runs(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
-    assert fio._main(["demo", str(tmp_path / "demo.h5")]) == 0
+    assert cli.main(["demo", str(tmp_path / "demo.h5")]) == 0
     out = capsys.readouterr().out
     assert "5 images" in out and "fli_4: 'frame 4'" in out
     assert len(fio.read_series(tmp_path / "demo.h5")["images"]) == 5
     with pytest.raises(SystemExit) as exit_status:
-        fio._main(["bogus"])
+        cli.main(["bogus"])
     assert exit_status.value.code == 2
 
 
@@ -1042,7 +1043,7 @@ def test_no_hdf5_handle_stays_open(tmp_path: pathlib.Path) -> None:
     ):
         with pytest.raises((ValueError, KeyError, TypeError)):
             call()
-    assert fio._check_file(path) == []
+    assert cli._check_file(path) == []
     assert open_hdf5_objects() == before
 
 
@@ -1154,7 +1155,7 @@ def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, de
     appender.wait()
     after = fio.read_series(path)
     assert series_equal(after, before)
-    assert fio._check_file(path) == []
+    assert cli._check_file(path) == []
 
 
 def test_a_live_writers_temporary_is_never_removed(tmp_path: pathlib.Path) -> None:
@@ -1193,7 +1194,7 @@ def test_check_passes_files_of_flimage_and_ours(
     with flimage.FLImage(data=blob(), h5file=tmp_path / "fit.h5", h5mode="w") as fli:
         fli._fl.estimate_bg(fit_offset="mean", fit_profile="tilt", border_px=5)
     files = [str(p) for p in (ours, theirs, tmp_path / "fit.h5", DATA / "basic.h5", DATA / "retina_p10.h5")]
-    assert fio._main(["check", *files]) == 0
+    assert cli.main(["check", *files]) == 0
     assert capsys.readouterr().out.count(": ok") == 5
 
 
@@ -1217,7 +1218,7 @@ def test_check_reports_every_problem(tmp_path: pathlib.Path, capsys: pytest.Capt
         h5.move("fli_4", "fli_04")
         h5["fli_2/fluorescence"].attrs["note"] = 1
         h5["stray"] = np.ones(2)
-    assert fio._main(["check", str(path)]) == 1
+    assert cli.main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     for words in (
         "has the attribute 'colour'",
@@ -1247,7 +1248,7 @@ def test_check_reports_checksum_failures_and_unreadable_files(
     data[offset + 10] ^= 0xFF
     path.write_bytes(bytes(data))
     (tmp_path / "text.h5").write_text("hello")
-    assert fio._main(["check", str(path), str(tmp_path / "text.h5"), str(tmp_path / "missing.h5")]) == 1
+    assert cli.main(["check", str(path), str(tmp_path / "text.h5"), str(tmp_path / "missing.h5")]) == 1
     out = capsys.readouterr().out
     assert "flip.h5:/fluorescence/raw: the fletcher32 checksum of a chunk does not match" in out
     assert "text.h5 is not a readable HDF5 file" in out and "no such file" in out
@@ -1257,16 +1258,16 @@ def test_info_summarises(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[s
     path = tmp_path / "i.h5"
     frames = [{"raw": blob(), "bg_data": np.ones((48, 64)), "meta": {"time": 1.5}}] * 3
     fio.write_series(path, {"identifier": "run", "images": frames})
-    assert fio._main(["info", str(path), str(DATA / "basic.h5")]) == 0
+    assert cli.main(["info", str(path), str(DATA / "basic.h5")]) == 0
     out = capsys.readouterr().out
     assert "FLSeries 'run', 3 images" in out
     assert "raw: 48x64 float64 (all images); background: data" in out
     assert "filters: shuffle, gzip level 1, fletcher32; chunks 48x64" in out and "ratio" in out
     assert "meta of fli_0:" in out and "time=1.5" in out
     assert "basic.h5: FLImage" in out and "gzip level 9" in out
-    assert fio._main(["info", str(tmp_path / "missing.h5")]) == 1
+    assert cli.main(["info", str(tmp_path / "missing.h5")]) == 1
     with pytest.raises(SystemExit) as exit_status:
-        fio._main(["info"])
+        cli.main(["info"])
     assert exit_status.value.code == 2
 
 
@@ -1430,8 +1431,8 @@ def test_damaged_global_heaps_never_change_numbers(
     damaged[start + 100 : start + 300] = bytes(200)  # an object of size 0: HDF5's parser never advances
     path = tmp_path / "zeroed.h5"
     path.write_bytes(bytes(damaged))
-    monkeypatch.setattr(fio, "_CHECK_BASE_SECONDS", 5.0)
-    problems = fio._check_file_guarded(str(path))
+    monkeypatch.setattr(cli, "_CHECK_BASE_SECONDS", 5.0)
+    problems = cli._check_file_guarded(str(path))
     assert len(problems) >= 1 and ("was stopped" in problems[0] or "damaged" in problems[0]), problems
 
 
@@ -1469,7 +1470,7 @@ def test_random_input_gives_a_valid_file_or_a_clear_error(tmp_path: pathlib.Path
         assert str(exc)
         assert not path.exists() and os.listdir(tmp_path) == []
         return
-    assert fio._check_file(path) == []
+    assert cli._check_file(path) == []
     got = fio.read_image(path)
     np.testing.assert_array_equal(got["raw"], np.asarray(image["raw"]).astype(got["raw"].dtype))
 
@@ -1480,6 +1481,7 @@ def test_random_input_gives_a_valid_file_or_a_clear_error(tmp_path: pathlib.Path
 
 
 def test_vendored_copy_works_alone(tmp_path: pathlib.Path) -> None:
+    """The library is one file; its command line needs flimage_io_cli.py beside it, and says so."""
     import subprocess
     import sys
 
@@ -1503,14 +1505,15 @@ print("ok")
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.stdout == "ok\n", result.stderr
-    check = subprocess.run(
-        [sys.executable, "-m", "yourpkg._vendor.flimage_io", "check", "v.h5"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "yourpkg._vendor.flimage_io", "check", "v.h5"]
+    alone = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert alone.returncode == 1 and alone.stdout == "", alone
+    assert "needs yourpkg/_vendor/flimage_io_cli.py beside" in alone.stderr, alone.stderr
+    shutil.copy(cli.__file__, vendor / "flimage_io_cli.py")
+    check = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout == "v.h5: ok\n", check.stderr
+    usage = subprocess.run([*command[:3], "-h"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert usage.stdout.startswith("usage: python -m yourpkg._vendor.flimage_io [-h]"), usage.stdout
 
 
 def test_functions_and_errors_pickle() -> None:
@@ -1577,10 +1580,10 @@ def test_check_stops_a_looping_hdf5(
         time.sleep(600)
         return []
 
-    monkeypatch.setattr(fio, "_check_file", loop_forever)  # the forked child inherits it
-    monkeypatch.setattr(fio, "_CHECK_BASE_SECONDS", 1.0)
+    monkeypatch.setattr(cli, "_check_file", loop_forever)  # the forked child inherits it
+    monkeypatch.setattr(cli, "_CHECK_BASE_SECONDS", 1.0)
     started = time.monotonic()
-    assert fio._main(["check", str(path)]) == 1
+    assert cli.main(["check", str(path)]) == 1
     assert time.monotonic() - started < 30
     assert "checking took over 1 s and was stopped" in capsys.readouterr().out
 
@@ -2353,7 +2356,7 @@ def cli_label_pixels(text: str, scale: int) -> np.ndarray:
     """The pixels _draw_text puts on a tile for ``text``, built from the font table."""
     box = np.zeros((7, 4 * len(text) + 1), dtype=np.uint8)
     for i, ch in enumerate(text.upper()):
-        box[1:6, 1 + 4 * i : 4 + 4 * i] = np.where(fio._FONT[ch], 255, 0)
+        box[1:6, 1 + 4 * i : 4 + 4 * i] = np.where(cli._FONT[ch], 255, 0)
     return box.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
@@ -2372,14 +2375,14 @@ def cli_tiles(sheet: np.ndarray, count: int, cell: int = 256) -> list[np.ndarray
     """
     ncols = int(np.ceil(np.sqrt(count)))
     nrows = -(-count // ncols)
-    step = cell + fio._GAP
-    assert sheet.shape == (nrows * step - fio._GAP, ncols * step - fio._GAP)
+    step = cell + cli._GAP
+    assert sheet.shape == (nrows * step - cli._GAP, ncols * step - cli._GAP)
     gaps = np.zeros(sheet.shape, dtype=bool)
     for n in range(1, nrows):
-        gaps[n * step - fio._GAP : n * step] = True
+        gaps[n * step - cli._GAP : n * step] = True
     for n in range(1, ncols):
-        gaps[:, n * step - fio._GAP : n * step] = True
-    assert (sheet[gaps] == fio._BACKGROUND).all()
+        gaps[:, n * step - cli._GAP : n * step] = True
+    assert (sheet[gaps] == cli._BACKGROUND).all()
     tiles = []
     for i in range(nrows * ncols):
         r, c = (i // ncols) * step, (i % ncols) * step
@@ -2387,7 +2390,7 @@ def cli_tiles(sheet: np.ndarray, count: int, cell: int = 256) -> list[np.ndarray
         if i < count:
             tiles.append(tile)
         else:
-            assert (tile == fio._BACKGROUND).all(), f"unused cell {i} is not background"
+            assert (tile == cli._BACKGROUND).all(), f"unused cell {i} is not background"
     return tiles
 
 
@@ -2611,18 +2614,18 @@ def test_cli_group_path_in_a_larger_file(tmp_path: pathlib.Path, capsys: pytest.
     path = tmp_path / "sim.h5"
     cli_big_file(path)
     spec = f"{path}:/flseries"
-    assert fio._main(["check", spec]) == 0
+    assert cli.main(["check", spec]) == 0
     assert capsys.readouterr().out == f"{spec}: ok\n"
-    assert fio._main(["info", spec]) == 0
+    assert cli.main(["info", spec]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{spec}: FLSeries 'sim', 4 images\n  raw: 16x16 uint16 (all images)")
     out_png = tmp_path / "out.png"
-    assert fio._main(["preview", spec, "-o", str(out_png)]) == 0
+    assert cli.main(["preview", spec, "-o", str(out_png)]) == 0
     assert capsys.readouterr().out == f"wrote {out_png}: 4 frames\n"
     tiles = cli_tiles(cli_read_png(out_png), 4)
     assert [cli_frame_of(tile) for tile in tiles] == [0, 1, 2, 3]
     # without -o: the file's name with .png, not the group's
-    assert fio._main(["preview", spec, "-n", "1"]) == 0
+    assert cli.main(["preview", spec, "-n", "1"]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'sim.png'}: 1 frame\n"
     assert cli_frame_of(cli_tiles(cli_read_png(tmp_path / "sim.png"), 1)[0]) == 0
 
@@ -2635,13 +2638,13 @@ def test_cli_whole_file_names_the_group_to_use(
     hint = re.compile(
         r"holds neither an FLImage .* nor an FLSeries .*in /flseries: name one as FILE:/flseries"
     )
-    assert fio._main(["check", str(path)]) == 1
+    assert cli.main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: 1 problem(s)\n  - ") and hint.search(out), out
-    assert fio._main(["info", str(path)]) == 1
+    assert cli.main(["info", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and hint.search(captured.err) and "\n" not in captured.err.rstrip("\n")
-    assert fio._main(["preview", str(path)]) == 1
+    assert cli.main(["preview", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and hint.search(captured.err)
     assert not (tmp_path / "sim.png").exists()
@@ -2655,11 +2658,11 @@ def test_cli_group_path_that_is_no_group(
     cli_big_file(path)
     spec = f"{path}:{inner}"
     message = f"{path} has no group {inner}"
-    assert fio._main(["check", spec]) == 1
+    assert cli.main(["check", spec]) == 1
     assert capsys.readouterr().out == f"{spec}: 1 problem(s)\n  - {message}\n"
-    assert fio._main(["info", spec]) == 1
+    assert cli.main(["info", spec]) == 1
     assert capsys.readouterr() in {("", f"{spec}: {message}\n"), ("", f"{message}\n")}
-    assert fio._main(["preview", spec]) == 1
+    assert cli.main(["preview", spec]) == 1
     assert capsys.readouterr() == ("", f"python -m flimage_io: error: {message}\n")
 
 
@@ -2667,21 +2670,21 @@ def test_cli_file_names_with_colons(tmp_path: pathlib.Path, capsys: pytest.Captu
     (tmp_path / "run:").mkdir()  # a directory ending in ':' puts ':/' inside the file's own path
     image = tmp_path / "run:" / "a:b.h5"
     fio.write_image(image, {"raw": cli_frames(3)[2]["raw"], "meta": {"identifier": "cell 2"}})
-    assert fio._main(["info", str(image)]) == 0
+    assert cli.main(["info", str(image)]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: FLImage\n  raw: 16x16 uint16;")
-    assert fio._main(["check", str(image)]) == 0
+    assert cli.main(["check", str(image)]) == 0
     assert capsys.readouterr().out == f"{image}: ok\n"
-    assert fio._main(["preview", str(image)]) == 0
+    assert cli.main(["preview", str(image)]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'run:' / 'a:b.png'}: 1 frame\n"
     # and a group inside such a file
     larger = tmp_path / "run:" / "c:d.h5"
     cli_big_file(larger, count=2)
     spec = f"{larger}:/flseries"
-    assert fio._main(["check", spec]) == 0
+    assert cli.main(["check", spec]) == 0
     assert capsys.readouterr().out == f"{spec}: ok\n"
-    assert fio._main(["info", spec]) == 0
+    assert cli.main(["info", spec]) == 0
     assert capsys.readouterr().out.startswith(f"{spec}: FLSeries 'sim', 2 images\n")
-    assert fio._main(["preview", spec]) == 0
+    assert cli.main(["preview", spec]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'run:' / 'c:d.png'}: 2 frames\n"
 
 
@@ -2698,7 +2701,7 @@ def cli_long_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     fio.write_series(path, {"identifier": "long", "images": frames})
     for _ in range(8):
         start = time.monotonic()
-        assert fio._check_file(str(path)) == []
+        assert cli._check_file(str(path)) == []
         if time.monotonic() - start > 1.5:
             return path
         with h5py.File(path, "r") as h5:
@@ -2779,7 +2782,7 @@ def test_cli_demo_keeps_nothing_without_a_path(tmp_path: pathlib.Path) -> None:
 
 def test_cli_demo_keeps_the_file_at_path(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "demo.h5"
-    assert fio._main(["demo", str(path)]) == 0
+    assert cli.main(["demo", str(path)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"wrote {path}, {path.stat().st_size} bytes, and read it back:"
     assert os.listdir(tmp_path) == ["demo.h5"]
@@ -2789,7 +2792,7 @@ def test_cli_demo_keeps_the_file_at_path(tmp_path: pathlib.Path, capsys: pytest.
         assert image["raw"].dtype == np.uint16 and image["raw"].shape == (64, 96)
         assert image["bg_data"]["data"].dtype == np.uint16 and (image["bg_data"]["data"] == 100).all()
         assert image["meta"]["identifier"] == f"frame {t}" and image["meta"]["time"] == 0.5 * t
-    assert fio._main(["check", str(path)]) == 0
+    assert cli.main(["check", str(path)]) == 0
 
 
 # ---------------------------------------------------------------------------
@@ -2802,7 +2805,7 @@ def test_cli_info_counts_and_sizes(tmp_path: pathlib.Path, capsys: pytest.Captur
     fio.write_series(tmp_path / "one.h5", {"identifier": None, "images": [np.eye(3)]})
     fio.write_series(tmp_path / "big.h5", {"identifier": "big", "images": [np.zeros((64, 64))] * 2})
     files = [str(tmp_path / name) for name in ("run.h5", "one.h5", "big.h5")]
-    assert fio._main(["info", *files]) == 0
+    assert cli.main(["info", *files]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     run, one, big = re.split(r"\n(?=\S)", captured.out.rstrip("\n"))
@@ -2819,7 +2822,7 @@ def test_cli_info_counts_and_sizes(tmp_path: pathlib.Path, capsys: pytest.Captur
 def test_cli_info_of_an_empty_series(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "empty.h5"
     fio.write_series(path, {"identifier": "nothing yet", "images": []})
-    assert fio._main(["info", str(path)]) == 0
+    assert cli.main(["info", str(path)]) == 0
     assert capsys.readouterr() == (f"{path}: FLSeries 'nothing yet', 0 images\n", "")
 
 
@@ -2846,7 +2849,7 @@ def test_cli_preview_spreads_frames_evenly(
     path = tmp_path / "ten.h5"
     fio.write_series(path, {"identifier": None, "images": cli_frames(10, identifiers=False)})
     out = tmp_path / "four.png"
-    assert fio._main(["preview", str(path), "-n", "4", "-o", str(out)]) == 0
+    assert cli.main(["preview", str(path), "-n", "4", "-o", str(out)]) == 0
     assert capsys.readouterr().out == f"wrote {out}: 4 frames\n"
     tiles = cli_tiles(cli_read_png(out), 4)
     assert [cli_frame_of(tile) for tile in tiles] == [0, 3, 6, 9]
@@ -2861,7 +2864,7 @@ def test_cli_preview_frame_choice(
     """min(count, limit) distinct frames, first and last among them when two or more are shown."""
     path = tmp_path / "s.h5"
     fio.write_series(path, {"identifier": None, "images": cli_frames(count, identifiers=False)})
-    assert fio._main(["preview", str(path), "-n", str(limit), "-o", str(tmp_path / "p.png")]) == 0
+    assert cli.main(["preview", str(path), "-n", str(limit), "-o", str(tmp_path / "p.png")]) == 0
     shown = min(count, limit)
     assert capsys.readouterr().out == f"wrote {tmp_path / 'p.png'}: {shown} frame{'s' * (shown != 1)}\n"
     frames = [cli_frame_of(tile) for tile in cli_tiles(cli_read_png(tmp_path / "p.png"), shown)]
@@ -2876,7 +2879,7 @@ def test_cli_preview_labels_time_when_no_identifier(
     frames[1]["meta"] = {"time": 1.5}
     path = tmp_path / "t.h5"
     fio.write_series(path, {"identifier": None, "images": frames})
-    assert fio._main(["preview", str(path)]) == 0
+    assert cli.main(["preview", str(path)]) == 0
     capsys.readouterr()
     first, second = cli_tiles(cli_read_png(tmp_path / "t.png"), 2)
     cli_assert_label(first, "0")
@@ -2966,7 +2969,7 @@ def hostile_run_limited(code: str, headroom: int) -> tuple[str, float]:
     prelude = (
         "import resource, time\n"
         "import h5py, numpy as np\n"
-        "import flimage_io as fio\n"
+        "import flimage_io as fio, flimage_io_cli as cli\n"
         "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
         f"resource.setrlimit(resource.RLIMIT_AS, (used + {headroom}, used + {headroom}))\n"
         "start = time.monotonic()\n"
@@ -3034,7 +3037,7 @@ def test_hostile_external_links_are_not_followed(tmp_path: pathlib.Path, member:
         with pytest.raises(fio.FormatError, match=message):
             list(fio.read_series(path, lazy=True)["images"][1]["raw"])
         np.testing.assert_array_equal(fio.read_image(path, index=2)["raw"], raws[2])
-        problems = fio._check_file(str(path))
+        problems = cli._check_file(str(path))
     assert any(re.search(message, problem) for problem in problems), problems
 
 
@@ -3067,7 +3070,7 @@ def test_hostile_external_and_virtual_storage_are_refused(tmp_path: pathlib.Path
         with hostile_never_opened(secret):
             with pytest.raises(fio.FormatError, match=message):
                 fio.read_image(path)
-            problems = fio._check_file(str(path))
+            problems = cli._check_file(str(path))
         assert len(problems) == 1 and re.search(message, problems[0]), problems
 
 
@@ -3113,7 +3116,7 @@ def test_hostile_storage_never_written(tmp_path: pathlib.Path, kind: str, messag
     path = hostile_image_file(tmp_path / "unwritten.h5", hostile_unwritten(kind))
     with pytest.raises(fio.FormatError, match=message):  # never MemoryError
         fio.read_image(path)
-    for problems in (fio._check_file(str(path)), fio._check_file_guarded(str(path))):
+    for problems in (cli._check_file(str(path)), cli._check_file_guarded(str(path))):
         assert len(problems) == 1 and re.search(rf"unwritten\.h5:/fluorescence/{message}", problems[0]), (
             problems
         )
@@ -3147,7 +3150,7 @@ def test_hostile_small_file_with_a_huge_image(tmp_path: pathlib.Path, filters: d
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
         "try:\n"
-        f"    print('CHECK', fio._check_file({str(path)!r}))\n"
+        f"    print('CHECK', cli._check_file({str(path)!r}))\n"
         "except Exception as exc:\n"
         "    print('CHECK', type(exc).__name__, exc)\n"
     )
@@ -3168,7 +3171,7 @@ def test_hostile_check_of_a_huge_gap_is_quick_and_small(tmp_path: pathlib.Path) 
     hostile_series(path, 1)
     with h5py.File(path, "r+") as h5:
         h5.copy("fli_0", "fli_1000000000000")
-    code = f"print(fio._check_file({str(path)!r}))\n"
+    code = f"print(cli._check_file({str(path)!r}))\n"
     output, seconds = hostile_run_limited(code, 256 << 20)
     assert seconds < 5, output
     assert re.search(
@@ -3253,7 +3256,7 @@ def test_hostile_big_endian_data_reads_exactly(tmp_path: pathlib.Path, dtype: st
         assert array.dtype == little.dtype  # native byte order
         assert np.array_equal(array, expected, equal_nan=True)
         assert array.tobytes() == expected.tobytes()  # -0.0, NaN and every bit
-    assert fio._check_file(str(path)) == []
+    assert cli._check_file(str(path)) == []
 
 
 # ---------------------------------------------------------------------------
@@ -3287,7 +3290,7 @@ def test_hostile_unknown_attributes_of_an_image(tmp_path: pathlib.Path) -> None:
     np.testing.assert_array_equal(got["bg_data"]["data"], np.ones((4, 5), np.float32))
     assert sorted(got["meta"]) == ["flimage version", "pixel size", "qpimage version", "time"]
     assert got["meta"]["time"] == 1.5 and got["meta"]["pixel size"] == 2e-7
-    problems = fio._check_file(str(path))
+    problems = cli._check_file(str(path))
     assert len(problems) == 4, problems
     for key in HOSTILE_UNKNOWN:
         assert any(re.search(rf"old\.h5\b.*'{key}'.*no meta data key", p) for p in problems)
@@ -3327,7 +3330,7 @@ def test_hostile_unknown_attributes_of_a_series_warn_once(tmp_path: pathlib.Path
         lazy = fio.read_series(path, lazy=True)["images"]
         assert [image["meta"]["identifier"] for image in lazy] == [f"f{n}" for n in range(5)]
     assert len(hostile_unknown_warnings(record)) == 1
-    problems = fio._check_file(str(path))
+    problems = cli._check_file(str(path))
     assert len(problems) == 20, problems
     for key in HOSTILE_UNKNOWN:
         for n in range(5):
@@ -3367,7 +3370,7 @@ def test_hostile_odd_indexes_of_a_healthy_series(tmp_path: pathlib.Path) -> None
         with pytest.raises(kind, match=message) as caught:
             call()
         assert not isinstance(caught.value, fio.FormatError)
-    assert fio._check_file(str(path)) == []
+    assert cli._check_file(str(path)) == []
 
 
 # An FLImage written by h5py 3.16 / HDF5 2.0 with libver="latest": its chunked, filtered raw
@@ -3389,13 +3392,13 @@ def test_hostile_file_from_a_newer_hdf5(tmp_path: pathlib.Path) -> None:
         got = fio.read_image(path)
         np.testing.assert_array_equal(got["raw"], np.arange(12, dtype=np.float32).reshape(3, 4))
         assert got["meta"] == {"flimage version": "0.3.3", "qpimage version": "0.9.3"}
-        assert fio._check_file(str(path)) == []
+        assert cli._check_file(str(path)) == []
         return
     newer = rf"hdf5_2\.h5 needs a newer HDF5 than the installed {re.escape(h5py.version.hdf5_version)}"
     with pytest.raises(fio.FormatError, match=newer) as caught:
         fio.read_image(path)
     assert "damaged" not in str(caught.value)
-    problems = fio._check_file(str(path))
+    problems = cli._check_file(str(path))
     assert len(problems) == 1 and re.search(newer, problems[0]) and "damaged" not in problems[0], problems
 
 
@@ -3446,7 +3449,7 @@ def test_hostile_odd_hdf5_number_types_read_as_hdf5_converts_them(
     got = fio.read_image(path)["raw"]
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
-    assert fio._check_file(str(path)) == []
+    assert cli._check_file(str(path)) == []
 
 
 def test_hostile_member_names_that_are_not_utf8(tmp_path: pathlib.Path) -> None:
@@ -3461,7 +3464,7 @@ def test_hostile_member_names_that_are_not_utf8(tmp_path: pathlib.Path) -> None:
     for image, raw in zip(got["images"], raws):
         np.testing.assert_array_equal(image["raw"], raw)
     np.testing.assert_array_equal(fio.read_image(path, index=1)["raw"], raws[1])
-    problems = fio._check_file_guarded(str(path))
+    problems = cli._check_file_guarded(str(path))
     assert len(problems) == 1 and re.search(
         r"names\.h5 has the member .*notes.*not part of an FLSeries", problems[0]
     )
@@ -3469,7 +3472,7 @@ def test_hostile_member_names_that_are_not_utf8(tmp_path: pathlib.Path) -> None:
         h5.id.links.create_hard(b"fli_\xff", h5.id, b"fli_0")
     with pytest.raises(fio.FormatError, match=r"names\.h5 has the member .*fli_.*no valid series name"):
         fio.read_series(path)
-    problems = fio._check_file_guarded(str(path))
+    problems = cli._check_file_guarded(str(path))
     assert any(re.search(r"member .*fli_.*no valid series name", problem) for problem in problems), problems
     assert not any("crashed" in problem for problem in problems), problems
 
@@ -3491,7 +3494,7 @@ def test_hostile_fixed_length_identifiers(tmp_path: pathlib.Path) -> None:
     assert one["meta"]["identifier"] == "s-01" and type(one["meta"]["identifier"]) is str
     got = fio.read_series(path, ["s-02", 0])
     assert [image["meta"]["identifier"] for image in got["images"]] == ["s-02", "s-00"]
-    problems = fio._check_file(str(path))
+    problems = cli._check_file(str(path))
     assert len(problems) == 3, problems
     for n, problem in enumerate(problems):
         assert re.search(rf"fixed\.h5:/fli_{n} .*fixed-length", problem), problems
