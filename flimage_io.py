@@ -1227,9 +1227,7 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
 # 5. chunks: HDF5's filters and the ordered thread pipeline
 # ---------------------------------------------------------------------------
 
-_FILTER_DEFLATE = 1
-_FILTER_SHUFFLE = 2
-_FILTER_FLETCHER32 = 3
+_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter ids
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
 _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
 _FLETCHER_BLOCK = 1 << 20
@@ -1242,33 +1240,19 @@ def _zlib() -> ModuleType:
 
 
 def _fletcher32(data: bytes | memoryview) -> int:
-    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words.
-
-    The C code folds its sums modulo 65535 with end-around carry, so a sum is
-    0 only when every word is 0 and otherwise lies in 1..65535: that is
-    ``(s - 1) % 65535 + 1`` of the exact sum ``s``, computed here blockwise.
-    """
-    length = len(data)
-    words = np.frombuffer(data, dtype=">u2", count=length // 2)
-    sum1 = sum2 = 0
-    nonzero = False
-    for start in range(0, len(words), _FLETCHER_BLOCK):
-        block = words[start : start + _FLETCHER_BLOCK].astype(np.uint64)
-        size = len(block)
-        block_sum = int(block.sum())
+    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, computed blockwise. Its sums fold mod
+    65535 with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact ``s``."""
+    words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
+    blocks = [words[start : start + _FLETCHER_BLOCK] for start in range(0, len(words), _FLETCHER_BLOCK)]
+    if len(data) % 2:  # HDF5 takes an odd last byte as the high byte of one more word
+        blocks.append(np.array([data[-1] << 8]))
+    sum1 = sum2 = 0  # the exact sums, as Python ints
+    for block in blocks:
+        wide = block.astype(np.uint64)
         # each word is added to sum2 once for every word from it to the end
-        weighted = int(np.dot(block, _FLETCHER_WEIGHTS[_FLETCHER_BLOCK - size :]))
-        sum2 = (sum2 + size * sum1 + weighted) % 65535
-        sum1 = (sum1 + block_sum) % 65535
-        nonzero = nonzero or block_sum != 0
-    if length % 2:
-        last = data[-1] << 8
-        sum1 = (sum1 + last) % 65535
-        sum2 = (sum2 + sum1) % 65535
-        nonzero = nonzero or last != 0
-    if not nonzero:
-        return 0
-    return ((((sum2 - 1) % 65535) + 1) << 16) | (((sum1 - 1) % 65535) + 1)
+        sum2 += len(wide) * sum1 + int(np.dot(wide, _FLETCHER_WEIGHTS[_FLETCHER_BLOCK - len(wide) :]))
+        sum1 += int(wide.sum())
+    return ((sum2 - 1) % 65535 + 1) << 16 | ((sum1 - 1) % 65535 + 1) if sum1 else 0
 
 
 def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Options) -> bytes:
@@ -1279,9 +1263,8 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
     if options.compress:
         backend = _zlib()
         # level None: run-length deflate, on shuffled images faster and smaller than level 1
-        level, strategy = (
-            (1, backend.Z_RLE) if options.level is None else (options.level, backend.Z_DEFAULT_STRATEGY)
-        )
+        level = 1 if options.level is None else options.level
+        strategy = backend.Z_RLE if options.level is None else backend.Z_DEFAULT_STRATEGY
         encoder = backend.compressobj(level, backend.DEFLATED, 15, 8, strategy)
         stored = encoder.compress(data) + encoder.flush()
     else:
@@ -1290,43 +1273,34 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
 
 
 def _decode_chunk(
-    where: str, stored: bytes, mask: int, filters: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
+    where: str, stored: bytes, mask: int, codes: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
 ) -> None:
     """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image."""
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
-    shuffled = False
-    for position in reversed(range(len(filters))):
-        code = filters[position]
-        if mask & (1 << position):
-            # HDF5 skips only an optional filter that failed on a chunk; shuffle
-            # cannot fail and fletcher32 is mandatory, so such a mark means the
-            # (unchecksummed) chunk index is damaged.
-            if code != _FILTER_DEFLATE:
-                raise FormatError(
-                    f"{where}: a chunk is marked as stored without a filter that cannot be skipped"
-                )
-        elif code == _FILTER_FLETCHER32:
-            if len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != _fletcher32(
-                memoryview(data)[:-4]
-            ):
+    for position in reversed(range(len(codes))):
+        code, skipped = codes[position], mask & (1 << position)
+        # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
+        # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
+        if skipped and code != _FILTER_DEFLATE:
+            raise FormatError(f"{where}: a chunk is marked as stored without a filter that cannot be skipped")
+        if code == _FILTER_FLETCHER32:
+            data, checksum = memoryview(data)[:-4], bytes(data[-4:])
+            if checksum != _fletcher32(data).to_bytes(4, "little"):
                 raise FormatError(
                     f"{where}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
                 )
-            data = memoryview(data)[:-4]
-        elif code == _FILTER_DEFLATE:
+        elif code == _FILTER_DEFLATE and not skipped:
             try:
                 data = _zlib().decompress(data, 15, expected)
             except Exception as exc:  # zlib.error, or zlib-ng's own error class
                 raise FormatError(f"{where}: a chunk does not inflate ({exc}); the file is damaged") from None
-        else:
-            shuffled = dtype.itemsize > 1
     if len(data) != expected:
         raise FormatError(
             f"{where}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
         )
     rows, cols = out.shape
-    if not shuffled:
+    if _FILTER_SHUFFLE not in codes or dtype.itemsize == 1:
         out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
         return
     # unshuffle straight into the image: one strided copy per byte plane
@@ -1345,11 +1319,9 @@ _Tag = TypeVar("_Tag")
 
 
 def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> Iterator[tuple[Any, _Tag]]:
-    """Run each job's function on ``workers`` threads, a bounded window ahead of the
-    caller, and yield (result, tag) in the order of the jobs; cancel what is left on exit.
+    """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order.
 
-    The jobs iterable is advanced in the calling thread, so it may call h5py.
-    """
+    ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit."""
     if workers == 1:
         yield from ((function(), tag) for function, tag in jobs)
         return
@@ -1375,9 +1347,7 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
 # ---------------------------------------------------------------------------
 
 
-class _ChunkJob(NamedTuple):
-    """Where an encoded chunk goes: the image (on its first chunk), the dataset, the chunk."""
-
+class _ChunkJob(NamedTuple):  # where an encoded chunk goes
     image: _CheckedImage | None  # set on an image's first chunk: create its groups first
     name: str | None  # the image group's name; None: the target group itself
     key: str  # "raw", or a bg_data name when background is True
@@ -1400,32 +1370,10 @@ def _numbered(
             if seen is None:
                 seen = _identifiers(group, label, start)
             if identifier in seen:
-                raise ValueError(
-                    f"{what} has identifier {identifier!r}, already used by fli_{max(seen[identifier], 0)}"
-                )
+                used = f"fli_{max(seen[identifier], 0)}"
+                raise ValueError(f"{what} has identifier {identifier!r}, already used by {used}")
             seen[identifier] = start + offset
         yield f"fli_{start + offset}", checked
-
-
-def _chunk_jobs(
-    images: Iterable[tuple[str | None, _CheckedImage]], options: _Options
-) -> Iterator[tuple[Callable[[], bytes], _ChunkJob]]:
-    for name, image in images:
-        first: _CheckedImage | None = image
-        for key, array, background in [
-            ("raw", image.raw, False),
-            *((key, array, True) for key, array in image.bg_data.items()),
-        ]:
-            rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
-            for number, start in enumerate(range(0, array.shape[0], rows)):
-                block = array[start : start + rows]
-                if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
-                    block = np.concatenate(
-                        [block, np.zeros((rows - block.shape[0], array.shape[1]), array.dtype)]
-                    )
-                job = _ChunkJob(first, name, key, background, array, rows, number)
-                yield functools.partial(_encode_chunk, block, array.dtype, options), job
-                first = None
 
 
 def _store_images(
@@ -1436,10 +1384,29 @@ def _store_images(
 ) -> None:
     """Encode chunks on the workers while this thread, the only one calling h5py,
     creates the groups and datasets and stores finished chunks in order."""
+
+    def encode_jobs() -> Iterator[tuple[Callable[[], bytes], _ChunkJob]]:
+        for name, image in images:
+            first: _CheckedImage | None = image
+            for index, (key, array) in enumerate([("raw", image.raw), *image.bg_data.items()]):
+                rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
+                for number, start in enumerate(range(0, array.shape[0], rows)):
+                    block = array[start : start + rows]
+                    if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
+                        padding = np.zeros((rows - len(block), array.shape[1]), array.dtype)
+                        block = np.concatenate([block, padding])
+                    job = _ChunkJob(first, name, key, index > 0, array, rows, number)  # index 0: raw
+                    yield functools.partial(_encode_chunk, block, array.dtype, options), job
+                    first = None
+
+    # the filters HDF5 records for each dataset: readers decode with them, we encode ourselves
+    filters: dict[str, Any] = {"shuffle": options.shuffle, "fletcher32": True}
+    if options.compress:
+        filters.update(compression="gzip", compression_opts=options.level or 1)
     fluorescence: Any = None
     background: Any = None
     dataset: Any = None
-    for stored, job in _in_order(options.workers, _chunk_jobs(images, options)):
+    for stored, job in _in_order(options.workers, encode_jobs()):
         if job.image is not None:
             image_group = group if job.name is None else group.create_group(job.name)
             for key, value in job.image.meta.items():
@@ -1447,16 +1414,9 @@ def _store_images(
             fluorescence = image_group.create_group("fluorescence")
             background = fluorescence.create_group("bg_data")
         if job.number == 0:
-            dataset = (background if job.background else fluorescence).create_dataset(
-                job.key,
-                shape=job.array.shape,
-                dtype=job.array.dtype,
-                chunks=(job.rows, job.array.shape[1]),
-                compression="gzip" if options.compress else None,
-                compression_opts=(options.level or 1) if options.compress else None,
-                shuffle=options.shuffle,
-                fletcher32=True,
-            )
+            parent = background if job.background else fluorescence
+            shape, chunks = job.array.shape, (job.rows, job.array.shape[1])
+            dataset = parent.create_dataset(job.key, shape, job.array.dtype, chunks=chunks, **filters)
             # HDFView shows the dataset as a grayscale image
             dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
             dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
@@ -1494,43 +1454,34 @@ def _load_images(
 ) -> Iterator[Image]:
     """Read images (None: ``group`` itself) in order; chunks decode on the workers
     while this thread reads the next stored chunks and meta data."""
-    for _, image in _in_order(workers, _decode_jobs(group, label, names, unknown, problems)):
+
+    def decode_jobs() -> Iterator[tuple[Callable[[], None], Image | None]]:
+        for name in names:
+            image_group = group if name is None else _child(group, name, label, h5py.Group)
+            meta = _read_meta(image_group, label, unknown, problems)
+            fluorescence = _child(image_group, "fluorescence", label, h5py.Group)
+            raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
+            raw, jobs = _dataset_jobs(raw_node, label, None)
+            bg_data: dict[str, npt.NDArray[Any]] = {}
+            background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
+            for key in [] if background is None else _names(background):
+                node = _child(background, key, label, h5py.Dataset)
+                bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
+                jobs += more
+            jobs = jobs or [_nothing]  # the image is done when its last job is
+            yield from ((job, None) for job in jobs[:-1])
+            yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
+
+    for _, image in _in_order(workers, decode_jobs()):
         if image is not None:
             yield image
-
-
-def _decode_jobs(
-    group: Any,
-    label: str,
-    names: Iterable[str | None],
-    unknown: list[tuple[str, str]],
-    problems: list[str] | None,
-) -> Iterator[tuple[Callable[[], None], Image | None]]:
-    for name in names:
-        image_group = group if name is None else _child(group, name, label, h5py.Group)
-        meta = _read_meta(image_group, label, unknown, problems)
-        fluorescence = _child(image_group, "fluorescence", label, h5py.Group)
-        raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
-        raw, jobs = _dataset_jobs(raw_node, label, None)
-        bg_data: dict[str, npt.NDArray[Any]] = {}
-        background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
-        for key in [] if background is None else _names(background):
-            node = _child(background, key, label, h5py.Dataset)
-            bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
-            jobs += more
-        jobs = jobs or [_nothing]  # the image is done when its last job is
-        yield from ((job, None) for job in jobs[:-1])
-        yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
 
 
 def _dataset_jobs(
     dataset: Any, label: str, shape: tuple[int, ...] | None
 ) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
     """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it).
-
-    Storage that was never written, or that lies outside the file, is an error
-    here: the layout's writers store every chunk, and a fill value is no data.
-    """
+    Storage never written or outside the file is an error: our writers store every chunk; fill is no data."""
     where = _at(label, dataset)
     dtype = dataset.dtype
     if not _storable(dtype):
@@ -1619,12 +1570,8 @@ class _LazyImage(Mapping[str, Any]):
 
 
 class _LazyImages(Sequence[Image]):
-    """The images of a series, read on access; no file stays open between accesses.
-
-    Meta data are read a block at a time; pixels are read for one image, or,
-    while the images are visited in order, for the next few together on the
-    worker threads, so memory stays bounded for a series of any length.
-    """
+    """The images of a series, read on access; no file stays open between accesses. Meta data are read
+    a block at a time; pixels for one image, or for the next few while visited in order (bounded memory)."""
 
     _META_BLOCK = 256
 
@@ -1633,20 +1580,13 @@ class _LazyImages(Sequence[Image]):
         self._source = source if not _is_path(source) else os.path.abspath(os.fspath(source))
         self._positions = list(positions)
         self._workers = workers
-        self._setup()
-
-    def _setup(self) -> None:
         self._lock = threading.Lock()
         self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
         self._ahead: dict[int, Image] = {}
         self._last = -2
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_source": self._source, "_positions": self._positions, "_workers": self._workers}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._setup()
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled without the lock and what was read
+        return _LazyImages, (self._source, self._positions, self._workers)
 
     def __len__(self) -> int:
         return len(self._positions)
