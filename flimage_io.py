@@ -1,15 +1,10 @@
 """Read and write FLImage / FLSeries HDF5 files with nothing but h5py and numpy.
 
-The layout is the one of the ``flimage`` package: files written here open in ``flimage``, and
-every file ``flimage`` wrote opens here with the same numbers. Data in, data out: an image is ::
-
-    {"raw": ndarray, "bg_data": {"data": ndarray}, "meta": {"pixel size": 1.4e-7}}
-
-and a series is ``{"identifier": str | None, "images": [image, ...]}``. The dict that
-:func:`read_image` returns is the dict :func:`write_image` takes; the same for series.
-
-Copy ``flimage_io.py`` into a project as is. Deflate uses the optional ``zlib-ng`` package when
-it is installed, otherwise the standard library's ``zlib``; both write standard deflate streams.
+Files written here open in ``flimage``, and every file ``flimage`` wrote opens here with the same
+numbers. An image is ``{"raw": ndarray, "bg_data": {"data": ndarray}, "meta": {"time": 1.5}}``, a
+series ``{"identifier": str | None, "images": [image, ...]}``: what the readers return, the writers
+take. Copy this file into a project as is; deflate uses ``zlib-ng`` when installed, else ``zlib``.
+The command line (``python -m flimage_io``) is in ``flimage_io_cli.py`` beside this file.
 
 Sections, in order:
 1. Public API: the types, the errors and the four functions.
@@ -19,9 +14,6 @@ Sections, in order:
 5. Chunks: HDF5's shuffle, deflate and fletcher32 filters, and the ordered thread pipeline.
 6. Storing and loading: images to and from HDF5 groups through that pipeline.
 7. Lazy series: a sequence of images that reads on access.
-
-The command line (``python -m flimage_io``: demo, check, info, preview) is in
-``flimage_io_cli.py`` beside this file; a vendored copy needs it only for that.
 """
 
 from __future__ import annotations
@@ -66,7 +58,7 @@ __all__ = ["META_KEYS", "NUMBER_KEYS", "SEQUENCE_KEYS", "TEXT_KEYS", "FormatErro
 __all__ += ["ImageNotFoundError", "MetaValue", "Series", "Target", "UnknownMetaWarning"]
 __all__ += ["read_image", "read_series", "write_image", "write_series"]
 
-# 1. public API ------------------------------------------------------------------------------------------
+# 1. public API ----------------------------------------------------------------------------------------------
 
 #: Meta data keys that hold real numbers (stored as float64), with their unit.
 NUMBER_KEYS: dict[str, str] = {"pixel size": "m", "time": "s", "angle": "rad", "focus": "m"}
@@ -587,9 +579,7 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
     return chosen
 
 
-# ---------------------------------------------------------------------------
-# 3. opening: one way in, one way out
-# ---------------------------------------------------------------------------
+# 3. opening: one way in, one way out ------------------------------------------------------------------------
 
 # The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
 # reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a file
@@ -912,9 +902,8 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
     """Refuse what would only fail at the end (write protection, the final rename)."""
     directory = os.path.dirname(real)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            errno.ENOENT, f"cannot write {shown}: the directory {directory} does not exist"
-        )
+        message = f"cannot write {shown}: the directory {directory} does not exist"
+        raise FileNotFoundError(errno.ENOENT, message)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"cannot write {shown}: {directory} is not writable")
     if info is None:
@@ -924,9 +913,8 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
         raise PermissionError(errno.EACCES, f"{shown} is write-protected ({mode}): make it writable first")
     folder = os.stat(directory)
     if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
-        raise PermissionError(
-            errno.EPERM, f"cannot replace {shown}: another user's file in a sticky directory"
-        )
+        message = f"cannot replace {shown}: another user's file in a sticky directory"
+        raise PermissionError(errno.EPERM, message)
 
 
 @contextlib.contextmanager
@@ -1016,9 +1004,7 @@ def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
         raise ValueError(f"{label} already holds {found}; write {what} into a new, empty group or a path")
 
 
-# ---------------------------------------------------------------------------
-# 4. layout
-# ---------------------------------------------------------------------------
+# 4. layout --------------------------------------------------------------------------------------------------
 
 _SERIES_NAME = re.compile(r"fli_(0|[1-9][0-9]*)\Z")
 
@@ -1188,24 +1174,20 @@ def _read_meta(
             elif key in TEXT_KEYS:
                 meta[key] = _text_attr(group, key, label)
             else:
-                meta[key] = _number_attr(group, key, label)
+                value, where = np.asarray(group.attrs[key]), f"{_at(label, group)} attribute {key!r}"
+                if value.dtype.kind not in "iuf":
+                    raise FormatError(f"{where} must hold numbers, but holds {value.dtype}")
+                if key in SEQUENCE_KEYS:
+                    meta[key] = tuple(float(v) for v in value.ravel())
+                elif value.size != 1 or value.ndim > 1:
+                    raise FormatError(f"{where} must be one number, but has shape {value.shape}")
+                else:
+                    meta[key] = float(value.reshape(()))
         except FormatError as exc:
             if problems is None:
                 raise
             problems.append(str(exc))
     return meta
-
-
-def _number_attr(group: Any, key: str, label: str) -> float | tuple[float, ...]:
-    value = np.asarray(group.attrs[key])
-    where = f"{_at(label, group)} attribute {key!r}"
-    if value.dtype.kind not in "iuf":
-        raise FormatError(f"{where} must hold numbers, but holds {value.dtype}")
-    if key in SEQUENCE_KEYS:
-        return tuple(float(v) for v in value.ravel())
-    if value.size != 1 or value.ndim > 1:
-        raise FormatError(f"{where} must be one number, but has shape {value.shape}")
-    return float(value.reshape(()))
 
 
 def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
@@ -1223,9 +1205,7 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
     warnings.warn(UnknownMetaWarning(message), stacklevel=3)
 
 
-# ---------------------------------------------------------------------------
-# 5. chunks: HDF5's filters and the ordered thread pipeline
-# ---------------------------------------------------------------------------
+# 5. chunks: HDF5's filters and the ordered thread pipeline --------------------------------------------------
 
 _FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter ids
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
@@ -1342,9 +1322,7 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
                 future.cancel()
 
 
-# ---------------------------------------------------------------------------
-# 6. storing and loading images
-# ---------------------------------------------------------------------------
+# 6. storing and loading images ------------------------------------------------------------------------------
 
 
 class _ChunkJob(NamedTuple):  # where an encoded chunk goes
@@ -1538,9 +1516,7 @@ def _dataset_jobs(
     return out, []
 
 
-# ---------------------------------------------------------------------------
-# 7. lazy series
-# ---------------------------------------------------------------------------
+# 7. lazy series ---------------------------------------------------------------------------------------------
 
 
 class _LazyImage(Mapping[str, Any]):
