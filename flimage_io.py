@@ -787,8 +787,7 @@ class _HeldWrites:
             self._hold(self._position, view[:split])
         try:
             if split < len(view) and self.error is None:
-                self._handle.seek(self._position + split)
-                _write_all(self._handle, view[split:])
+                self._write_at(self._position + split, view[split:])
         except OSError as exc:
             self.error = exc
         if split < len(view) and self.error is not None:
@@ -817,8 +816,7 @@ class _HeldWrites:
         self.check()
         self._sync()
         for offset, data in self._held.items():
-            self._handle.seek(offset)
-            _write_all(self._handle, data)
+            self._write_at(offset, data)
         self._sync()
 
     def rollback(self) -> None:
@@ -827,22 +825,22 @@ class _HeldWrites:
         self._sync()
         self.closed = True  # a late flush by HDF5 (at exit) must change nothing
 
+    def _write_at(self, offset: int, data: Any) -> None:
+        """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
+        self._handle.seek(offset)
+        view = memoryview(data).cast("B")
+        while view:
+            count = self._handle.write(view)
+            if not count:  # None: a non-blocking file that would block
+                raise OSError(errno.EIO, "the file took no bytes")
+            view = view[count:]
+
     def _sync(self) -> None:
         self._handle.flush()
         if self._outer is not self._handle:
             self._outer.seek(0, os.SEEK_END)  # forget what the buffered object read before
         with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
             os.fsync(self._handle.fileno())
-
-
-def _write_all(handle: Any, data: Any) -> None:
-    """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
-    view = memoryview(data).cast("B")
-    while view:
-        count = handle.write(view)
-        if not count:  # None: a non-blocking file that would block
-            raise OSError(errno.EIO, "the file took no bytes")
-        view = view[count:]
 
 
 @contextlib.contextmanager
@@ -867,8 +865,19 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
     elif _is_path(h5file):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
-        with _append_path(shown, real) if append else _replace_path(shown, real, info) as (opened, check):
-            yield opened, shown, check
+        if not append:
+            with _replace_path(shown, real, info) as (opened, check):
+                yield opened, shown, check
+            return
+        handle, created = _lock(shown, real, exclusive=True, create=True)
+        with handle:
+            try:
+                with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as (opened, check):
+                    yield opened, shown, check
+            except BaseException:
+                if created and handle.seek(0, os.SEEK_END) == 0:
+                    os.unlink(real)  # ours and still locked: nobody else wrote to it
+                raise
     else:
         label = _fileobj_label(h5file, write=True, read=append)
         size = h5file.seek(0, os.SEEK_END)
@@ -915,19 +924,6 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
     if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
         message = f"cannot replace {shown}: another user's file in a sticky directory"
         raise PermissionError(errno.EPERM, message)
-
-
-@contextlib.contextmanager
-def _append_path(shown: str, real: str) -> Iterator[Any]:
-    handle, created = _lock(shown, real, exclusive=True, create=True)
-    with handle:
-        try:
-            with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as opened:
-                yield opened
-        except BaseException:
-            if created and handle.seek(0, os.SEEK_END) == 0:
-                os.unlink(real)  # ours and still locked: nobody else wrote to it
-            raise
 
 
 @contextlib.contextmanager
@@ -1325,16 +1321,6 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
 # 6. storing and loading images ------------------------------------------------------------------------------
 
 
-class _ChunkJob(NamedTuple):  # where an encoded chunk goes
-    image: _CheckedImage | None  # set on an image's first chunk: create its groups first
-    name: str | None  # the image group's name; None: the target group itself
-    key: str  # "raw", or a bg_data name when background is True
-    background: bool
-    array: npt.NDArray[Any]
-    rows: int  # rows per chunk
-    number: int  # the chunk's number within the dataset
-
-
 def _numbered(
     group: Any, label: str, start: int, first: list[_CheckedImage], images: Iterator[Any], options: _Options
 ) -> Iterator[tuple[str, _CheckedImage]]:
@@ -1360,46 +1346,40 @@ def _store_images(
     options: _Options,
     check: Callable[[], None],
 ) -> None:
-    """Encode chunks on the workers while this thread, the only one calling h5py,
-    creates the groups and datasets and stores finished chunks in order."""
-
-    def encode_jobs() -> Iterator[tuple[Callable[[], bytes], _ChunkJob]]:
-        for name, image in images:
-            first: _CheckedImage | None = image
-            for index, (key, array) in enumerate([("raw", image.raw), *image.bg_data.items()]):
-                rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
-                for number, start in enumerate(range(0, array.shape[0], rows)):
-                    block = array[start : start + rows]
-                    if block.shape[0] < rows:  # HDF5 stores edge chunks at full size
-                        padding = np.zeros((rows - len(block), array.shape[1]), array.dtype)
-                        block = np.concatenate([block, padding])
-                    job = _ChunkJob(first, name, key, index > 0, array, rows, number)  # index 0: raw
-                    yield functools.partial(_encode_chunk, block, array.dtype, options), job
-                    first = None
-
+    """Encode chunks on the workers while this thread, the only one calling h5py, creates the groups
+    and datasets (a few chunks ahead) and stores the finished chunks in order."""
     # the filters HDF5 records for each dataset: readers decode with them, we encode ourselves
     filters: dict[str, Any] = {"shuffle": options.shuffle, "fletcher32": True}
     if options.compress:
         filters.update(compression="gzip", compression_opts=options.level or 1)
-    fluorescence: Any = None
-    background: Any = None
-    dataset: Any = None
-    for stored, job in _in_order(options.workers, encode_jobs()):
-        if job.image is not None:
-            image_group = group if job.name is None else group.create_group(job.name)
-            for key, value in job.image.meta.items():
+
+    def encode_jobs() -> Iterator[tuple[Callable[[], bytes], tuple[Any, int]]]:
+        for name, image in images:
+            image_group = group if name is None else group.create_group(name)
+            for key, value in image.meta.items():
                 image_group.attrs[key] = value
             fluorescence = image_group.create_group("fluorescence")
             background = fluorescence.create_group("bg_data")
-        if job.number == 0:
-            parent = background if job.background else fluorescence
-            shape, chunks = job.array.shape, (job.rows, job.array.shape[1])
-            dataset = parent.create_dataset(job.key, shape, job.array.dtype, chunks=chunks, **filters)
-            # HDFView shows the dataset as a grayscale image
-            dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
-            dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
-            dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
-        dataset.id.write_direct_chunk((job.number * job.rows, 0), stored, 0)
+            for parent, key, array in [
+                (fluorescence, "raw", image.raw),
+                *((background, key, array) for key, array in image.bg_data.items()),
+            ]:
+                rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
+                chunks = (rows, array.shape[1])
+                dataset = parent.create_dataset(key, array.shape, array.dtype, chunks=chunks, **filters)
+                # HDFView shows the dataset as a grayscale image
+                dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
+                dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
+                dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
+                for start in range(0, array.shape[0], rows):
+                    block = array[start : start + rows]
+                    if len(block) < rows:  # HDF5 stores edge chunks at full size
+                        padding = np.zeros((rows - len(block), array.shape[1]), array.dtype)
+                        block = np.concatenate([block, padding])
+                    yield functools.partial(_encode_chunk, block, array.dtype, options), (dataset, start)
+
+    for stored, (dataset, start) in _in_order(options.workers, encode_jobs()):
+        dataset.id.write_direct_chunk((start, 0), stored, 0)
         check()  # a full disk stops the stream here
 
 
@@ -1411,10 +1391,8 @@ def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
     if identifier is not None and "identifier" in group.attrs:
         existing = _text_attr(group, "identifier", label)
         if existing != identifier:
-            raise ValueError(
-                f"series['identifier'] is {identifier!r}, but the series in {label} is {existing!r}; "
-                "pass None to keep it"
-            )
+            other = f"the series in {label} is {existing!r}"
+            raise ValueError(f"series['identifier'] is {identifier!r}, but {other}; pass None to keep it")
     return count
 
 
