@@ -643,9 +643,8 @@ def _in_use(shown: str) -> BlockingIOError:
 
 
 def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tuple[IO[bytes], bool]:
-    """Open ``real`` under our advisory lock: (handle, whether this call created the file).
-    Readers share it, writers hold it alone, whether HDF5's own locking is on or not; a file
-    replaced while we waited is locked anew. After _LOCK_WAIT seconds: BlockingIOError."""
+    """Open ``real`` under our advisory lock (readers share it, writers hold it alone, whatever HDF5's own
+    locking does): (handle, whether this call created the file). BlockingIOError after _LOCK_WAIT s."""
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
@@ -977,9 +976,7 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
         return
     prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]
     with contextlib.suppress(OSError):
-        for name in os.listdir(directory):
-            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
-                continue
+        for name in [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]:
             path = os.path.join(directory, name)
             with contextlib.suppress(OSError), open(path, "rb") as handle:
                 _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
@@ -1033,11 +1030,8 @@ def _layout_of(group: Any, label: str) -> str:
 
 
 def _child(group: Any, name: str, label: str, kind: type, *, required: bool = True) -> Any:
-    """The member ``name`` of the given kind, or None when it is missing and not required.
-
-    Links to other files are refused: a file must not make the reader open others.
-    Unlike ``group.get``, this lets a damaged member raise.
-    """
+    """The member ``name`` of the given kind, or None when it is missing and not required; unlike
+    ``group.get``, a damaged member raises, and a link to another file is refused."""
     link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
     member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind) or (link is None and not required):
@@ -1295,8 +1289,7 @@ _Tag = TypeVar("_Tag")
 
 
 def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> Iterator[tuple[Any, _Tag]]:
-    """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order.
-
+    """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order;
     ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit."""
     if workers == 1:
         yield from ((function(), tag) for function, tag in jobs)
