@@ -274,7 +274,9 @@ def write_series(
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {type(append).__name__}")
     identifier, images = _check_series(series)
-    if _is_path(h5file):  # what would fail at the end fails before the generator is advanced
+    if isinstance(
+        h5file, (str, os.PathLike)
+    ):  # what would fail at the end fails before the generator is advanced
         _check_writable(*_real_path(h5file, write=True), append=append)
     elif not isinstance(h5file, h5py.Group):
         _fileobj_label(h5file, write=True, read=append)
@@ -595,10 +597,6 @@ except ImportError:  # pragma: no cover - not POSIX: no advisory locks
     _fcntl = None  # type: ignore[assignment]
 
 
-def _is_path(h5file: Any) -> bool:
-    return isinstance(h5file, (str, os.PathLike))
-
-
 def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     """The name of a file object HDF5 can use; others are refused before any byte moves."""
     if not all(hasattr(handle, name) for name in ("read", "seek", "tell")):
@@ -702,11 +700,9 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
     except (OSError, RuntimeError, ValueError) as exc:
         if "unable to lock file" in str(exc):
             raise _in_use(shown) from None
-        damaged = (
-            f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
-            if mode == "r+"
-            else f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
-        )
+        damaged = f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
+        if mode == "r+":
+            damaged = f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
         raise FormatError(_too_new(shown, str(exc)) or damaged) from None
 
 
@@ -719,7 +715,7 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
             group, label = h5file, _at(h5file.file.filename, h5file)
-        elif _is_path(h5file):
+        elif isinstance(h5file, (str, os.PathLike)):
             label, real, _ = _real_path(h5file, write=False)
             stack.enter_context(_lock(label, real, exclusive=False)[0])
             group = stack.enter_context(_h5_open(real, "r", label))
@@ -861,7 +857,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
             for name in set(h5file.attrs) - attributes:
                 del h5file.attrs[name]
             raise
-    elif _is_path(h5file):
+    elif isinstance(h5file, (str, os.PathLike)):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
         if not append:
@@ -1524,7 +1520,7 @@ class _LazyImages(Sequence[Image]):
 
     def __init__(self, source: Any, positions: Sequence[int], workers: int) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
-        self._source = source if not _is_path(source) else os.path.abspath(os.fspath(source))
+        self._source = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else source
         self._positions = list(positions)
         self._workers = workers
         self._lock = threading.Lock()
