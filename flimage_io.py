@@ -4,7 +4,8 @@ Files written here open in ``flimage``, and every file ``flimage`` wrote opens h
 numbers. An image is ``{"raw": ndarray, "bg_data": {"data": ndarray}, "meta": {"time": 1.5}}``, a
 series ``{"identifier": str | None, "images": [image, ...]}``: what the readers return, the writers
 take. Copy this file into a project as is; deflate uses ``zlib-ng`` when installed, else ``zlib``.
-The command line (``python -m flimage_io``) is in ``flimage_io_cli.py`` beside this file.
+The command line (``python -m flimage_io``) is in ``flimage_io_cli.py`` beside this file; it
+reads through this module's private helpers, so keep their signatures in step.
 
 Sections, in order:
 1. Public API: the types, the errors and the four functions.
@@ -25,6 +26,7 @@ import datetime
 import difflib
 import errno
 import functools
+import importlib
 import io
 import itertools
 import math
@@ -274,9 +276,8 @@ def write_series(
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {type(append).__name__}")
     identifier, images = _check_series(series)
-    if isinstance(
-        h5file, (str, os.PathLike)
-    ):  # what would fail at the end fails before the generator is advanced
+    # what would fail at the end fails before the generator is advanced
+    if isinstance(h5file, (str, os.PathLike)):
         _check_writable(*_real_path(h5file, write=True), append=append)
     elif not isinstance(h5file, h5py.Group):
         _fileobj_label(h5file, write=True, read=append)
@@ -541,8 +542,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
             bg_data[name] = _check_array(array, storage, f"{what}['bg_data'][{name!r}]", raw.shape)
     elif bg_value is not None:
         bg_data["data"] = _check_array(bg_value, storage, f"{what}['bg_data']", raw.shape)
-    meta = _check_meta(image.get("meta"), f"{what}['meta']")
-    return _CheckedImage(raw, bg_data, meta)
+    return _CheckedImage(raw, bg_data, _check_meta(image.get("meta"), f"{what}['meta']"))
 
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
@@ -725,7 +725,8 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
         try:
             yield group, label
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            tb, module = exc.__traceback__, ""  # only what h5py raised reports the file's bytes
+            # only an error raised inside h5py (the last frame of its traceback) reports the file's bytes
+            tb, module = exc.__traceback__, ""
             while tb is not None:
                 module, tb = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_next
             if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or module[:4] != "h5py":
@@ -742,8 +743,9 @@ class _HeldWrites:
     A full disk or a kill -9 before the commit leaves the old file as it was."""
 
     def __init__(self, handle: Any, old_size: int) -> None:
-        handle.flush()  # what the caller buffered goes first; then bypass the buffer, which a
-        self._outer, self._handle = handle, getattr(handle, "raw", handle)  # rollback can't empty
+        # what the caller buffered goes first; then we bypass the buffer, which a rollback cannot empty
+        handle.flush()
+        self._outer, self._handle = handle, getattr(handle, "raw", handle)
         self._old_size, self._position = old_size, 0
         self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
@@ -850,7 +852,7 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
             raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
         members, attributes = set(h5file), set(h5file.attrs)
         try:
-            yield h5file, label, _nothing
+            yield h5file, label, lambda: None
         except BaseException:
             for name in set(h5file) - members:
                 del h5file[name]
@@ -970,7 +972,7 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
     (a live writer holds its lock); other files are never touched."""
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
-    prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]
+    prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]  # without the 8 random hex digits
     with contextlib.suppress(OSError):
         for name in [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]:
             path = os.path.join(directory, name)
@@ -1032,7 +1034,7 @@ def _child(group: Any, name: str, label: str, kind: type, *, required: bool = Tr
     member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind) or (link is None and not required):
         return member
-    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # only for errors: it costs
+    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # built only for an error
     if link is None:
         raise FormatError(f"{where} is missing")
     if member is None:
@@ -1044,14 +1046,12 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
     found: list[int] = []
     problems: list[str] = []
-    for name in (name for name in _names(group) if name.startswith("fli_")):
-        match = _SERIES_NAME.match(name)
-        if match is None:
-            problems.append(
-                f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
-            )
-        else:
-            found.append(int(match.group(1)))
+    for name in _names(group):
+        if _SERIES_NAME.match(name):
+            found.append(int(name[4:]))
+        elif name.startswith("fli_"):
+            invalid = f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+            problems.append(invalid)
     found.sort()
     # the first ten absent numbers, in memory and time in proportion to the members, not to the largest
     gaps = (number for low, high in zip([-1, *found], found) for number in range(low + 1, high))
@@ -1066,7 +1066,8 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
 
 
 def _series_length(group: Any, label: str) -> int:
-    """Length of a series, without listing the members when the count of links proves it."""
+    """Length of a series; without listing the members when the count of links fits 'fli_0' ..
+    'fli_{n-1}' (a gap hidden by a stray member then fails when the missing image is read)."""
     count = len(group)
     if count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group:
         return count
@@ -1151,7 +1152,7 @@ def _read_meta(
     group: Any, label: str, unknown: list[tuple[str, str]], problems: list[str] | None = None
 ) -> dict[str, MetaValue]:
     """The meta data of an image; attributes beyond the 16 keys go to ``unknown``, and a bad value
-    raises FormatError, or with ``problems`` (for check) is listed there."""
+    raises FormatError, or with ``problems`` (for the ``check`` command) is listed there."""
     meta: dict[str, MetaValue] = {}
     for key in group.attrs:
         try:
@@ -1188,7 +1189,10 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
         for key, where in places.items()
     ]
     message = "left out attributes that are no meta data keys of the layout: " + "; ".join(parts)
-    warnings.warn(UnknownMetaWarning(message), stacklevel=3)
+    level, frame = 2, sys._getframe(1)
+    while frame.f_code.co_filename == __file__ and frame.f_back:  # point at the caller's line
+        level, frame = level + 1, frame.f_back
+    warnings.warn(UnknownMetaWarning(message), stacklevel=level)
 
 
 # 5. chunks: HDF5's filters and the ordered thread pipeline --------------------------------------------------
@@ -1229,9 +1233,8 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
     if options.compress:
         backend = _zlib()
         # level None: run-length deflate, on shuffled images faster and smaller than level 1
-        level = 1 if options.level is None else options.level
         strategy = backend.Z_RLE if options.level is None else backend.Z_DEFAULT_STRATEGY
-        encoder = backend.compressobj(level, backend.DEFLATED, 15, 8, strategy)
+        encoder = backend.compressobj(options.level or 1, backend.DEFLATED, 15, 8, strategy)
         stored = encoder.compress(data) + encoder.flush()
     else:
         stored = data.tobytes()
@@ -1271,7 +1274,8 @@ def _decode_chunk(
         return
     # unshuffle straight into the image: one strided copy per byte plane
     planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
-    whole = out if out.flags.c_contiguous else np.empty_like(out)  # numpy < 1.23 views only those
+    # numpy < 1.23 can view only a contiguous array as bytes: a strided part goes through a copy
+    whole = out if out.flags.c_contiguous else np.empty_like(out)
     target = whole.view(np.uint8)
     swap = dtype.byteorder == (">" if sys.byteorder == "little" else "<")  # stored in the other order
     for byte in range(dtype.itemsize):
@@ -1297,11 +1301,11 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
                 pending.append((pool.submit(function), tag))
                 time.sleep(0)  # lets a worker that waits for the GIL take it now, not in 5 ms
                 while len(pending) > 2 * workers or (pending and pending[0][0].done()):
-                    future, done = pending.popleft()
-                    yield future.result(), done
+                    future, tag = pending.popleft()
+                    yield future.result(), tag
             while pending:
-                future, done = pending.popleft()
-                yield future.result(), done
+                future, tag = pending.popleft()
+                yield future.result(), tag
         finally:
             for future, _ in pending:
                 future.cancel()
@@ -1323,7 +1327,7 @@ def _numbered(
             if seen is None:
                 seen = _identifiers(group, label, start)
             if identifier in seen:
-                used = f"fli_{max(seen[identifier], 0)}"
+                used = f"fli_{seen[identifier]}" if seen[identifier] >= 0 else "several images"
                 raise ValueError(f"{what} has identifier {identifier!r}, already used by {used}")
             seen[identifier] = start + offset
         yield f"fli_{start + offset}", checked
@@ -1385,10 +1389,6 @@ def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
     return count
 
 
-def _nothing() -> None:
-    return None
-
-
 def _load_images(
     group: Any,
     label: str,
@@ -1413,7 +1413,7 @@ def _load_images(
                 node = _child(background, key, label, h5py.Dataset)
                 bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
                 jobs += more
-            jobs = jobs or [_nothing]  # the image is done when its last job is
+            jobs = jobs or [lambda: None]  # the image is done when its last job is
             yield from ((job, None) for job in jobs[:-1])
             yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
 
@@ -1427,8 +1427,7 @@ def _dataset_jobs(
 ) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
     """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it).
     Storage never written or outside the file is an error: our writers store every chunk; fill is no data."""
-    where = _at(label, dataset)
-    dtype = dataset.dtype
+    where, dtype = _at(label, dataset), dataset.dtype
     if not _storable(dtype):
         raise FormatError(f"{where} must hold real numbers or bools, but has dtype {dtype}")
     if shape is None and (dataset.ndim != 2 or dataset.size == 0):
@@ -1521,8 +1520,7 @@ class _LazyImages(Sequence[Image]):
     def __init__(self, source: Any, positions: Sequence[int], workers: int) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
         self._source = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else source
-        self._positions = list(positions)
-        self._workers = workers
+        self._positions, self._workers = list(positions), workers
         self._lock = threading.Lock()
         self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
         self._ahead: dict[int, Image] = {}
@@ -1533,6 +1531,9 @@ class _LazyImages(Sequence[Image]):
 
     def __len__(self) -> int:
         return len(self._positions)
+
+    def __iter__(self) -> Iterator[Image]:  # no frame of ours between the caller and a warning
+        return map(self.__getitem__, range(len(self)))
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
@@ -1550,12 +1551,12 @@ class _LazyImages(Sequence[Image]):
             if self._meta[0] != block:
                 low = block * self._META_BLOCK
                 try:
-                    self._meta = (block, self._read_meta(self._positions[low : low + self._META_BLOCK]))
+                    self._meta = (block, self._read_metas(self._positions[low : low + self._META_BLOCK]))
                 except FormatError:  # a damaged image in the block: read only this one
-                    return self._read_meta([self._positions[slot]])[0]
+                    return self._read_metas([self._positions[slot]])[0]
             return dict(self._meta[1][slot % self._META_BLOCK])
 
-    def _read_meta(self, positions: Sequence[int]) -> list[dict[str, MetaValue]]:
+    def _read_metas(self, positions: Sequence[int]) -> list[dict[str, MetaValue]]:
         unknown: list[tuple[str, str]] = []
         with _open_read(self._source) as (group, label):
             metas = [
@@ -1586,8 +1587,6 @@ class _LazyImages(Sequence[Image]):
 
 
 if __name__ == "__main__":  # the command line lives beside this file, in flimage_io_cli.py
-    import importlib
-
     name = f"{__spec__.parent}.flimage_io_cli" if __spec__ and __spec__.parent else "flimage_io_cli"
     try:
         command_line = importlib.import_module(name)

@@ -18,7 +18,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -32,7 +32,7 @@ else:  # the library beside this file: installed, or vendored inside a package
 __all__ = ["main"]
 
 
-# 3x5 font: one octal digit per row (top to bottom), bit 4 = left column. Small enough to review by eye;
+# 3x5 font: one octal digit per row (top to bottom), its value 4 = left column. Small enough to review by eye;
 # legibility at larger tiles comes from integer scaling of the labels, not from a bigger font.
 _CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ .-_:=/#()+,?"
 _CODES = (
@@ -192,13 +192,13 @@ def _check_series_group(group: Any, label: str, problems: list[str], progress: b
     numbers, numbering = fio._scan_series(group, label)
     problems += numbering
     owners: dict[str, list[str]] = {}
-    shown = time.monotonic()
+    last_progress = time.monotonic()
     for count, number in enumerate(numbers, 1):
         identifier = _check_one_image(group, label, problems, f"fli_{number}")
         if identifier is not None:
             owners.setdefault(identifier, []).append(f"fli_{number}")
-        if progress and time.monotonic() - shown > 0.5:
-            shown = time.monotonic()
+        if progress and time.monotonic() - last_progress > 0.5:
+            last_progress = time.monotonic()
             print(f"\r{label}: checked {count} of {len(numbers)} images", end="", file=sys.stderr, flush=True)
     if progress:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
@@ -324,14 +324,14 @@ def _info(spec: str) -> str:
 def _preview(spec: str, output: str | None, limit: int) -> str:
     """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
     with _open_spec(spec) as (group, label):
-        if fio._layout_of(group, label) == "image":
-            picked, names = [0], list[Union[str, None]]([None])  # the group itself
-        else:
+        names: list[str | None] = [None]  # an image: the group itself
+        picked, series = [0], fio._layout_of(group, label) == "series"
+        if series:
             count = fio._series_length(group, label)
             if count == 0:
                 raise fio.FormatError(f"{label} is a series without images: nothing to show")
-            shown = min(limit, count)
-            picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
+            frames_shown = min(limit, count)
+            picked = [round(i * (count - 1) / max(frames_shown - 1, 1)) for i in range(frames_shown)]
             names = [f"fli_{p}" for p in picked]
         frames = []
         for position, image in zip(
@@ -339,7 +339,7 @@ def _preview(spec: str, output: str | None, limit: int) -> str:
         ):
             meta = image["meta"]
             detail = meta.get("identifier", f"t={meta['time']:g}s" if "time" in meta else "")
-            frames.append((image["raw"], f"{position if names[0] else ''} {detail}".strip()))
+            frames.append((image["raw"], f"{position if series else ''} {detail}".strip()))
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
         handle.write(_png(_contact_sheet(frames)))
@@ -414,3 +414,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
         print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m flimage_io_cli"))

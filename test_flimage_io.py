@@ -2353,7 +2353,7 @@ def cli_frames(count: int, identifiers: bool = True) -> list[dict[str, Any]]:
 
 
 def cli_label_pixels(text: str, scale: int) -> np.ndarray:
-    """The pixels _draw_text puts on a tile for ``text``, built from the font table."""
+    """The label pixels _contact_sheet puts on a tile for ``text``, built from the font table."""
     box = np.zeros((7, 4 * len(text) + 1), dtype=np.uint8)
     for i, ch in enumerate(text.upper()):
         box[1:6, 1 + 4 * i : 4 + 4 * i] = np.where(cli._FONT[ch], 255, 0)
@@ -3330,6 +3330,10 @@ def test_hostile_unknown_attributes_of_a_series_warn_once(tmp_path: pathlib.Path
         lazy = fio.read_series(path, lazy=True)["images"]
         assert [image["meta"]["identifier"] for image in lazy] == [f"f{n}" for n in range(5)]
     assert len(hostile_unknown_warnings(record)) == 1
+    assert [item.filename for item in record] == [__file__]  # the lazy path points at the caller too
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        fio.read_series(path, lazy=True)["images"][3]  # noqa: B018
+    assert [item.filename for item in record] == [__file__]
     problems = cli._check_file(str(path))
     assert len(problems) == 20, problems
     for key in HOSTILE_UNKNOWN:
