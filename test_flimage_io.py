@@ -3332,7 +3332,7 @@ def test_hostile_unknown_attributes_of_a_series_warn_once(tmp_path: pathlib.Path
     assert len(hostile_unknown_warnings(record)) == 1
     assert [item.filename for item in record] == [__file__]  # the lazy path points at the caller too
     with pytest.warns(fio.UnknownMetaWarning) as record:
-        fio.read_series(path, lazy=True)["images"][3]  # noqa: B018
+        fio.read_series(path, lazy=True)["images"][3]
     assert [item.filename for item in record] == [__file__]
     problems = cli._check_file(str(path))
     assert len(problems) == 20, problems
