@@ -786,7 +786,7 @@ class _HeldWrites:
             if split < len(view) and self.error is None:
                 self._write_at(self._position + split, view[split:])
         except OSError as exc:
-            self.error = exc
+            self.error = exc.with_traceback(None)
         if split < len(view) and self.error is not None:
             # HDF5 never sees a failed write (old HDF5 is unstable after one): the bytes are kept
             # here, readable, and check() fails the call at the next chunk or at the commit
@@ -806,8 +806,8 @@ class _HeldWrites:
         self._handle.flush()
 
     def check(self) -> None:
-        if self.error is not None:
-            raise self.error
+        if self.error is not None:  # a new exception: one stored with a traceback would form a cycle
+            raise OSError(self.error.errno, self.error.strerror)
 
     def commit(self) -> None:
         self.check()
@@ -1301,14 +1301,12 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
                 pending.append((pool.submit(function), tag))
                 time.sleep(0)  # lets a worker that waits for the GIL take it now, not in 5 ms
                 while len(pending) > 2 * workers or (pending and pending[0][0].done()):
-                    future, tag = pending.popleft()
-                    yield future.result(), tag
+                    yield pending[0][0].result(), pending.popleft()[1]
             while pending:
-                future, tag = pending.popleft()
-                yield future.result(), tag
-        finally:
-            for future, _ in pending:
-                future.cancel()
+                yield pending[0][0].result(), pending.popleft()[1]
+        finally:  # no name may keep a failed future: its error's traceback would close a reference cycle
+            while pending:
+                pending.popleft()[0].cancel()
 
 
 # 6. storing and loading images ------------------------------------------------------------------------------
