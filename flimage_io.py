@@ -862,19 +862,8 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
     elif isinstance(h5file, (str, os.PathLike)):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
-        if not append:
-            with _replace_path(shown, real, info) as (opened, check):
-                yield opened, shown, check
-            return
-        handle, created = _lock(shown, real, exclusive=True, create=True)
-        with handle:
-            try:
-                with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as (opened, check):
-                    yield opened, shown, check
-            except BaseException:
-                if created and handle.seek(0, os.SEEK_END) == 0:
-                    os.unlink(real)  # ours and still locked: nobody else wrote to it
-                raise
+        with _append_path(shown, real) if append else _replace_path(shown, real, info) as (opened, check):
+            yield opened, shown, check
     else:
         label = _fileobj_label(h5file, write=True, read=append)
         size = h5file.seek(0, os.SEEK_END)
@@ -921,6 +910,19 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
     if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
         message = f"cannot replace {shown}: another user's file in a sticky directory"
         raise PermissionError(errno.EPERM, message)
+
+
+@contextlib.contextmanager
+def _append_path(shown: str, real: str) -> Iterator[Any]:
+    handle, created = _lock(shown, real, exclusive=True, create=True)
+    with handle:
+        try:
+            with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as opened:
+                yield opened
+        except BaseException:
+            if created and handle.seek(0, os.SEEK_END) == 0:
+                os.unlink(real)  # ours and still locked: nobody else wrote to it
+            raise
 
 
 @contextlib.contextmanager
@@ -1092,12 +1094,14 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
     for item in selection:
         if isinstance(item, int):
             position = item + count if item < 0 else item
-            found: int | None = position if 0 <= position < count else None
-        elif (found := _guess_identifier(group, label, item, count)) is None:
-            identifiers = _identifiers(group, label, count) if identifiers is None else identifiers
-            found = identifiers.get(item)
-            if found == -1:
-                raise FormatError(f"{label} has several images with identifier {item!r}")
+            found = position if 0 <= position < count else None
+        else:
+            found = _guess_identifier(group, label, item, count)
+            if found is None:  # read every identifier, once per call
+                identifiers = _identifiers(group, label, count) if identifiers is None else identifiers
+                found = identifiers.get(item)
+                if found == -1:
+                    raise FormatError(f"{label} has several images with identifier {item!r}")
         if found is None:
             missing.append(f"position {item}" if isinstance(item, int) else f"identifier {item!r}")
         else:
