@@ -34,7 +34,9 @@ import numbers
 import os
 import re
 import secrets
+import signal
 import stat
+import struct
 import sys
 import threading
 import time
@@ -647,9 +649,9 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
     while True:
         created = False
         if create:
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
-                created = True
+            fresh, created = _create(real)
+            if fresh is not None:
+                return fresh, True
         handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
@@ -670,6 +672,39 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
             handle.close()
             raise
         handle.close()  # replaced or removed while we waited: lock what the path is now
+
+
+def _create(real: str) -> tuple[IO[bytes] | None, bool]:
+    """Create ``real`` for an append: (handle, True) with the new file already locked, made under a
+    temporary name and linked into place, so that no reader finds it empty before its first commit;
+    (None, False) if it exists; (None, True) created unlocked where the file system has no links."""
+    directory, base = os.path.split(real)
+    _remove_stale_temporaries(directory, base)
+    temp = os.path.join(directory, _temp_name(base))
+    handle = open(temp, "x+b", buffering=0)  # noqa: SIM115 - returned; the umask applies
+    try:
+        if _fcntl is not None:
+            _fcntl.flock(handle, _fcntl.LOCK_EX)
+        os.link(temp, real)
+        return handle, True
+    except FileExistsError:
+        handle.close()
+        return None, False
+    except OSError as exc:
+        handle.close()
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+    except BaseException:
+        handle.close()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    try:
+        os.close(os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
+    except FileExistsError:
+        return None, False
+    return None, True
 
 
 def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
@@ -717,10 +752,15 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
             group, label = h5file, _at(h5file.file.filename, h5file)
         elif isinstance(h5file, (str, os.PathLike)):
             label, real, _ = _real_path(h5file, write=False)
-            stack.enter_context(_lock(label, real, exclusive=False)[0])
+            _refuse_own_append(label, real)
+            stack.enter_context(_lock_to_read(label, real))
             group = stack.enter_context(_h5_open(real, "r", label))
         else:
             label = _fileobj_label(h5file, write=False)
+            if _read_journal(h5file) is not None:
+                if not getattr(h5file, "writable", lambda: False)():
+                    raise _interrupted(label)
+                _roll_back(h5file)
             group = stack.enter_context(_h5_open(h5file, "r", label))
         try:
             yield group, label
@@ -736,11 +776,58 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
             raise FormatError(message) from exc
 
 
+def _lock_to_read(shown: str, real: str) -> IO[bytes]:
+    """The shared lock on ``real``, after rolling back a commit that a kill or power loss cut short
+    (which needs the file alone, and write permission)."""
+    handle = _lock(shown, real, exclusive=False)[0]
+    if _read_journal(handle) is None:
+        return handle
+    handle.close()
+    try:
+        writer = _lock(shown, real, exclusive=True)[0]
+    except PermissionError:
+        raise _interrupted(shown) from None
+    with writer:
+        _roll_back(writer)
+    return _lock(shown, real, exclusive=False)[0]
+
+
+def _interrupted(shown: str) -> PermissionError:
+    message = (
+        f"{shown} holds an append that a kill or power loss cut short; the next call that may write "
+        "the file rolls it back, and this one may not (the file or its handle is read-only)"
+    )
+    return PermissionError(errno.EACCES, message)
+
+
+# (device, inode) -> thread: the files this process appends to, so that a call that would wait for
+# its own thread's lock (appending a file's own lazy images to it) is refused at once
+_APPENDING: dict[tuple[int, int], int] = {}
+
+
+def _refuse_own_append(shown: str, real: str) -> None:
+    if not _APPENDING:
+        return
+    with contextlib.suppress(OSError):
+        info = os.stat(real)
+        if _APPENDING.get((info.st_dev, info.st_ino)) == threading.get_ident():
+            raise ValueError(
+                f"{shown} is being appended to by this very call, which cannot read from it: "
+                "read the images with lazy=False first"
+            )
+
+
 class _HeldWrites:
     """The file object HDF5 writes through, so that a failed write changes nothing: bytes past
     the old end go to the file at once, writes over old bytes wait in memory for ``commit``
     (after every new byte is on disk), and ``rollback`` cuts the file back to its old length.
-    A full disk or a kill -9 before the commit leaves the old file as it was."""
+    A full disk or a kill -9 before the commit leaves the old file as it was.
+
+    The commit is the one moment old bytes change. It first appends a rollback journal (the old
+    contents of every region it will overwrite, and the old length) past the new end and syncs it,
+    then writes the held bytes, syncs, and cuts the journal off: that cut is the commit point. A
+    kill, Ctrl-C or power loss in between leaves the journal, and the next call rolls the file back
+    (``_roll_back``). The journal lives in the file itself, so an append needs no writable folder."""
 
     def __init__(self, handle: Any, old_size: int) -> None:
         # what the caller buffered goes first; then we bypass the buffer, which a rollback cannot empty
@@ -748,8 +835,11 @@ class _HeldWrites:
         self._outer, self._handle = handle, getattr(handle, "raw", handle)
         self._old_size, self._position = old_size, 0
         self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
+        self._journal: list[tuple[int, bytes]] | None = None  # the old bytes, once the write-back began
+        self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
         self.closed = False
+        self.committed = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
@@ -778,13 +868,14 @@ class _HeldWrites:
     def write(self, data: Any) -> int:
         if self.closed:
             raise OSError(errno.EBADF, "the write was rolled back")
+        self._wrote = True
         view = memoryview(data).cast("B")
         split = min(len(view), max(0, self._old_size - self._position))
         if split:
             self._hold(self._position, view[:split])
         try:
             if split < len(view) and self.error is None:
-                self._write_at(self._position + split, view[split:])
+                _write_at(self._handle, self._position + split, view[split:])
         except OSError as exc:
             self.error = exc.with_traceback(None)
         if split < len(view) and self.error is not None:
@@ -799,8 +890,15 @@ class _HeldWrites:
         self._held[offset] = bytes(data)
 
     def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if not self._wrote and size < self._old_size:
+            # HDF5's end of allocation, told before its first write (see _held_writes): what lies
+            # past it is a killed append's leftovers, no part of the file; cut, they would be held
+            self._handle.truncate(size)
+            self._old_size = size
+            return size
         # never below the old end before the commit; HDF5 only grows a file here
-        return int(self._handle.truncate(max(self._old_size, self._position if size is None else size)))
+        return int(self._handle.truncate(max(self._old_size, size)))
 
     def flush(self) -> None:
         self._handle.flush()
@@ -810,34 +908,162 @@ class _HeldWrites:
             raise OSError(self.error.errno, self.error.strerror)
 
     def commit(self) -> None:
+        """Make the new bytes durable, then the held ones through the journal (see the class)."""
         self.check()
         self._sync()
-        for offset, data in self._held.items():
-            self._write_at(offset, data)
-        self._sync()
+        if self._held:
+            end = self._handle.seek(0, os.SEEK_END)
+            journal = []
+            for offset, data in self._held.items():
+                self._handle.seek(offset)
+                journal.append((offset, _read_exactly(self._handle, len(data))))
+            _write_at(self._handle, end, _journal_bytes(end, self._old_size, journal))
+            self._sync()
+            self._journal = journal  # from here on, a rollback must restore these bytes
+            for offset, data in self._held.items():
+                _write_at(self._handle, offset, data)
+            self._sync()
+            self._handle.truncate(end)  # the commit point
+            self._sync()
+        self.committed = True
 
     def rollback(self) -> None:
+        """Undo the call: restore what the write-back overwrote, then cut the file to its old
+        length. If that fails, the journal stays in the file for the next call."""
+        if self.committed:
+            return
+        self.closed = True  # a late flush by HDF5 (at exit) must change nothing
         self._held.clear()
+        if self._journal is not None:
+            for offset, data in self._journal:
+                _write_at(self._handle, offset, data)
+            self._sync()
         self._handle.truncate(self._old_size)
         self._sync()
-        self.closed = True  # a late flush by HDF5 (at exit) must change nothing
-
-    def _write_at(self, offset: int, data: Any) -> None:
-        """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
-        self._handle.seek(offset)
-        view = memoryview(data).cast("B")
-        while view:
-            count = self._handle.write(view)
-            if not count:  # None: a non-blocking file that would block
-                raise OSError(errno.EIO, "the file took no bytes")
-            view = view[count:]
 
     def _sync(self) -> None:
-        self._handle.flush()
+        _sync_file(self._handle)
         if self._outer is not self._handle:
             self._outer.seek(0, os.SEEK_END)  # forget what the buffered object read before
-        with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
-            os.fsync(self._handle.fileno())
+
+
+# The journal that a commit appends past the new end of the file: for each region it overwrites,
+# offset and length (two little-endian uint64) and the old bytes; then the tail: where the journal
+# starts and the old length of the file (uint64 each), the CRC-32 of the journal up to it, and a
+# marker. HDF5 ignores bytes past its end of allocation, so the file stays valid HDF5 meanwhile.
+_JOURNAL_TAIL = struct.Struct("<QQI")
+_JOURNAL_MARK = b"\x89flimage_io-jnl\n"
+_JOURNAL_LIMIT = 1 << 30  # larger is no journal of ours (commits hold meta data only)
+
+
+def _journal_bytes(start: int, old_size: int, regions: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(struct.pack("<QQ", offset, len(data)) + data for offset, data in regions)
+    body += struct.pack("<QQ", start, old_size)
+    return body + struct.pack("<I", zlib.crc32(body)) + _JOURNAL_MARK
+
+
+def _read_journal(handle: Any) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
+    None without one, or with one torn by a power loss (which the commit never acted on)."""
+    size = handle.seek(0, os.SEEK_END)
+    tail_size = _JOURNAL_TAIL.size + len(_JOURNAL_MARK)
+    if size < tail_size:
+        return None
+    handle.seek(size - tail_size)
+    tail = _read_exactly(handle, tail_size)
+    if tail[_JOURNAL_TAIL.size :] != _JOURNAL_MARK:
+        return None
+    start, old_size, crc = _JOURNAL_TAIL.unpack_from(tail)
+    end = size - tail_size
+    if not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
+        return None
+    handle.seek(start)
+    body = _read_exactly(handle, end - start)
+    if zlib.crc32(body + tail[:16]) != crc:
+        return None
+    regions = []
+    position = 0
+    while position + 16 <= len(body):
+        offset, length = struct.unpack_from("<QQ", body, position)
+        data = body[position + 16 : position + 16 + length]
+        if len(data) != length or offset + length > old_size:
+            return None
+        regions.append((offset, data))
+        position += 16 + length
+    return (old_size, regions) if position == len(body) else None
+
+
+def _roll_back(handle: Any) -> bool:
+    """Roll back the commit a kill, Ctrl-C or power loss interrupted, from the journal it left
+    (see _HeldWrites); False when there is none. The caller holds the file alone."""
+    journal = _read_journal(handle)
+    if journal is None:
+        return False
+    old_size, regions = journal
+    with _signals_deferred():
+        for offset, data in regions:
+            _write_at(handle, offset, data)
+        _sync_file(handle)
+        handle.truncate(old_size)
+        _sync_file(handle)
+    return True
+
+
+def _sync_file(handle: Any) -> None:
+    """Flush and fsync; a file object without a file descriptor is only flushed."""
+    handle.flush()
+    with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+        os.fsync(handle.fileno())
+
+
+def _read_exactly(handle: Any, size: int) -> bytes:
+    data = bytearray(size)
+    view = memoryview(data)
+    while view:
+        count = handle.readinto(view)
+        if not count:
+            raise FormatError("the file ended while its rollback journal was read")
+        view = view[count:]
+    return bytes(data)
+
+
+def _write_at(handle: Any, offset: int, data: Any) -> None:
+    """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
+    handle.seek(offset)
+    view = memoryview(data).cast("B")
+    while view:
+        count = handle.write(view)
+        if not count:  # None: a non-blocking file that would block
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[count:]
+
+
+# Signals whose Python handler may raise (Ctrl-C's KeyboardInterrupt, a SIGTERM handler calling exit)
+_DEFERRED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Run the block with Python's signal handlers held back, then call them: a Ctrl-C during a
+    commit waits for the commit or rollback to finish, instead of leaving it half done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs signal handlers in the main thread only
+        return
+    caught: list[tuple[int, Any]] = []
+    handlers: dict[int, Any] = {}
+    for name in _DEFERRED_SIGNALS:
+        number: int | None = getattr(signal, name, None)
+        handler = None if number is None else signal.getsignal(number)
+        if number is not None and callable(handler):
+            handlers[number] = handler
+            signal.signal(number, lambda number, frame: caught.append((number, frame)))
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for number, frame in caught:
+            handlers[number](number, frame)
 
 
 @contextlib.contextmanager
@@ -866,6 +1092,9 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
             yield opened, shown, check
     else:
         label = _fileobj_label(h5file, write=True, read=append)
+        if append:
+            h5file.flush()
+            _roll_back(getattr(h5file, "raw", h5file))
         size = h5file.seek(0, os.SEEK_END)
         if not (append and size):
             h5file.seek(0)
@@ -881,13 +1110,22 @@ def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
     opened = _h5_open(held, "r+" if size else "w", shown)
     try:
         try:
+            if size:
+                # HDF5 cuts the file to its end of allocation at a flush, before it has written
+                # anything: bytes a killed append left past it go then (see _HeldWrites.truncate)
+                opened.flush()
             yield opened, held.check
         finally:
             opened.close()
-        held.commit()
+        with _signals_deferred():
+            try:
+                held.commit()
+            except OSError as exc:  # e.g. a full disk while the journal is written: named below
+                held.error = held.error or OSError(exc.errno, exc.strerror)
+                raise
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
-        with contextlib.suppress(OSError):
-            held.rollback()
+        with contextlib.suppress(OSError), _signals_deferred():
+            held.rollback()  # nothing after the commit point: a signal held back till then lands here
         if held.error is not None and isinstance(exc, Exception):
             raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}") from exc
         raise
@@ -899,7 +1137,8 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
     if not os.path.isdir(directory):
         message = f"cannot write {shown}: the directory {directory} does not exist"
         raise FileNotFoundError(errno.ENOENT, message)
-    if not os.access(directory, os.W_OK | os.X_OK):
+    # an append writes in place, its journal included: only a new file needs a writable directory
+    if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"cannot write {shown}: {directory} is not writable")
     if info is None:
         return
@@ -916,13 +1155,20 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
 def _append_path(shown: str, real: str) -> Iterator[Any]:
     handle, created = _lock(shown, real, exclusive=True, create=True)
     with handle:
+        info = os.fstat(handle.fileno())
+        _APPENDING[info.st_dev, info.st_ino] = threading.get_ident()
         try:
+            _roll_back(handle)
             with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as opened:
                 yield opened
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
                 os.unlink(real)  # ours and still locked: nobody else wrote to it
             raise
+        finally:
+            del _APPENDING[info.st_dev, info.st_ino]
+    if created:
+        _sync_directory(os.path.dirname(real))  # the new name survives a power loss too
 
 
 @contextlib.contextmanager
@@ -957,9 +1203,15 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        with contextlib.suppress(OSError):  # make the rename durable
-            fd = os.open(directory, os.O_RDONLY)
+        _sync_directory(directory)  # make the rename durable
+
+
+def _sync_directory(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
             os.fsync(fd)
+        finally:
             os.close(fd)
 
 
