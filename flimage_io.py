@@ -648,11 +648,16 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
-        if create:
+        if create and not os.path.exists(real):
             fresh, created = _create(real)
             if fresh is not None:
                 return fresh, True
-        handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
+        try:
+            handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
+        except FileNotFoundError:
+            if not create:
+                raise
+            continue  # removed since we looked: create it
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
@@ -735,6 +740,8 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
     except (OSError, RuntimeError, ValueError) as exc:
         if "unable to lock file" in str(exc):
             raise _in_use(shown) from None
+        if isinstance(target, str) and not os.path.exists(target):  # removed since we locked it
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
         damaged = f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
         if mode == "r+":
             damaged = f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
