@@ -4715,3 +4715,153 @@ def test_lab_refused_file_objects_take_no_image(tmp_path: pathlib.Path) -> None:
                         handle, {"identifier": None, "images": lab_counting(taken)}, append=append
                     )
                 assert taken == [0], f"{handle.mode} append={append}: an image was taken and lost"
+
+
+# ---------------------------------------------------------------------------
+# forks: a child keeps no lock of ours and gets working lazy series; check dies with its parent
+# ---------------------------------------------------------------------------
+
+FORK_WARNING = r"ignore:.*use of fork\(\) may lead to deadlocks:DeprecationWarning"  # Python >= 3.12
+
+FORK_APPEND_AND_READ = """
+import sys, numpy as np, flimage_io as fio
+fio.write_series(sys.argv[1], {"identifier": None, "images": [np.ones((4, 4))]}, append=True)
+print(len(fio.read_series(sys.argv[1])["images"]))
+"""
+
+
+def fork_lock_holders(path: pathlib.Path) -> list[int]:
+    """The pids that /proc/locks names for flocks held (not waited for) on ``path``'s file."""
+    inode = str(path.stat().st_ino)
+    holders = []
+    with open("/proc/locks") as locks:
+        for line in locks:  # "1: FLOCK  ADVISORY  READ 1234 fe:00:5678 0 EOF"; a waiter has "->"
+            fields = line.split()
+            if fields[1] == "FLOCK" and fields[5].split(":")[-1] == inode:
+                holders.append(int(fields[4]))
+    return holders
+
+
+def fork_wait(pid: int, seconds: float) -> int | None:
+    """The exit code of forked child ``pid``; None, with the child killed, if it runs past ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def fork_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie holds no file); for a child of another process too."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def fork_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def fork_other_process_appends(path: pathlib.Path) -> int:
+    """Append one image from another process, which then reads the series; its length."""
+    command = [sys.executable, "-c", FORK_APPEND_AND_READ, str(path)]
+    result = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr  # BlockingIOError after 5 s while a child holds the lock
+    return int(result.stdout)
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_fork_while_a_thread_reads_lazily_gives_the_child_a_working_series(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.full((64, 64), float(n)) for n in range(8)]})
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    stop = threading.Event()
+
+    def read_in_a_loop() -> None:  # holds the series' lock most of the time
+        while not stop.is_set():
+            for image in images:
+                image["raw"]
+
+    reader = threading.Thread(target=read_in_a_loop)
+    reader.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:  # one lazy access, then out without pytest's clean-up
+                code = 1
+                try:
+                    code = 0 if images[5]["raw"][0, 0] == 5.0 else 2
+                finally:
+                    os._exit(code)
+            assert fork_wait(pid, 10) == 0, "the forked child hung (or failed) on its lazy access"
+    finally:
+        stop.set()
+        reader.join()
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]})
+    children: list[int] = []
+    locked_at_fork: list[int] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        yield np.ones((4, 4))
+        pid = os.fork()  # the append holds the lock alone now
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+        locked_at_fork.extend(fork_lock_holders(path))
+        yield np.ones((4, 4))
+
+    try:
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True)
+        assert locked_at_fork == [os.getpid()]
+        assert len(fio.read_series(path)["images"]) == 3  # the parent reads at once
+        assert fork_other_process_appends(path) == 4  # and so does another process
+        assert fork_alive(children[0])
+    finally:
+        for pid in children:
+            fork_kill(pid)
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_child_forked_during_a_read_keeps_no_lock(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": (np.zeros((1024, 1024)) for _ in range(40))})
+    done = threading.Event()
+
+    def read() -> None:
+        fio.read_series(path, workers=1)
+        done.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    pid = 0
+    try:
+        deadline = time.monotonic() + 30
+        while os.getpid() not in fork_lock_holders(path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pid = os.fork()  # while the other thread reads under the lock
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        assert not done.is_set() and os.getpid() in fork_lock_holders(path), "the read ended before the fork"
+        reader.join()
+        assert fork_other_process_appends(path) == 41
+        assert fork_alive(pid)
+    finally:
+        reader.join()
+        if pid:
+            fork_kill(pid)
