@@ -4726,7 +4726,7 @@ FORK_WARNING = r"ignore:.*use of fork\(\) may lead to deadlocks:DeprecationWarni
 FORK_APPEND_AND_READ = """
 import sys, numpy as np, flimage_io as fio
 fio.write_series(sys.argv[1], {"identifier": None, "images": [np.ones((4, 4))]}, append=True)
-print(len(fio.read_series(sys.argv[1])["images"]))
+print(len(fio.read_series(sys.argv[1], lazy=True)["images"]))
 """
 
 
@@ -4865,3 +4865,87 @@ def test_a_child_forked_during_a_read_keeps_no_lock(tmp_path: pathlib.Path) -> N
         reader.join()
         if pid:
             fork_kill(pid)
+
+
+@pytest.fixture(scope="module")
+def fork_check_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A series of tiny images that takes about 5 s to check here."""
+    path = tmp_path_factory.mktemp("fork_check") / "long.h5"
+    frames = [np.full((4, 4), k, dtype=np.uint16) for k in range(500)]
+    fio.write_series(path, {"identifier": "long", "images": frames})
+    start = time.monotonic()
+    assert cli._check_file(str(path)) == []
+    needed = int(5.0 / (time.monotonic() - start)) * len(frames)
+    more = (frames[k % len(frames)] for k in range(needed - len(frames)))
+    fio.write_series(path, {"identifier": None, "images": more}, append=True)
+    return path
+
+
+def fork_checker(path: pathlib.Path) -> tuple[subprocess.Popen[str], int]:
+    """``python -m flimage_io check path`` and its forked child, once that child holds the file's lock."""
+    check = subprocess.Popen(
+        [sys.executable, "-m", "flimage_io", "check", str(path)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in fork_children(check.pid):
+            if child in fork_lock_holders(path):
+                return check, child
+        time.sleep(0.001)
+    check.kill()
+    check.wait()
+    raise AssertionError("check's child never locked the file")
+
+
+def fork_children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError), open(f"/proc/{entry}/stat") as stat_file:
+            if int(stat_file.read().rsplit(")", 1)[1].split()[1]) == pid:  # the parent's pid
+                children.append(int(entry))
+    return children
+
+
+def test_killing_check_kills_its_child_and_frees_the_file(
+    fork_check_series: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "long.h5"
+    shutil.copyfile(fork_check_series, path)
+    check, child = fork_checker(path)
+    try:
+        os.kill(child, signal.SIGSTOP)  # the child stays in its check, holding the lock, until it dies
+        check.kill()  # kill -9 of check itself
+        check.wait()  # not its output: a surviving child would keep the pipes open
+        deadline = time.monotonic() + 10
+        while fork_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not fork_alive(child), "check's child outlived it"
+        assert fork_lock_holders(path) == []
+        count = len(fio.read_series(path, lazy=True)["images"])
+        assert fork_other_process_appends(path) == count + 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_check_lets_appends_in_between_its_blocks(
+    fork_check_series: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "long.h5"
+    shutil.copyfile(fork_check_series, path)
+    monkeypatch.setattr(fio, "_LOCK_WAIT", 2.0)  # a check that locked the whole file for seconds fails this
+    check, _ = fork_checker(path)
+    try:
+        for n in range(5):
+            image = {"raw": np.full((4, 4), n, dtype=np.uint16), "meta": {"identifier": f"new {n}"}}
+            fio.write_series(path, {"identifier": None, "images": [image]}, append=True)
+            time.sleep(0.1)
+        assert check.poll() is None, "the check ended before the appends: make the series longer"
+        out, err = check.communicate(timeout=120)
+    finally:
+        check.kill()
+    assert (check.returncode, out, err) == (0, f"{path}: ok\n", "")
