@@ -4809,9 +4809,11 @@ def test_fork_while_a_thread_reads_lazily_gives_the_child_a_working_series(tmp_p
 
 
 @pytest.mark.filterwarnings(FORK_WARNING)
-def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path, existing: bool) -> None:
     path = tmp_path / "s.h5"
-    fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]})
+    if existing:
+        fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]})
     children: list[int] = []
     locked_at_fork: list[int] = []
 
@@ -4828,8 +4830,8 @@ def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path) -
     try:
         fio.write_series(path, {"identifier": None, "images": frames()}, append=True)
         assert locked_at_fork == [os.getpid()]
-        assert len(fio.read_series(path)["images"]) == 3  # the parent reads at once
-        assert fork_other_process_appends(path) == 4  # and so does another process
+        assert len(fio.read_series(path)["images"]) == 2 + existing  # the parent reads at once
+        assert fork_other_process_appends(path) == 3 + existing  # and another process appends
         assert fork_alive(children[0])
     finally:
         for pid in children:
