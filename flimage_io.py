@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
@@ -598,6 +599,61 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no advisory locks
     _fcntl = None  # type: ignore[assignment]
 
+try:  # h5py's global lock, which every h5py call holds
+    from h5py._objects import phil as _h5py_lock
+except ImportError:  # pragma: no cover - h5py moved it
+    _h5py_lock = threading.RLock()
+
+# Forks. A forked child gets a copy of each file descriptor, and an flock belongs to the open file
+# description that parent and child then share: a child forked during a call would keep the file
+# locked for as long as it lives. So a forked child closes its copies of our lock handles at once
+# (closing, never LOCK_UN, which would unlock the parent too), and HDF5 reads through such a handle
+# instead of opening the file itself with an flock of its own. Handles open and close under
+# _FORK_GUARD, which a fork holds too, so that no copy escapes; a fork also holds h5py's lock (h5py
+# before 3.14 does not), so the child's HDF5 is never cloned in the middle of a call by another thread.
+_FORK_GUARD = threading.RLock()  # reentrant: a signal handler may fork while its thread holds it
+_LOCK_HANDLES: weakref.WeakSet[_LockHandle] = weakref.WeakSet()
+_LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks are made anew in a child
+
+
+class _LockHandle(io.FileIO):
+    """An unbuffered file that carries our advisory lock; a forked child closes its copy."""
+
+    def __init__(self, path: str, mode: str) -> None:
+        with _FORK_GUARD:
+            super().__init__(path, mode)
+            _LOCK_HANDLES.add(self)
+
+    def close(self) -> None:
+        with _FORK_GUARD:
+            super().close()
+
+
+def _before_fork() -> None:
+    _h5py_lock.acquire()
+    _FORK_GUARD.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FORK_GUARD.release()
+    _h5py_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_LOCK_HANDLES):
+        with contextlib.suppress(OSError):
+            handle.close()
+    for series in list(_LAZY_SERIES):  # a thread that did not come along may have held one
+        series._lock = threading.Lock()
+    _FORK_GUARD.release()
+    _h5py_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
+
 
 def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     """The name of a file object HDF5 can use; others are refused before any byte moves."""
@@ -653,7 +709,7 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
             if fresh is not None:
                 return fresh, True
         try:
-            handle = open(real, "r+b" if exclusive else "rb", buffering=0)  # noqa: SIM115 - returned
+            handle = _LockHandle(real, "r+b" if exclusive else "rb")
         except FileNotFoundError:
             if not create:
                 raise
@@ -686,7 +742,7 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
     directory, base = os.path.split(real)
     _remove_stale_temporaries(directory, base)
     temp = os.path.join(directory, _temp_name(base))
-    handle = open(temp, "x+b", buffering=0)  # noqa: SIM115 - returned; the umask applies
+    handle = _LockHandle(temp, "x+b")  # the umask applies
     try:
         if _fcntl is not None:
             _fcntl.flock(handle, _fcntl.LOCK_EX)
@@ -760,8 +816,9 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
         elif isinstance(h5file, (str, os.PathLike)):
             label, real, _ = _real_path(h5file, write=False)
             _refuse_own_append(label, real)
-            stack.enter_context(_lock_to_read(label, real))
-            group = stack.enter_context(_h5_open(real, "r", label))
+            handle = stack.enter_context(_lock_to_read(label, real))
+            # through our handle: HDF5 opening the file itself would flock an fd that a forked child keeps
+            group = stack.enter_context(_h5_open(handle, "r", label))
         else:
             label = _fileobj_label(h5file, write=False)
             if _read_journal(h5file) is not None:
@@ -1191,7 +1248,9 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
         _remove_stale_temporaries(directory, base)
         temp = os.path.join(directory, _temp_name(base))
         try:
-            handle = stack.enter_context(open(temp, "x+b", buffering=0))  # the umask applies
+            handle = stack.enter_context(
+                _LockHandle(temp, "x+b")
+            )  # the umask applies; a forked child closes it
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
             raise OSError(exc.errno, f"cannot write {shown}: {exc.strerror}") from None
         try:
@@ -1237,7 +1296,7 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
     with contextlib.suppress(OSError):
         for name in [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]:
             path = os.path.join(directory, name)
-            with contextlib.suppress(OSError), open(path, "rb") as handle:
+            with contextlib.suppress(OSError), _LockHandle(path, "rb") as handle:
                 _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
                 if time.time() - os.fstat(handle.fileno()).st_mtime > _STALE_SECONDS:
                     os.unlink(path)
@@ -1783,6 +1842,7 @@ class _LazyImages(Sequence[Image]):
         self._source = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else source
         self._positions, self._workers = list(positions), workers
         self._lock = threading.Lock()
+        _LAZY_SERIES.add(self)
         self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
         self._ahead: dict[int, Image] = {}
         self._last = -2

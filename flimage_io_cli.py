@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib
 import math
 import os
 import re
+import signal
 import struct
 import sys
 import time
@@ -162,22 +164,31 @@ def _open_spec(spec: str) -> Iterator[tuple[Any, str]]:
             raise fio.FormatError(f"{path} has no group {inner}")
 
 
+# The file is locked while it is open: a check opens it for a block of images at a time, so that
+# an append waits for one block at most.
+_CHECK_BLOCK_SECONDS = 0.1
+
+
 def _check_file(spec: str, progress: bool = False) -> list[str]:
-    """Every problem found in a file, through the readers' own code; [] when clean."""
+    """Every problem found in a file, through the readers' own code; [] when clean. Images that
+    are appended meanwhile may go unchecked."""
     problems: list[str] = []
     try:
         with _open_spec(spec) as (group, label):
+            numbers = None
             if fio._layout_of(group, label) == "image":
                 _check_one_image(group, label, problems)
             else:
-                _check_series_group(group, label, problems, progress)
+                numbers = _check_series_root(group, label, problems)
+        if numbers is not None:
+            _check_series_images(spec, label, numbers, problems, progress)
     except (OSError, ValueError) as exc:  # fio.FormatError, and ValueError for a FIFO or device
         problems.append(_message(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places
 
 
-def _check_series_group(group: Any, label: str, problems: list[str], progress: bool) -> None:
-    """What readers do not check of a series: stray members and attributes, duplicates."""
+def _check_series_root(group: Any, label: str, problems: list[str]) -> list[int]:
+    """What readers do not check of a series root: stray members and attributes; the image numbers."""
     for key in group.attrs:
         if key != "identifier":
             problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
@@ -191,15 +202,29 @@ def _check_series_group(group: Any, label: str, problems: list[str], progress: b
             problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
     numbers, numbering = fio._scan_series(group, label)
     problems += numbering
+    return numbers
+
+
+def _check_series_images(
+    spec: str, label: str, numbers: list[int], problems: list[str], progress: bool
+) -> None:
+    """Check the images ``numbers`` of a series, opening the file anew for each block; then duplicates."""
     owners: dict[str, list[str]] = {}
+    checked = 0
     last_progress = time.monotonic()
-    for count, number in enumerate(numbers, 1):
-        identifier = _check_one_image(group, label, problems, f"fli_{number}")
-        if identifier is not None:
-            owners.setdefault(identifier, []).append(f"fli_{number}")
-        if progress and time.monotonic() - last_progress > 0.5:
-            last_progress = time.monotonic()
-            print(f"\r{label}: checked {count} of {len(numbers)} images", end="", file=sys.stderr, flush=True)
+    while checked < len(numbers):
+        with _open_spec(spec) as (group, _):
+            opened = time.monotonic()
+            while checked < len(numbers) and time.monotonic() - opened < _CHECK_BLOCK_SECONDS:
+                name = f"fli_{numbers[checked]}"
+                identifier = _check_one_image(group, label, problems, name)
+                if identifier is not None:
+                    owners.setdefault(identifier, []).append(name)
+                checked += 1
+                if progress and time.monotonic() - last_progress > 0.5:
+                    last_progress = time.monotonic()
+                    count = f"{checked} of {len(numbers)}"
+                    print(f"\r{label}: checked {count} images", end="", file=sys.stderr, flush=True)
     if progress:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     for identifier, owner in owners.items():
@@ -257,7 +282,13 @@ def _check_file_guarded(spec: str) -> list[str]:
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     progress = sys.stderr.isatty()
-    child = context.Process(target=lambda: sender.send(_check_file(spec, progress)), daemon=True)
+    parent = os.getpid()
+
+    def check_in_child() -> None:
+        _die_with(parent)
+        sender.send(_check_file(spec, progress))
+
+    child = context.Process(target=check_in_child, daemon=True)
     child.start()
     sender.close()
     try:
@@ -270,6 +301,18 @@ def _check_file_guarded(spec: str) -> list[str]:
         child.kill()
         child.join()
         receiver.close()
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this forked child when ``parent`` dies (on Linux), so that a check
+    killed from outside (kill -9, a timeout) leaves no child behind that reads, and locks, the file."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before that took hold
+        os._exit(1)
 
 
 def _size(count: int) -> str:

@@ -4723,7 +4723,7 @@ def test_lab_refused_file_objects_take_no_image(tmp_path: pathlib.Path) -> None:
 
 
 def commit_old_and_new(path: pathlib.Path, frames: int = 5, added: int = 2) -> tuple[Any, Any, Any]:
-    """Write a series of ``frames`` images with identifiers; return (old series, images to add, new series)."""
+    """A series of ``frames`` images with identifiers: (old series, images to add, new series)."""
     old = [{"raw": np.full((8, 8), -n, np.int32), "meta": {"identifier": f"old {n}"}} for n in range(frames)]
     fio.write_series(path, {"identifier": "run", "images": old})
     new = [{"raw": np.full((8, 8), n, np.int32), "meta": {"identifier": f"new {n}"}} for n in range(added)]
@@ -5136,3 +5136,239 @@ def test_commit_appending_a_files_own_lazy_images_is_refused_at_once(tmp_path: p
     copies = [image["raw"] for image in fio.read_series(path)["images"]]
     fio.write_series(path, {"identifier": None, "images": copies}, append=True)
     assert len(fio.read_series(path)["images"]) == 6
+
+
+# ---------------------------------------------------------------------------
+# forks: a child keeps no lock of ours and gets working lazy series; check dies with its parent
+# ---------------------------------------------------------------------------
+
+FORK_WARNING = r"ignore:.*use of fork\(\) may lead to deadlocks:DeprecationWarning"  # Python >= 3.12
+
+FORK_APPEND_AND_READ = """
+import sys, numpy as np, flimage_io as fio
+fio.write_series(sys.argv[1], {"identifier": None, "images": [np.ones((4, 4))]}, append=True)
+print(len(fio.read_series(sys.argv[1], lazy=True)["images"]))
+"""
+
+
+def fork_lock_holders(path: pathlib.Path) -> list[int]:
+    """The pids that /proc/locks names for flocks held (not waited for) on ``path``'s file."""
+    inode = str(path.stat().st_ino)
+    holders = []
+    with open("/proc/locks") as locks:
+        for line in locks:  # "1: FLOCK  ADVISORY  READ 1234 fe:00:5678 0 EOF"; a waiter has "->"
+            fields = line.split()
+            if fields[1] == "FLOCK" and fields[5].split(":")[-1] == inode:
+                holders.append(int(fields[4]))
+    return holders
+
+
+def fork_wait(pid: int, seconds: float) -> int | None:
+    """The exit code of forked child ``pid``; None, with the child killed, if it runs past ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def fork_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie holds no file); for a child of another process too."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def fork_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def fork_other_process_appends(path: pathlib.Path) -> int:
+    """Append one image from another process, which then reads the series; its length."""
+    command = [sys.executable, "-c", FORK_APPEND_AND_READ, str(path)]
+    result = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr  # BlockingIOError after 5 s while a child holds the lock
+    return int(result.stdout)
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_fork_while_a_thread_reads_lazily_gives_the_child_a_working_series(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.full((64, 64), float(n)) for n in range(8)]})
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    stop = threading.Event()
+
+    def read_in_a_loop() -> None:  # holds the series' lock most of the time
+        while not stop.is_set():
+            for image in images:
+                image["raw"]
+
+    reader = threading.Thread(target=read_in_a_loop)
+    reader.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:  # one lazy access, then out without pytest's clean-up
+                code = 1
+                try:
+                    code = 0 if images[5]["raw"][0, 0] == 5.0 else 2
+                finally:
+                    os._exit(code)
+            assert fork_wait(pid, 10) == 0, "the forked child hung (or failed) on its lazy access"
+    finally:
+        stop.set()
+        reader.join()
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path, existing: bool) -> None:
+    path = tmp_path / "s.h5"
+    if existing:
+        fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]})
+    children: list[int] = []
+    locked_at_fork: list[int] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        yield np.ones((4, 4))
+        pid = os.fork()  # the append holds the lock alone now
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+        locked_at_fork.extend(fork_lock_holders(path))
+        yield np.ones((4, 4))
+
+    try:
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True)
+        assert locked_at_fork == [os.getpid()]
+        assert len(fio.read_series(path)["images"]) == 2 + existing  # the parent reads at once
+        assert fork_other_process_appends(path) == 3 + existing  # and another process appends
+        assert fork_alive(children[0])
+    finally:
+        for pid in children:
+            fork_kill(pid)
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_child_forked_during_a_read_keeps_no_lock(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, {"identifier": None, "images": (np.zeros((1024, 1024)) for _ in range(40))})
+    done = threading.Event()
+
+    def read() -> None:
+        fio.read_series(path, workers=1)
+        done.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    pid = 0
+    try:
+        deadline = time.monotonic() + 30
+        while os.getpid() not in fork_lock_holders(path) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pid = os.fork()  # while the other thread reads under the lock
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        assert not done.is_set() and os.getpid() in fork_lock_holders(path), "the read ended before the fork"
+        reader.join()
+        assert fork_other_process_appends(path) == 41
+        assert fork_alive(pid)
+    finally:
+        reader.join()
+        if pid:
+            fork_kill(pid)
+
+
+@pytest.fixture(scope="module")
+def fork_check_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A series of tiny images that takes about 5 s to check here."""
+    path = tmp_path_factory.mktemp("fork_check") / "long.h5"
+    frames = [np.full((4, 4), k, dtype=np.uint16) for k in range(500)]
+    fio.write_series(path, {"identifier": "long", "images": frames})
+    start = time.monotonic()
+    assert cli._check_file(str(path)) == []
+    needed = int(5.0 / (time.monotonic() - start)) * len(frames)
+    more = (frames[k % len(frames)] for k in range(needed - len(frames)))
+    fio.write_series(path, {"identifier": None, "images": more}, append=True)
+    return path
+
+
+def fork_checker(path: pathlib.Path) -> tuple[subprocess.Popen[str], int]:
+    """``python -m flimage_io check path`` and its forked child, once that child holds the file's lock."""
+    check = subprocess.Popen(
+        [sys.executable, "-m", "flimage_io", "check", str(path)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in fork_children(check.pid):
+            if child in fork_lock_holders(path):
+                return check, child
+        time.sleep(0.001)
+    check.kill()
+    check.wait()
+    raise AssertionError("check's child never locked the file")
+
+
+def fork_children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError), open(f"/proc/{entry}/stat") as stat_file:
+            if int(stat_file.read().rsplit(")", 1)[1].split()[1]) == pid:  # the parent's pid
+                children.append(int(entry))
+    return children
+
+
+def test_killing_check_kills_its_child_and_frees_the_file(
+    fork_check_series: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "long.h5"
+    shutil.copyfile(fork_check_series, path)
+    check, child = fork_checker(path)
+    try:
+        os.kill(child, signal.SIGSTOP)  # the child stays in its check, holding the lock, until it dies
+        check.kill()  # kill -9 of check itself
+        check.wait()  # not its output: a surviving child would keep the pipes open
+        deadline = time.monotonic() + 10
+        while fork_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not fork_alive(child), "check's child outlived it"
+        assert fork_lock_holders(path) == []
+        count = len(fio.read_series(path, lazy=True)["images"])
+        assert fork_other_process_appends(path) == count + 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_check_lets_appends_in_between_its_blocks(
+    fork_check_series: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "long.h5"
+    shutil.copyfile(fork_check_series, path)
+    monkeypatch.setattr(fio, "_LOCK_WAIT", 2.0)  # a check that locked the whole file for seconds fails this
+    check, _ = fork_checker(path)
+    try:
+        for n in range(5):
+            image = {"raw": np.full((4, 4), n, dtype=np.uint16), "meta": {"identifier": f"new {n}"}}
+            fio.write_series(path, {"identifier": None, "images": [image]}, append=True)
+            time.sleep(0.1)
+        assert check.poll() is None, "the check ended before the appends: make the series longer"
+        out, err = check.communicate(timeout=120)
+    finally:
+        check.kill()
+    assert (check.returncode, out, err) == (0, f"{path}: ok\n", "")
