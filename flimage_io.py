@@ -164,9 +164,9 @@ def write_image(
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
     checked = _check_image(image, options.dtype, "image")
-    with _open_write(h5file, append=False) as (group, label, check):
-        _refuse_occupied(group, label, series=False)
-        _store_images(group, [(None, checked)], options, check)
+    with _open_write(h5file, append=False) as writing:
+        _refuse_occupied(writing.group, writing.label, series=False)
+        _store_images(writing, [(None, checked)], options)
 
 
 def read_image(h5file: Target, index: int | str | None = None, *, workers: int | None = None) -> Image:
@@ -240,6 +240,7 @@ def write_series(
     shuffle: bool = True,
     workers: int | None = None,
     append: bool = False,
+    commit_every: float | None = None,
 ) -> None:
     """Write a series of images in the FLSeries layout, or append to one.
 
@@ -258,6 +259,14 @@ def write_series(
         Add the images after the last ``fli_N`` of the series in ``h5file`` (created when
         missing or empty). ``series["identifier"]`` must be None or match the file's. A failed
         append leaves the series as it was.
+    commit_every
+        For a live acquisition (``append=True``, a path or a file object): every that many
+        seconds the images taken so far are committed: on disk (fsynced), visible to readers,
+        and kept through a crash, a power loss or an exception in the generator (which is then
+        raised, with only the images since the last commit undone). Readers, ours and plain
+        h5py alike, open the file between commits; one that holds it open delays the next
+        commit, never the acquisition. At its end the call waits for such a reader to close
+        the file (a ``ResourceWarning`` after 5 s). ``None`` (default): one commit at the end.
 
     Raises
     ------
@@ -278,6 +287,7 @@ def write_series(
     options = _check_options(dtype, compression, level, shuffle, workers)
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {type(append).__name__}")
+    _check_commit_every(commit_every, append, h5file)
     identifier, images = _check_series(series)
     # what would fail at the end fails before the generator is advanced
     if isinstance(h5file, (str, os.PathLike)):
@@ -287,13 +297,15 @@ def write_series(
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
-    with _open_write(h5file, append=append) as (group, label, check):
+    with _open_write(h5file, append=append, streaming=commit_every is not None) as writing:
+        group, label = writing.group, writing.label
         start = _prepare_append(group, label, identifier) if append else 0
         if not append:
             _refuse_occupied(group, label, series=True)
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        _store_images(group, _numbered(group, label, start, checked, images, options), options, check)
+        numbered = _numbered(group, label, start, checked, images, options)
+        _store_images(writing, numbered, options, commit_every)
 
 
 def read_series(
@@ -408,6 +420,24 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False, not {type(shuffle).__name__}")
     return _Options(storage, compression == "gzip", level, shuffle, _check_workers(workers))
+
+
+def _check_commit_every(commit_every: Any, append: bool, h5file: Any) -> None:
+    if commit_every is None:
+        return
+    if not isinstance(commit_every, numbers.Real) or isinstance(commit_every, (bool, np.bool_)):
+        raise TypeError(
+            f"commit_every must be a number of seconds or None, not {type(commit_every).__name__}"
+        )
+    if not 0 < float(commit_every) < math.inf:
+        raise ValueError(f"commit_every must be a positive, finite number of seconds, not {commit_every!r}")
+    if not append:
+        raise ValueError(
+            "commit_every needs append=True: a series written without it replaces the file whole, "
+            "at the end of the call"
+        )
+    if isinstance(h5file, h5py.Group):
+        raise TypeError("commit_every needs a path or a file object: flush an h5py file you opened yourself")
 
 
 def _storable(dtype: np.dtype[Any]) -> bool:
@@ -698,9 +728,12 @@ def _in_use(shown: str) -> BlockingIOError:
     return BlockingIOError(errno.EWOULDBLOCK, message)
 
 
-def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tuple[IO[bytes], bool]:
-    """Open ``real`` under our advisory lock (readers share it, writers hold it alone, whatever HDF5's own
-    locking does): (handle, whether this call created the file). BlockingIOError after _LOCK_WAIT s."""
+def _lock(
+    shown: str, real: str, *, exclusive: bool, writer: bool = False, create: bool = False
+) -> tuple[IO[bytes], bool]:
+    """Open ``real`` under our advisory locks: flock, shared or ``exclusive``, keeps readers and commits
+    apart, whatever HDF5's own locking does; a ``writer`` also takes the writer lock, which keeps writers
+    apart. (handle, whether this call created the file); BlockingIOError after _LOCK_WAIT s."""
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
@@ -709,15 +742,19 @@ def _lock(shown: str, real: str, *, exclusive: bool, create: bool = False) -> tu
             if fresh is not None:
                 return fresh, True
         try:
-            handle = _LockHandle(real, "r+b" if exclusive else "rb")
+            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb")
         except FileNotFoundError:
             if not create:
                 raise
             continue  # removed since we looked: create it
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
+        if (writer and _OFD_SETLK is None) or created:  # not Linux: flock alone for the whole call
+            exclusive = True
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
+            if writer:
+                _retry(functools.partial(_writer_lock, handle), deadline, shown)
             # flock is the lock (HDF5 takes the same); a POSIX lock on byte 0 is a turnstile
             # that a waiting writer holds, so that readers in a loop cannot starve it
             if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, shown):
@@ -746,6 +783,7 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
     try:
         if _fcntl is not None:
             _fcntl.flock(handle, _fcntl.LOCK_EX)
+            _writer_lock(handle)
         os.link(temp, real)
         return handle, True
     except FileExistsError:
@@ -766,6 +804,81 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
     except FileExistsError:
         return None, False
     return None, True
+
+
+# The writer lock: an open-file-description lock (Linux) on one byte far past any data. Unlike flock it
+# is independent of the readers' lock, so a streaming append keeps other writers out for its whole call
+# while readers come and go between its commits; unlike a POSIX lock it is not dropped when the process
+# closes another handle of the file, and it keeps threads of one process apart too.
+_OFD_SETLK: int | None = getattr(_fcntl, "F_OFD_SETLK", None)
+_WRITER_BYTE = 2**62
+
+
+def _writer_lock(handle: IO[bytes]) -> None:
+    """Take the writer lock without waiting (OSError EAGAIN while another writer holds it)."""
+    if _fcntl is None or _OFD_SETLK is None:  # pragma: no cover - not Linux: see _lock
+        return
+    request = struct.pack("hhqqi", _fcntl.F_WRLCK, os.SEEK_SET, _WRITER_BYTE, 1, 0)
+    _fcntl.fcntl(handle.fileno(), _OFD_SETLK, request)
+
+
+class _ReaderGate:
+    """How an append on a path shares its file with readers. Between commits it holds the readers'
+    lock shared, so readers come and go (they see the last commit: new bytes lie past HDF5's end of
+    allocation, changes to old ones are held in memory) and no other HDF5 writer can open the file; for
+    a commit it takes the lock alone. A new file stays alone until its first commit."""
+
+    _ROUND = 0.05  # seconds the turnstile stays closed to new readers while a commit waits
+
+    def __init__(self, handle: IO[bytes], shown: str, *, alone: bool) -> None:
+        self._handle, self._shown, self.alone_now = handle, shown, alone
+
+    def alone(self, wait: float | None) -> bool:
+        """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
+        (None: wait as long as it takes, with a warning after _LOCK_WAIT s)."""
+        if self.alone_now or _fcntl is None or _OFD_SETLK is None:
+            return True
+        started = time.monotonic()
+        warned = False
+        while True:
+            round_end = time.monotonic() + self._ROUND
+            with contextlib.suppress(OSError):
+                _fcntl.lockf(self._handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB, 1)
+            try:
+                while True:
+                    try:
+                        _fcntl.flock(self._handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+                        self.alone_now = True
+                        return True
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                            return True  # no locks on this file system
+                    # a failed conversion may have dropped our shared lock: take it back
+                    with contextlib.suppress(OSError):
+                        _fcntl.flock(self._handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
+                    if time.monotonic() > round_end:
+                        break
+                    time.sleep(0.002)
+            finally:
+                with contextlib.suppress(OSError):
+                    _fcntl.lockf(self._handle, _fcntl.LOCK_UN, 1)
+            waited = time.monotonic() - started
+            if wait is not None and waited >= wait:
+                return False
+            if wait is None and not warned and waited > _LOCK_WAIT:
+                warned = True
+                message = (
+                    f"{self._shown}: the images taken since the last commit wait for another process "
+                    "that holds the file open (h5py, HDFView, napari) to close it"
+                )
+                warnings.warn(message, ResourceWarning, stacklevel=2)
+            time.sleep(self._ROUND / 2)  # the turnstile open: readers waiting at it may read
+
+    def shared(self) -> None:
+        """Let readers in again after a commit."""
+        if self.alone_now and _fcntl is not None and _OFD_SETLK is not None:
+            _fcntl.flock(self._handle, _fcntl.LOCK_SH)
+            self.alone_now = False
 
 
 def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
@@ -848,7 +961,7 @@ def _lock_to_read(shown: str, real: str) -> IO[bytes]:
         return handle
     handle.close()
     try:
-        writer = _lock(shown, real, exclusive=True)[0]
+        writer = _lock(shown, real, exclusive=True, writer=True)[0]
     except PermissionError:
         raise _interrupted(shown) from None
     with writer:
@@ -903,7 +1016,6 @@ class _HeldWrites:
         self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
         self.closed = False
-        self.committed = False
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
@@ -989,13 +1101,14 @@ class _HeldWrites:
             self._sync()
             self._handle.truncate(end)  # the commit point
             self._sync()
-        self.committed = True
+            self._held.clear()
+            self._journal = None
+        # what is on disk now is the file a later rollback returns to
+        self._old_size = self._handle.seek(0, os.SEEK_END)
 
     def rollback(self) -> None:
         """Undo the call: restore what the write-back overwrote, then cut the file to its old
         length. If that fails, the journal stays in the file for the next call."""
-        if self.committed:
-            return
         self.closed = True  # a late flush by HDF5 (at exit) must change nothing
         self._held.clear()
         if self._journal is not None:
@@ -1131,18 +1244,18 @@ def _signals_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callable[[], None]]]:
-    """Yield (group, label, check) to write into, where check() raises a write error that HDF5
-    was not shown; a failure leaves the target as it was. A path is written to a temporary
-    file beside its real target and moved into place; an append holds its changes to old
-    bytes until the end (_HeldWrites); a group gets back the members and attributes it had."""
+def _open_write(h5file: Any, *, append: bool, streaming: bool = False) -> Iterator[_Writing]:
+    """Yield what to write into (_Writing); a failure leaves the target as it was, or as its last
+    commit left it. A path is written to a temporary file beside its real target and moved into
+    place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
+    the members and attributes it had. A ``streaming`` append waits for readers at its end."""
     if isinstance(h5file, h5py.Group):
         label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
             raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
         members, attributes = set(h5file), set(h5file.attrs)
         try:
-            yield h5file, label, lambda: None
+            yield _Writing(h5file, label, lambda: None, lambda: True)
         except BaseException:
             for name in set(h5file) - members:
                 del h5file[name]
@@ -1152,8 +1265,8 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
     elif isinstance(h5file, (str, os.PathLike)):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
-        with _append_path(shown, real) if append else _replace_path(shown, real, info) as (opened, check):
-            yield opened, shown, check
+        with _append_path(shown, real, streaming) if append else _replace_path(shown, real, info) as writing:
+            yield writing
     else:
         label = _fileobj_label(h5file, write=True, read=append)
         if append:
@@ -1163,33 +1276,67 @@ def _open_write(h5file: Any, *, append: bool) -> Iterator[tuple[Any, str, Callab
         if not (append and size):
             h5file.seek(0)
             h5file.truncate()
-        with _held_writes(h5file, size if append else 0, label) as (opened, check):
-            yield opened, label, check
+        with _held_writes(h5file, size if append else 0, label) as writing:
+            yield writing
+
+
+class _Writing(NamedTuple):
+    """What the writers write into: ``check()`` raises a write error that HDF5 was not shown;
+    ``commit()`` makes what was stored so far durable and visible, False while readers hold the file."""
+
+    group: h5py.Group
+    label: str
+    check: Callable[[], None]
+    commit: Callable[[], bool]
 
 
 @contextlib.contextmanager
-def _held_writes(handle: Any, size: int, shown: str) -> Iterator[Any]:
-    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, rolled back on failure."""
+def _held_writes(
+    handle: Any, size: int, shown: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
+) -> Iterator[_Writing]:
+    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
+    ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", shown)
+
+    ended: list[bool] = []  # gets an item at the end of the last commit
+
+    def write_commit(last: bool) -> None:
+        with _signals_deferred():  # a signal held back lands after the commit
+            try:
+                held.commit()
+            except OSError as exc:  # e.g. a full disk while the journal is written: named below
+                held.error = held.error or OSError(exc.errno, exc.strerror)
+                raise
+            if last:
+                ended.append(True)
+
+    def commit() -> bool:
+        held.check()
+        opened.flush()  # HDF5 writes what it cached: the file it leaves is whole
+        if gate is not None and not gate.alone(_ReaderGate._ROUND):
+            return False
+        write_commit(last=False)
+        if gate is not None:
+            gate.shared()
+        return True
+
     try:
         try:
             if size:
                 # HDF5 cuts the file to its end of allocation at a flush, before it has written
                 # anything: bytes a killed append left past it go then (see _HeldWrites.truncate)
                 opened.flush()
-            yield opened, held.check
+            yield _Writing(opened, shown, held.check, commit)
         finally:
             opened.close()
-        with _signals_deferred():
-            try:
-                held.commit()
-            except OSError as exc:  # e.g. a full disk while the journal is written: named below
-                held.error = held.error or OSError(exc.errno, exc.strerror)
-                raise
+        if gate is not None and not gate.alone(final_wait):
+            raise _in_use(shown)
+        write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
-        with contextlib.suppress(OSError), _signals_deferred():
-            held.rollback()  # nothing after the commit point: a signal held back till then lands here
+        if not ended:
+            with contextlib.suppress(OSError), _signals_deferred():
+                held.rollback()
         if held.error is not None and isinstance(exc, Exception):
             raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}") from exc
         raise
@@ -1216,15 +1363,23 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
 
 
 @contextlib.contextmanager
-def _append_path(shown: str, real: str) -> Iterator[Any]:
-    handle, created = _lock(shown, real, exclusive=True, create=True)
+def _append_path(shown: str, real: str, streaming: bool) -> Iterator[_Writing]:
+    handle, created = _lock(shown, real, exclusive=False, writer=True, create=True)
+    gate = _ReaderGate(handle, shown, alone=created)
     with handle:
         info = os.fstat(handle.fileno())
         _APPENDING[info.st_dev, info.st_ino] = threading.get_ident()
         try:
-            _roll_back(handle)
-            with _held_writes(handle, handle.seek(0, os.SEEK_END), shown) as opened:
-                yield opened
+            if _read_journal(handle) is not None:
+                if not gate.alone(_LOCK_WAIT):
+                    raise _in_use(shown)
+                _roll_back(handle)
+                if not created:
+                    gate.shared()
+            size = handle.seek(0, os.SEEK_END)
+            final_wait = None if streaming else _LOCK_WAIT
+            with _held_writes(handle, size, shown, gate, final_wait) as writing:
+                yield writing
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
                 os.unlink(real)  # ours and still locked: nobody else wrote to it
@@ -1242,7 +1397,7 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
         if info is not None:
             # Alone on the old file proves that nobody holds it open; sharing it
             # then lets readers in while appenders (who would be lost) wait.
-            old = stack.enter_context(_lock(shown, real, exclusive=True)[0])
+            old = stack.enter_context(_lock(shown, real, exclusive=True, writer=True)[0])
             if _fcntl is not None:
                 _fcntl.flock(old, _fcntl.LOCK_SH)
         _remove_stale_temporaries(directory, base)
@@ -1608,6 +1763,7 @@ def _decode_chunk(
 
 
 _Tag = TypeVar("_Tag")
+_Item = TypeVar("_Item")
 
 
 def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> Iterator[tuple[Any, _Tag]]:
@@ -1654,6 +1810,43 @@ def _numbered(
 
 
 def _store_images(
+    writing: _Writing,
+    images: Iterable[tuple[str | None, _CheckedImage]],
+    options: _Options,
+    commit_every: float | None = None,
+) -> None:
+    """Store the images; with ``commit_every``, commit the images stored so far each time that many
+    seconds have passed since the last commit. A commit needs every image before it whole and none
+    after it begun, so the images go in runs that end at a commit time, each stored to its end."""
+    images = iter(images)
+    if commit_every is None:
+        _store_run(writing.group, images, options, writing.check)
+        return
+    exhausted: list[bool] = []
+    next_commit = time.monotonic() + commit_every
+    while not exhausted:
+        _store_run(writing.group, _until(images, next_commit, exhausted), options, writing.check)
+        if exhausted:
+            return  # the end of the call commits
+        # while readers hold the file, try again after the next image
+        committed = writing.commit()
+        next_commit = time.monotonic() + (commit_every if committed else 0.0)
+
+
+def _until(images: Iterator[_Item], deadline: float, exhausted: list[bool]) -> Iterator[_Item]:
+    """The images up to the first one taken at or after ``deadline`` (at least one); ``exhausted``
+    gets an item when ``images`` ends."""
+    while True:
+        item = next(images, None)
+        if item is None:
+            exhausted.append(True)
+            return
+        yield item
+        if time.monotonic() >= deadline:
+            return
+
+
+def _store_run(
     group: Any,
     images: Iterable[tuple[str | None, _CheckedImage]],
     options: _Options,
