@@ -1823,7 +1823,7 @@ def _store_images(
         _store_run(writing.group, images, options, writing.check)
         return
     exhausted: list[bool] = []
-    next_commit = time.monotonic() + commit_every
+    next_commit = time.monotonic()  # the first image at once: the file shows the acquisition began
     while not exhausted:
         _store_run(writing.group, _until(images, next_commit, exhausted), options, writing.check)
         if exhausted:
@@ -1834,8 +1834,9 @@ def _store_images(
 
 
 def _until(images: Iterator[_Item], deadline: float, exhausted: list[bool]) -> Iterator[_Item]:
-    """The images up to the first one taken at or after ``deadline`` (at least one); ``exhausted``
-    gets an item when ``images`` ends."""
+    """The images up to the first one taken at or after ``deadline`` (at least one): a frame that a
+    slow camera delivers after the commit time is committed at once. ``exhausted`` gets an item when
+    ``images`` ends."""
     while True:
         item = next(images, None)
         if item is None:

@@ -5372,3 +5372,293 @@ def test_check_lets_appends_in_between_its_blocks(
     finally:
         check.kill()
     assert (check.returncode, out, err) == (0, f"{path}: ok\n", "")
+
+
+# ---------------------------------------------------------------------------
+# live acquisition: one streaming call with commits, readers between them
+# ---------------------------------------------------------------------------
+
+STREAM_STEPPED = """
+import sys
+import numpy as np
+import flimage_io as fio
+def frames():
+    for n in range(10**6):
+        print("waiting", n, flush=True)
+        if sys.stdin.readline().strip() != "go":
+            return
+        yield {"raw": np.full((16, 16), n, np.uint16), "meta": {"identifier": f"frame {n}", "time": n / 10}}
+fio.write_series(PATH, {"identifier": "live", "images": frames()}, append=True, commit_every=0.05)
+print("done", flush=True)
+"""
+
+
+def stream_step(child: subprocess.Popen[str], word: str = "go") -> str:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(word + "\n")
+    child.stdin.flush()
+    return child.stdout.readline().strip()
+
+
+def test_stream_commits_are_visible_while_the_call_runs(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
+        for n in range(5):
+            time.sleep(0.1)  # past commit_every: frame n is committed before frame n + 1 is asked for
+            assert stream_step(child) == f"waiting {n + 1}"
+            # the call still runs; readers see every frame taken so far, ours and plain h5py alike
+            newest = fio.read_image(path, -1)
+            assert (newest["meta"]["identifier"], newest["meta"]["time"]) == (f"frame {n}", n / 10)
+            assert int(newest["raw"][0, 0]) == n
+            assert len(fio.read_series(path, lazy=True)["images"]) == n + 1
+            with h5py.File(path, "r") as plain:
+                assert sorted(plain) == sorted(f"fli_{k}" for k in range(n + 1))
+        assert stream_step(child, "stop") == "done"
+    finally:
+        child.kill()
+        child.communicate()
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == list(range(5))
+    assert cli._check_file(path) == []
+
+
+def test_stream_kill_9_keeps_every_committed_frame(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
+    for _ in range(3):
+        time.sleep(0.1)
+        stream_step(child)
+    child.kill()  # the camera stopped mid-acquisition: frames 0, 1 and 2 were committed
+    child.communicate()
+    got = fio.read_series(path)
+    assert [image["meta"]["identifier"] for image in got["images"]] == ["frame 0", "frame 1", "frame 2"]
+
+
+STREAM_FAST = """
+import numpy as np
+import flimage_io as fio
+def frames():
+    for n in range(10**6):
+        if n == 20:
+            print("streaming", flush=True)
+        yield {"raw": np.full((64, 64), n, np.uint16), "meta": {"time": n / 100}}
+fio.write_series(PATH, {"identifier": "live", "images": frames()}, append=True, commit_every=0.01)
+"""
+
+
+@pytest.mark.slow
+def test_stream_kill_9_at_many_points_never_damages_the_file(tmp_path: pathlib.Path) -> None:
+    # commits every 10 ms: kills land before, during and after commits
+    path = tmp_path / "live.h5"
+    counts = []
+    for delay in np.linspace(0.0, 0.4, 16):
+        child = lab_python(STREAM_FAST.replace("PATH", repr(str(path))))
+        assert child.stdout is not None and child.stdout.readline() == "streaming\n"
+        time.sleep(float(delay))
+        child.kill()
+        child.communicate()
+        got = fio.read_series(path)
+        # every frame is exact, in order; frames since the last commit may be lost
+        values = [int(image["raw"][0, 0]) for image in got["images"]]
+        runs = np.split(np.array(values), np.flatnonzero(np.diff(values) != 1) + 1)
+        assert all(run[0] == 0 for run in runs), values
+        assert all(
+            np.array_equal(image["raw"], np.full((64, 64), v)) for image, v in zip(got["images"], values)
+        )
+        counts.append(len(values))
+    assert counts == sorted(counts) and counts[-1] > counts[0] + 20  # each run kept what it committed
+
+
+def test_stream_an_error_in_the_generator_keeps_the_committed_frames(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    fio.write_series(path, {"identifier": "live", "images": [np.zeros((8, 8))]})
+    camera_error = RuntimeError("camera disconnected")
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(1, 6):
+            time.sleep(0.06)  # past commit_every: each frame is committed before the next is taken
+            yield np.full((8, 8), n)
+        raise camera_error
+
+    with pytest.raises(RuntimeError) as raised:
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+    assert raised.value is camera_error  # unchanged
+    got = fio.read_series(path)
+    assert [int(image["raw"][0, 0]) for image in got["images"]] == [0, 1, 2, 3, 4, 5]
+    assert cli._check_file(path) == []
+
+
+def test_stream_frames_since_the_last_commit_are_rolled_back(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+
+    def frames() -> Iterator[np.ndarray]:
+        yield np.zeros((8, 8))
+        time.sleep(0.3)  # committed before the next is taken
+        yield np.ones((8, 8))
+        yield np.ones((8, 8))  # within commit_every of the one before: not committed
+        raise KeyError("stop")
+
+    with pytest.raises(KeyError):
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.2)
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1]
+
+
+STREAM_HOLDER = """
+import sys, h5py
+with h5py.File(PATH, "r") as h5:
+    print("open", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_stream_a_reader_holding_the_file_delays_commits_never_the_acquisition(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "live.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.zeros((8, 8))]})
+    monkeypatch.setattr(fio, "_LOCK_WAIT", 0.5)
+    holder = lab_python(STREAM_HOLDER.replace("PATH", repr(str(path))), {"HDF5_USE_FILE_LOCKING": "TRUE"})
+    assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+    released = threading.Timer(1.5, lambda: lab_release(holder))
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(1, 31):
+            time.sleep(0.01)
+            yield np.full((8, 8), n)
+        released.start()  # the acquisition is over: the notebook closes the file 1.5 s later
+
+    started = time.monotonic()
+    with pytest.warns(ResourceWarning, match=r"live.h5: the images taken since the last commit wait"):
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+    assert time.monotonic() - started > 1.5  # it waited for the reader to close the file
+    lab_finish(holder)
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == list(range(31))
+
+
+STREAM_POLLER = """
+import json, os, sys, time, h5py
+import flimage_io as fio
+opened, refused, found, lengths = 0, 0, 0, []
+while not os.path.exists(PATH + ".stop"):
+    if not os.path.exists(PATH):
+        continue
+    try:
+        if MODE == "h5py":
+            with h5py.File(PATH, "r") as h5:
+                lengths.append(len(h5))
+        else:
+            started = time.monotonic()
+            image = fio.read_image(PATH, -1)
+            lengths.append(int(image["raw"][0, 0]) + 1)
+            found = max(found, time.monotonic() - started)
+        opened += 1
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if "unable to lock" not in str(exc) and "lock" not in str(exc):
+            raise
+        refused += 1
+    time.sleep(0.002)
+print(json.dumps({"opened": opened, "refused": refused, "lengths": lengths, "longest": found}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["h5py", "flimage_io"])
+def test_stream_viewers_read_between_commits(tmp_path: pathlib.Path, mode: str) -> None:
+    path = tmp_path / "live.h5"
+    script = STREAM_POLLER.replace("PATH", repr(str(path))).replace("MODE", repr(mode))
+    poller = lab_python(script, {"HDF5_USE_FILE_LOCKING": "TRUE"})
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(300):
+            time.sleep(0.005)
+            yield np.full((64, 64), n, np.uint16)
+
+    fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+    time.sleep(0.2)
+    (tmp_path / "live.h5.stop").touch()
+    result = json.loads(lab_finish(poller))
+    assert result["opened"] > 20, result
+    assert result["lengths"] == sorted(result["lengths"])  # the series only ever grew
+    if mode == "flimage_io":
+        assert result["refused"] == 0  # ours wait for a commit to end, never fail
+    else:
+        assert result["refused"] < result["opened"], result  # plain HDF5 fails only during a commit
+
+
+def test_stream_a_second_writer_waits_then_is_refused(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "live.h5"
+    monkeypatch.setattr(fio, "_LOCK_WAIT", 0.3)
+    errors: list[BaseException] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(40):
+            time.sleep(0.02)
+            yield np.full((8, 8), n)
+
+    def second() -> None:
+        time.sleep(0.2)
+        try:
+            fio.write_series(path, {"identifier": None, "images": [np.ones((8, 8))]}, append=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], BlockingIOError), errors
+    assert "in use by another process" in str(errors[0])
+    assert len(fio.read_series(path)["images"]) == 40
+
+
+@pytest.mark.parametrize(
+    ("commit_every", "append", "target", "error", "message"),
+    [
+        ("1", True, "path", TypeError, "commit_every must be a number of seconds or None, not str"),
+        (True, True, "path", TypeError, "not bool"),
+        (0, True, "path", ValueError, "positive, finite number of seconds, not 0"),
+        (float("inf"), True, "path", ValueError, "not inf"),
+        (1.0, False, "path", ValueError, "commit_every needs append=True"),
+        (1.0, True, "group", TypeError, "commit_every needs a path or a file object"),
+    ],
+)
+def test_stream_commit_every_is_checked_before_anything_is_written(
+    tmp_path: pathlib.Path, commit_every: Any, append: bool, target: str, error: type, message: str
+) -> None:
+    taken = [0]
+    with contextlib.ExitStack() as stack:
+        if target == "group":
+            h5file: Any = stack.enter_context(h5py.File(tmp_path / "g.h5", "w")).create_group("g")
+        else:
+            h5file = tmp_path / "x.h5"
+        with pytest.raises(error, match=re.escape(message)):
+            fio.write_series(
+                h5file,
+                {"identifier": None, "images": lab_counting(taken)},
+                append=append,
+                commit_every=commit_every,
+            )
+    assert taken == [0]
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_stream_to_a_file_object_commits_too(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    seen: list[int] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(4):
+            if n >= 2:  # frames 0 to n - 1 were committed when frame n was asked for
+                seen.append(len(fio.read_series(path)["images"]))  # another reader of the path
+            time.sleep(0.06)  # past commit_every
+            yield np.full((8, 8), n)
+
+    with open(path, "w+b") as handle:
+        fio.write_series(handle, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+    assert seen == [2, 3]
+    assert len(fio.read_series(path)["images"]) == 4
