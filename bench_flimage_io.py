@@ -579,6 +579,101 @@ def lazy_workload(table: Table, scratch: str, count: int, side: int) -> None:
             )
 
 
+# --- a live acquisition: one streaming call with commits, one-frame appends, a viewer ---------
+
+
+def tiny_frames(count: int, stamps: list[float] | None = None) -> Iterator[dict[str, Any]]:
+    """64x64 uint16 camera frames with an identifier each; ``stamps`` gets the time each is taken."""
+    base = np.random.default_rng(0).poisson(100, (64, 64)).astype(np.uint16)
+    for n in range(count):
+        if stamps is not None:
+            stamps.append(time.perf_counter())
+        yield {"raw": base + np.uint16(n % 1000), "meta": {"identifier": f"frame {n}", "time": n * 0.01}}
+
+
+def write_h5py_tiny(path: str, count: int) -> None:
+    """Bare h5py writing the same layout for the tiny frames: groups, attributes, gzip 1 + shuffle +
+    fletcher32, one chunk per image."""
+    with h5py.File(path, "w") as h5:
+        for n, image in enumerate(tiny_frames(count)):
+            group = h5.create_group(f"fli_{n}")
+            for key, value in image["meta"].items():
+                group.attrs[key] = value
+            group.create_dataset(
+                "fluorescence/raw",
+                data=image["raw"],
+                chunks=image["raw"].shape,
+                compression="gzip",
+                compression_opts=1,
+                shuffle=True,
+                fletcher32=True,
+            )
+            group.create_group("fluorescence/bg_data")
+
+
+VIEWER = """
+import os, sys, time
+import flimage_io as fio
+path = sys.argv[1]
+longest, reads = 0.0, 0
+while not os.path.exists(path + ".stop"):
+    started = time.perf_counter()
+    try:
+        fio.read_image(path, index=-1)
+        reads += 1
+    except FileNotFoundError:
+        pass
+    longest = max(longest, time.perf_counter() - started)
+    time.sleep(0.01)
+print(longest, reads)
+"""
+
+
+def acquisition_workload(table: Table, scratch: str, count: int) -> None:
+    """A camera of 64x64 frames streamed into one call (commit_every=1 s) while a viewer in another
+    process reads the newest frame; then one-frame appends to series of several lengths."""
+    path = os.path.join(scratch, "live.h5")
+    environment = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(fio.__file__))}
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", VIEWER, path], env=environment, stdout=subprocess.PIPE, text=True
+    )
+    stamps: list[float] = []
+    series = {"identifier": "live", "images": tiny_frames(count, stamps)}
+    started = time.perf_counter()
+    fio.write_series(path, series, append=True, commit_every=1.0)
+    seconds = time.perf_counter() - started
+    open(path + ".stop", "w").close()
+    longest, reads = viewer.communicate(timeout=60)[0].split()
+    title = f"live acquisition: {count} x 64x64 uint16 in one call, commit_every=1 s"
+    first = (stamps[1000] - stamps[0]) / 1000
+    last = (stamps[-1] - stamps[-1001]) / 1000
+    bare = best(lambda: write_h5py_tiny(os.path.join(scratch, "bare.h5"), 10_000), 1) / 10_000
+    table.add(title, "bare h5py, same layout, 10000 frames", f"{ms(bare)} / frame", "", "1.00")
+    table.add(title, "flimage_io, first 1000 frames", f"{ms(first)} / frame", "", f"{first / bare:.2f}")
+    table.add(title, "flimage_io, last 1000 frames", f"{ms(last)} / frame", "", f"{last / bare:.2f}")
+    table.add(
+        title, "flimage_io, whole call", f"{ms(seconds / count)} / frame", "", f"{seconds / count / bare:.2f}"
+    )
+    table.add(
+        title, f"viewer in another process ({reads} reads of index -1)", f"longest read {ms(float(longest))}"
+    )
+    for length in (10, 1000, 10_000):
+        target = os.path.join(scratch, f"append{length}.h5")
+        fio.write_series(target, {"identifier": "live", "images": tiny_frames(length)}, append=True)
+        numbers = iter(range(length, length + 100))
+
+        def append_one(target: str = target, numbers: Iterator[int] = numbers) -> None:
+            n = next(numbers)
+            image = {"raw": np.zeros((64, 64), np.uint16), "meta": {"identifier": f"frame {n}"}}
+            fio.write_series(target, {"identifier": None, "images": [image]}, append=True)
+
+        table.add(
+            "append 1 frame (64x64, with identifier), one call",
+            f"flimage_io, to a {length}-frame series",
+            ms(best(append_one, 5)),
+        )
+
+
 def optional(table: Table, workload: str, function: Callable[..., Any], *args: Any) -> None:
     """The lazy series API is new: with a flimage_io that lacks it, say so and go on."""
     try:
@@ -729,6 +824,8 @@ def main() -> None:
         streaming_workload(table, 20 if quick else 150, 1024)
         frames = 15 if quick else 150
         optional(table, f"iterate / copy {frames} x 1024x1024", lazy_workload, scratch, frames, 1024)
+        live = 5000 if quick else 100_000
+        optional(table, f"live acquisition of {live}", acquisition_workload, scratch, live)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
