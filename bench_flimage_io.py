@@ -599,7 +599,8 @@ def write_h5py_tiny(path: str, count: int) -> None:
             group = h5.create_group(f"fli_{n}")
             for key, value in image["meta"].items():
                 group.attrs[key] = value
-            group.create_dataset(
+            group.attrs["flimage version"] = group.attrs["qpimage version"] = "h5py"
+            dataset = group.create_dataset(
                 "fluorescence/raw",
                 data=image["raw"],
                 chunks=image["raw"].shape,
@@ -608,6 +609,12 @@ def write_h5py_tiny(path: str, count: int) -> None:
                 shuffle=True,
                 fletcher32=True,
             )
+            for key, text in (
+                ("CLASS", "IMAGE"),
+                ("IMAGE_VERSION", "1.2"),
+                ("IMAGE_SUBCLASS", "IMAGE_GRAYSCALE"),
+            ):
+                dataset.attrs.create(key, np.bytes_(text))
             group.create_group("fluorescence/bg_data")
 
 
