@@ -928,7 +928,7 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
             group, label = h5file, _at(h5file.file.filename, h5file)
         elif isinstance(h5file, (str, os.PathLike)):
             label, real, _ = _real_path(h5file, write=False)
-            _refuse_own_append(label, real)
+            stack.enter_context(_read_in_process(label, real))
             handle = stack.enter_context(_lock_to_read(label, real))
             # through our handle: HDF5 opening the file itself would flock an fd that a forked child keeps
             group = stack.enter_context(_h5_open(handle, "r", label))
@@ -977,21 +977,60 @@ def _interrupted(shown: str) -> PermissionError:
     return PermissionError(errno.EACCES, message)
 
 
-# (device, inode) -> thread: the files this process appends to, so that a call that would wait for
-# its own thread's lock (appending a file's own lazy images to it) is refused at once
-_APPENDING: dict[tuple[int, int], int] = {}
+# The files this process appends to and reads, by (device, inode). A read in another thread of the
+# process waits for the append to end, and an append for such reads: h5py 3.0 with HDF5 1.12.0 crashed
+# (segfaults, "no VOL object wrap context") or misread when one process read a file it was appending
+# to in another thread. Other processes read between commits. A read by the appending call itself
+# (its own lazy images) is refused at once, instead of waiting for itself.
+_IN_PROCESS = threading.Condition()
+_APPENDING: dict[tuple[int, int], int] = {}  # -> the appending thread
+_READING: collections.Counter[tuple[int, int]] = collections.Counter()
 
 
-def _refuse_own_append(shown: str, real: str) -> None:
-    if not _APPENDING:
-        return
-    with contextlib.suppress(OSError):
+@contextlib.contextmanager
+def _read_in_process(shown: str, real: str) -> Iterator[None]:
+    try:
         info = os.stat(real)
-        if _APPENDING.get((info.st_dev, info.st_ino)) == threading.get_ident():
+    except OSError:
+        yield  # the lock that follows says what is wrong
+        return
+    key = (info.st_dev, info.st_ino)
+    with _IN_PROCESS:
+        if _APPENDING.get(key) == threading.get_ident():
             raise ValueError(
                 f"{shown} is being appended to by this very call, which cannot read from it: "
                 "read the images with lazy=False first"
             )
+        if not _IN_PROCESS.wait_for(lambda: key not in _APPENDING, _LOCK_WAIT):
+            message = (
+                f"{shown} is being appended to by another thread of this process for over {_LOCK_WAIT:g} s"
+            )
+            raise BlockingIOError(errno.EWOULDBLOCK, f"{message}; read it from another process")
+        _READING[key] += 1
+    try:
+        yield
+    finally:
+        with _IN_PROCESS:
+            _READING[key] -= 1
+            if not _READING[key]:
+                del _READING[key]
+                _IN_PROCESS.notify_all()
+
+
+@contextlib.contextmanager
+def _append_in_process(shown: str, handle: IO[bytes]) -> Iterator[None]:
+    info = os.fstat(handle.fileno())
+    key = (info.st_dev, info.st_ino)
+    with _IN_PROCESS:
+        if not _IN_PROCESS.wait_for(lambda: not _READING[key], _LOCK_WAIT):
+            raise _in_use(shown)
+        _APPENDING[key] = threading.get_ident()
+    try:
+        yield
+    finally:
+        with _IN_PROCESS:
+            del _APPENDING[key]
+            _IN_PROCESS.notify_all()
 
 
 class _HeldWrites:
@@ -1366,9 +1405,7 @@ def _check_writable(shown: str, real: str, info: os.stat_result | None, *, appen
 def _append_path(shown: str, real: str, streaming: bool) -> Iterator[_Writing]:
     handle, created = _lock(shown, real, exclusive=False, writer=True, create=True)
     gate = _ReaderGate(handle, shown, alone=created)
-    with handle:
-        info = os.fstat(handle.fileno())
-        _APPENDING[info.st_dev, info.st_ino] = threading.get_ident()
+    with handle, _append_in_process(shown, handle):
         try:
             if _read_journal(handle) is not None:
                 if not gate.alone(_LOCK_WAIT):
@@ -1384,8 +1421,6 @@ def _append_path(shown: str, real: str, streaming: bool) -> Iterator[_Writing]:
             if created and handle.seek(0, os.SEEK_END) == 0:
                 os.unlink(real)  # ours and still locked: nobody else wrote to it
             raise
-        finally:
-            del _APPENDING[info.st_dev, info.st_ino]
     if created:
         _sync_directory(os.path.dirname(real))  # the new name survives a power loss too
 
