@@ -5372,3 +5372,107 @@ def test_check_lets_appends_in_between_its_blocks(
     finally:
         check.kill()
     assert (check.returncode, out, err) == (0, f"{path}: ok\n", "")
+
+
+# ---------------------------------------------------------------------------
+# lazy series and identifiers: a replaced file, the cost of proving an identifier new
+# ---------------------------------------------------------------------------
+
+
+def changed_since(path: pathlib.Path, why: str) -> str:
+    """The message of a lazy series whose file changed since read_series read it."""
+    since = r"changed since read_series\(\.\.\., lazy=True\) read it"
+    return rf"{re.escape(str(path))} {since} \({why}.*\), and its images would mix .*: read it again"
+
+
+@pytest.mark.parametrize("how", ["write_series", "os.replace"])
+def test_lazy_series_refuses_a_file_put_in_its_place(tmp_path: pathlib.Path, how: str) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b", "c"]))
+    # the same identifiers and meta data, other pixels: only the file's identity tells them apart
+    other = lazy_series(["a", "b", "c"])
+    for image in other["images"]:
+        image["raw"] = image["raw"] + 1
+    images = fio.read_series(path, lazy=True)["images"]
+    first = images[0]  # its meta data read, its pixels not yet
+    untouched = images[1:]  # nothing read
+    pickled = pickle.dumps(images)
+    if how == "write_series":
+        fio.write_series(path, other)
+    else:
+        fio.write_series(tmp_path / "other.h5", other)
+        os.replace(tmp_path / "other.h5", path)
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file has taken its place")):
+        first["raw"]
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        untouched[0]
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        pickle.loads(pickled)[2]
+    assert first["meta"]["identifier"] == "a"  # what was read stays
+    lazy_assert_same(fio.read_series(path, lazy=True)["images"][0], fio.read_series(path)["images"][0])
+
+
+def test_lazy_series_refuses_a_file_written_over_in_place(tmp_path: pathlib.Path) -> None:
+    # as a reused inode number would be: the same inode, another series in it
+    path, renamed, retimed = tmp_path / "s.h5", tmp_path / "renamed.h5", tmp_path / "retimed.h5"
+    fio.write_series(path, lazy_series(["a", "b"]))
+    fio.write_series(renamed, {**lazy_series(["a", "b"]), "identifier": "run 12"})
+    fio.write_series(retimed, lazy_series(["a", "b"]))
+    with h5py.File(retimed, "r+") as h5:
+        h5["fli_0"].attrs["time"] = 5.0
+    inode = path.stat().st_ino
+    images = fio.read_series(path, lazy=True)["images"]
+    first = images[0]
+    shutil.copyfile(renamed, path)
+    assert path.stat().st_ino == inode
+    with pytest.raises(
+        fio.FormatError, match=changed_since(path, "its series identifier is now 'run 12', not")
+    ):
+        images[1:][0]
+    shutil.copyfile(retimed, path)
+    with pytest.raises(fio.FormatError, match=changed_since(path, "fli_0 has other meta data now")):
+        first["raw"]
+
+
+def test_lazy_series_reads_its_file_grown_by_appends(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    written = lazy_series(["a", "b", "c", "d"])
+    written["identifier"] = None
+    written["images"][2]["meta"]["time"] = float("nan")  # equal to itself only by its repr
+    fio.write_series(path, written)
+    full = fio.read_series(path)["images"]
+    images = fio.read_series(path, lazy=True, workers=1)["images"]
+    first = images[0]
+    first["meta"]["time"] = 99.0  # the caller's to change
+    np.testing.assert_array_equal(first["raw"], lazy_frame(0))  # and reads ahead
+    tail = images[2:]
+    pickled = pickle.dumps(images)
+    inode = path.stat().st_ino
+    more = lazy_series(["e", "f"])["images"]
+    fio.write_series(path, {"identifier": "named later", "images": more[:1]}, append=True)
+    fio.write_series(path, {"identifier": None, "images": more[1:]}, append=True, commit_every=1e-9)
+    assert path.stat().st_ino == inode and len(fio.read_series(path)["images"]) == 6
+    assert len(images) == 4
+    for got, want in zip(images, full):
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+    for got, want in zip(tail, full[2:]):
+        assert repr(got["meta"]) == repr(want["meta"])
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+    for got, want in zip(pickle.loads(pickled), full):
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+
+
+def test_lazy_series_pickled_to_another_kernel_compares_the_inode_alone(tmp_path: pathlib.Path) -> None:
+    # device numbers are the running kernel's: on another host (a dask worker on the same NFS
+    # mount) or after a reboot the same file may have another one
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b"]))
+    kind, (source, positions, workers, known) = fio.read_series(path, lazy=True)["images"].__reduce__()
+    elsewhere = kind(source, positions, workers, known._replace(kernel="another", device=known.device + 1))
+    np.testing.assert_array_equal(elsewhere[1]["raw"], lazy_frame(1))
+    here = kind(source, positions, workers, known._replace(device=known.device + 1))
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        here[1]
+    moved = kind(source, positions, workers, known._replace(kernel="another", inode=known.inode + 1))
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        moved[1]
