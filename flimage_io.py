@@ -1603,6 +1603,9 @@ def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> in
     return None
 
 
+_VARIABLE_TEXT = h5py.h5t.py_create(h5py.string_dtype())  # reads variable-length text as bytes objects
+
+
 def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
     """Identifier -> position of the first ``count`` images of a series; -1 for one used twice."""
     found: dict[str, int] = {}
@@ -1614,6 +1617,26 @@ def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
 
 
 def _identifier_of(group: Any, label: str, position: int) -> str | None:
+    """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
+    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at a third of the
+    cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
+    or read what old writers stored, so the low-level read need not know either."""
+    name = f"fli_{position}".encode()
+    try:
+        if group.id.links.get_info(name).type == h5py.h5l.TYPE_HARD:  # not followed to another file
+            image = h5py.h5o.open(group.id, name)
+            if isinstance(image, h5py.h5g.GroupID):
+                if not h5py.h5a.exists(image, b"identifier"):
+                    return None
+                attribute = h5py.h5a.open(image, b"identifier")
+                kind = attribute.get_type()
+                scalar = attribute.get_space().get_simple_extent_type() == h5py.h5s.SCALAR
+                if scalar and isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str():
+                    text = np.empty((), dtype=object)
+                    attribute.read(text, mtype=_VARIABLE_TEXT)  # bytes, whatever the character set
+                    return bytes(text[()]).decode("utf-8")
+    except (KeyError, OSError, RuntimeError, ValueError):  # missing, damaged, not UTF-8: named below
+        pass
     image = _child(group, f"fli_{position}", label, h5py.Group)
     return _text_attr(image, "identifier", label) if "identifier" in image.attrs else None
 

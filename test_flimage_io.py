@@ -5476,3 +5476,75 @@ def test_lazy_series_pickled_to_another_kernel_compares_the_inode_alone(tmp_path
     moved = kind(source, positions, workers, known._replace(kernel="another", inode=known.inode + 1))
     with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
         moved[1]
+
+
+def identified_series(path: pathlib.Path) -> None:
+    """Eight tiny images with identifiers 'frame 0' .. 'frame 7'."""
+    frames = [{"raw": np.full((2, 2), n, np.uint16), "meta": {"identifier": f"frame {n}"}} for n in range(8)]
+    fio.write_series(path, {"identifier": None, "images": frames})
+
+
+def append_identified(path: pathlib.Path, identifier: str) -> None:
+    image = {"raw": np.zeros((2, 2), np.uint16), "meta": {"identifier": identifier}}
+    fio.write_series(path, {"identifier": None, "images": [image]}, append=True)
+
+
+def test_appending_an_identifier_reads_each_one_in_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    identified_series(path)
+    with h5py.File(path, "r+") as h5:
+        del h5["fli_1"].attrs["identifier"]
+        h5["fli_1"].attrs.create("identifier", np.bytes_(b"old 1"))  # as older writers stored it
+        h5["fli_2"].attrs.create("identifier", "ascii 2", dtype=h5py.string_dtype("ascii"))
+        del h5["fli_3"].attrs["identifier"]
+        h5.create_group("kept")
+        h5.move("fli_5", "kept/fli_5")
+        h5["fli_5"] = h5py.SoftLink("/kept/fli_5")  # read through the link
+        h5["fli_6"].attrs["identifier"] = "frame 4"
+    taken = {"old 1": "fli_1", "ascii 2": "fli_2", "frame 5": "fli_5", "frame 7": "fli_7"}
+    for identifier, by in [*taken.items(), ("frame 4", "several images")]:
+        with pytest.raises(ValueError, match=rf"identifier '{identifier}', already used by {by}\Z"):
+            append_identified(path, identifier)
+    append_identified(path, "frame 3")  # fli_3 has none
+    got = fio.read_series(path)["images"]
+    assert [image["meta"].get("identifier") for image in got][-3:] == ["frame 4", "frame 7", "frame 3"]
+
+
+@pytest.mark.parametrize(
+    "odd, reported",
+    [
+        ("dataset", r"fli_5 should be a group, but is Dataset"),
+        ("external link", r"fli_5 is a link to another file, which flimage_io does not follow"),
+        ("not UTF-8", r"fli_5 attribute 'identifier' is no UTF-8 text: (np\.bytes_\()?b'\\xff5'\)?"),
+        ("number", r"fli_5 attribute 'identifier' must be text, but holds int64"),
+        ("array", r"fli_5 attribute 'identifier' must be text, but holds ndarray"),
+        ("empty", r"fli_5 attribute 'identifier' must be text, but holds Empty"),
+    ],
+)
+def test_appending_an_identifier_reports_an_odd_image(
+    tmp_path: pathlib.Path, odd: str, reported: str
+) -> None:
+    path = tmp_path / "s.h5"
+    identified_series(path)
+    with h5py.File(path, "r+") as h5:
+        image = h5["fli_5"]
+        if odd in ("dataset", "external link"):
+            del h5["fli_5"]
+        if odd == "dataset":
+            h5["fli_5"] = np.zeros(3)
+            h5["fli_5"].attrs["identifier"] = "frame 5"
+        elif odd == "external link":
+            fio.write_image(tmp_path / "other.h5", {"raw": np.ones((2, 2)), "meta": {"identifier": "x"}})
+            h5["fli_5"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/")
+        elif odd == "not UTF-8":
+            image.attrs["identifier"] = np.bytes_(b"\xff5")
+        elif odd == "number":
+            image.attrs["identifier"] = 5
+        elif odd == "array":
+            image.attrs["identifier"] = np.array(["frame 5"], dtype=h5py.string_dtype())
+        else:
+            image.attrs["identifier"] = h5py.Empty(h5py.string_dtype())
+    with pytest.raises(fio.FormatError, match=rf"\A{re.escape(str(path))}:/{reported}\Z"):
+        append_identified(path, "new")
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5) == [f"fli_{n}" for n in range(8)]
