@@ -328,7 +328,8 @@ def read_series(
         Return at once with ``images`` a read-only sequence: ``len()`` reads nothing, an image
         reads its ``meta`` without pixels and its arrays on first access, and iteration reads a
         few images ahead on the workers. No file stays open between accesses, so it pickles
-        (for a path) and survives forks; for a group, keep the group open.
+        (for a path) and survives forks; for a group, keep the group open. Appends to the file
+        leave it readable; if the path names another file by then, a read raises FormatError.
     workers
         Threads that decode chunks (default: the CPUs available).
 
@@ -341,7 +342,8 @@ def read_series(
     Raises
     ------
     FileNotFoundError, BlockingIOError, FormatError
-        As for :func:`read_image`; also for a gap in the ``fli_`` numbering.
+        As for :func:`read_image`; also for a gap in the ``fli_`` numbering, and from a lazy
+        series whose file was replaced since.
     ImageNotFoundError
         ``index`` names positions or identifiers the series lacks.
 
@@ -1618,7 +1620,7 @@ def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
 
 def _identifier_of(group: Any, label: str, position: int) -> str | None:
     """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
-    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at a third of the
+    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at half the
     cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
     or read what old writers stored, so the low-level read need not know either."""
     name = f"fli_{position}".encode()
@@ -2036,8 +2038,8 @@ def _dataset_jobs(
 # file, and a file may be written over in place (shutil.copyfile, h5py's "w"): so the series root must
 # still have the identifier it had (if any; an append may give it one), and an image whose pixels are
 # read must still have the meta data it was read with. Not noticed: a file written over in place or on a
-# reused inode that keeps both, e.g. the same acquisition written again with other pixels; nor anything
-# by images and meta data read before the change, which are kept and never read again.
+# reused inode that keeps both, e.g. the same acquisition written again with other pixels. Images and meta
+# data read before the change are kept as read, not read again.
 
 
 @functools.cache
@@ -2154,7 +2156,8 @@ class _LazyImages(Sequence[Image]):
         return metas
 
     def _pixels(self, slot: int, meta: dict[str, MetaValue]) -> Image:
-        """The arrays of an image, refused unless read with the ``meta`` it was read with before."""
+        """Image ``slot``; for a path, refused if the file now gives it other meta data than ``meta``,
+        those it was read with."""
         with self._lock:
             if slot not in self._ahead:
                 # in order: read the next few together; out of order: just this one
@@ -2167,7 +2170,7 @@ class _LazyImages(Sequence[Image]):
                     self._ahead = self._read_pixels(slot, 1)
             self._last = slot
             image = self._ahead.pop(slot)
-        # repr: meta data that hold NaN are equal to themselves only so
+        # and by repr, as NaN != NaN: meta data holding NaN equal themselves only so
         if self._known is not None and image["meta"] != meta and repr(image["meta"]) != repr(meta):
             raise self._changed(f"fli_{self._positions[slot]} has other meta data now")
         return image

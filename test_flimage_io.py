@@ -5519,6 +5519,7 @@ def test_appending_an_identifier_reads_each_one_in_the_file(tmp_path: pathlib.Pa
         ("number", r"fli_5 attribute 'identifier' must be text, but holds int64"),
         ("array", r"fli_5 attribute 'identifier' must be text, but holds ndarray"),
         ("empty", r"fli_5 attribute 'identifier' must be text, but holds Empty"),
+        ("bytes", r"fli_5 attribute 'identifier' must be text, but holds ndarray"),
     ],
 )
 def test_appending_an_identifier_reports_an_odd_image(
@@ -5542,8 +5543,12 @@ def test_appending_an_identifier_reports_an_odd_image(
             image.attrs["identifier"] = 5
         elif odd == "array":
             image.attrs["identifier"] = np.array(["frame 5"], dtype=h5py.string_dtype())
-        else:
+        elif odd == "empty":
             image.attrs["identifier"] = h5py.Empty(h5py.string_dtype())
+        else:  # a variable-length sequence of bytes, which HDF5 would convert to text
+            stored = np.empty((), dtype=h5py.vlen_dtype(np.uint8))
+            stored[()] = np.frombuffer(b"frame 5", np.uint8)
+            image.attrs["identifier"] = stored
     with pytest.raises(fio.FormatError, match=rf"\A{re.escape(str(path))}:/{reported}\Z"):
         append_identified(path, "new")
     with h5py.File(path, "r") as h5:
