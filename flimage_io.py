@@ -328,7 +328,8 @@ def read_series(
         Return at once with ``images`` a read-only sequence: ``len()`` reads nothing, an image
         reads its ``meta`` without pixels and its arrays on first access, and iteration reads a
         few images ahead on the workers. No file stays open between accesses, so it pickles
-        (for a path) and survives forks; for a group, keep the group open.
+        (for a path) and survives forks; for a group, keep the group open. Appends to the file
+        leave it readable; if the path names another file by then, a read raises FormatError.
     workers
         Threads that decode chunks (default: the CPUs available).
 
@@ -341,7 +342,8 @@ def read_series(
     Raises
     ------
     FileNotFoundError, BlockingIOError, FormatError
-        As for :func:`read_image`; also for a gap in the ``fli_`` numbering.
+        As for :func:`read_image`; also for a gap in the ``fli_`` numbering, and from a lazy
+        series whose file was replaced since.
     ImageNotFoundError
         ``index`` names positions or identifiers the series lacks.
 
@@ -356,13 +358,15 @@ def read_series(
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be True or False, not {type(lazy).__name__}")
     unknown: list[tuple[str, str]] = []
-    with _open_read(h5file) as (group, label):
+    opened: list[os.stat_result] = []  # a path's, for a lazy series to know it again
+    with _open_read(h5file, opened.append if lazy else None) as (group, label):
         if _layout_of(group, label) == "image":
             raise FormatError(f"{label} holds a single FLImage, not an FLSeries: read it with read_image")
         identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
         positions = _select(group, label, selection)
         if lazy:
-            images: Sequence[Image] = _LazyImages(h5file, positions, workers)
+            known = _FileIdentity.of(opened[0], identifier) if opened else None
+            images: Sequence[Image] = _LazyImages(h5file, positions, workers, known)
         else:
             images = list(_load_images(group, label, [f"fli_{p}" for p in positions], workers, unknown))
     _warn_unknown(unknown)
@@ -918,9 +922,12 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
 
 
 @contextlib.contextmanager
-def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
+def _open_read(
+    h5file: Any, check: Callable[[os.stat_result], None] | None = None
+) -> Iterator[tuple[Any, str]]:
     """Yield (group, label) for any target, closing only what it opened; errors that h5py
-    raises on the file's bytes become FormatError naming the file."""
+    raises on the file's bytes become FormatError naming the file. For a path, ``check`` gets the
+    stat of the locked handle that HDF5 then reads through, and may raise to refuse that file."""
     with contextlib.ExitStack() as stack:
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
@@ -930,6 +937,8 @@ def _open_read(h5file: Any) -> Iterator[tuple[Any, str]]:
             label, real, _ = _real_path(h5file, write=False)
             stack.enter_context(_read_in_process(label, real))
             handle = stack.enter_context(_lock_to_read(label, real))
+            if check is not None:
+                check(os.fstat(handle.fileno()))
             # through our handle: HDF5 opening the file itself would flock an fd that a forked child keeps
             group = stack.enter_context(_h5_open(handle, "r", label))
         else:
@@ -1631,6 +1640,9 @@ def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> in
     return None
 
 
+_VARIABLE_TEXT = h5py.h5t.py_create(h5py.string_dtype())  # reads variable-length text as bytes objects
+
+
 def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
     """Identifier -> position of the first ``count`` images of a series; -1 for one used twice."""
     found: dict[str, int] = {}
@@ -1642,6 +1654,26 @@ def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
 
 
 def _identifier_of(group: Any, label: str, position: int) -> str | None:
+    """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
+    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at half the
+    cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
+    or read what old writers stored, so the low-level read need not know either."""
+    name = f"fli_{position}".encode()
+    try:
+        if group.id.links.get_info(name).type == h5py.h5l.TYPE_HARD:  # not followed to another file
+            image = h5py.h5o.open(group.id, name)
+            if isinstance(image, h5py.h5g.GroupID):
+                if not h5py.h5a.exists(image, b"identifier"):
+                    return None
+                attribute = h5py.h5a.open(image, b"identifier")
+                kind = attribute.get_type()
+                scalar = attribute.get_space().get_simple_extent_type() == h5py.h5s.SCALAR
+                if scalar and isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str():
+                    text = np.empty((), dtype=object)
+                    attribute.read(text, mtype=_VARIABLE_TEXT)  # bytes, whatever the character set
+                    return bytes(text[()]).decode("utf-8")
+    except (KeyError, OSError, RuntimeError, ValueError):  # missing, damaged, not UTF-8: named below
+        pass
     image = _child(group, f"fli_{position}", label, h5py.Group)
     return _text_attr(image, "identifier", label) if "identifier" in image.attrs else None
 
@@ -2033,12 +2065,53 @@ def _dataset_jobs(
 
 # 7. lazy series ---------------------------------------------------------------------------------------------
 
+# A lazy series of a path reads the file anew at each access, and by then the path may name another file
+# (written anew by write_series, or moved there by os.replace): its pixels would go with the old meta data
+# unnoticed. So the series knows the file by its (device, inode), taken from the handle that read_series
+# read through and compared inside each later open; an append writes in place and keeps both. Device
+# numbers hold only within one running kernel (a pickle may go to another host, or outlive a reboot), so
+# elsewhere the inode alone is compared. An inode number that a replacement freed may be given to a later
+# file, and a file may be written over in place (shutil.copyfile, h5py's "w"): so the series root must
+# still have the identifier it had (if any; an append may give it one), and an image whose pixels are
+# read must still have the meta data it was read with. Not noticed: a file written over in place or on a
+# reused inode that keeps both, e.g. the same acquisition written again with other pixels. Images and meta
+# data read before the change are kept as read, not read again.
+
+
+@functools.cache
+def _kernel() -> str:
+    """The boot id of the running kernel (Linux), within which device numbers hold; '' elsewhere."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as source:
+            return source.read().strip()
+    except OSError:
+        return ""
+
+
+class _FileIdentity(NamedTuple):
+    """The file that a lazy series of a path read: see above."""
+
+    kernel: str
+    device: int
+    inode: int
+    identifier: str | None  # the series root's
+
+    @classmethod
+    def of(cls, info: os.stat_result, identifier: str | None) -> _FileIdentity:
+        return cls(_kernel(), info.st_dev, info.st_ino, identifier)
+
+    def other(self, info: os.stat_result) -> bool:
+        """Whether ``info`` is the stat of another file."""
+        here = bool(self.kernel) and self.kernel == _kernel()
+        return info.st_ino != self.inode or (here and info.st_dev != self.device)
+
 
 class _LazyImage(Mapping[str, Any]):
     """One image of a lazy series: meta read without pixels, arrays on first access."""
 
     def __init__(self, series: _LazyImages, slot: int, meta: dict[str, MetaValue]) -> None:
         self._series, self._slot, self._meta = series, slot, meta
+        self._read_with = dict(meta)  # the caller may change self._meta
         self._arrays: Image | None = None
 
     def __getitem__(self, key: str) -> Any:
@@ -2047,7 +2120,7 @@ class _LazyImage(Mapping[str, Any]):
         if key not in ("raw", "bg_data"):
             raise KeyError(key)
         if self._arrays is None:
-            self._arrays = self._series._pixels(self._slot)
+            self._arrays = self._series._pixels(self._slot, self._read_with)
         return self._arrays[key]  # type: ignore[literal-required]
 
     def __contains__(self, key: object) -> bool:  # without reading pixels
@@ -2066,10 +2139,13 @@ class _LazyImages(Sequence[Image]):
 
     _META_BLOCK = 256
 
-    def __init__(self, source: Any, positions: Sequence[int], workers: int) -> None:
+    def __init__(
+        self, source: Any, positions: Sequence[int], workers: int, known: _FileIdentity | None = None
+    ) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
         self._source = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else source
         self._positions, self._workers = list(positions), workers
+        self._known = known  # None: not a path, nothing to compare
         self._lock = threading.Lock()
         _LAZY_SERIES.add(self)
         self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
@@ -2077,7 +2153,7 @@ class _LazyImages(Sequence[Image]):
         self._last = -2
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled without the lock and what was read
-        return _LazyImages, (self._source, self._positions, self._workers)
+        return _LazyImages, (self._source, self._positions, self._workers, self._known)
 
     def __len__(self) -> int:
         return len(self._positions)
@@ -2087,7 +2163,7 @@ class _LazyImages(Sequence[Image]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return _LazyImages(self._source, self._positions[index], self._workers)
+            return _LazyImages(self._source, self._positions[index], self._workers, self._known)
         if not isinstance(index, numbers.Integral) or isinstance(index, (bool, np.bool_)):
             raise TypeError(f"images are indexed by int or slice, not {type(index).__name__}")
         slot = int(index) + len(self) if index < 0 else int(index)
@@ -2108,14 +2184,16 @@ class _LazyImages(Sequence[Image]):
 
     def _read_metas(self, positions: Sequence[int]) -> list[dict[str, MetaValue]]:
         unknown: list[tuple[str, str]] = []
-        with _open_read(self._source) as (group, label):
+        with self._open() as (group, label):
             metas = [
                 _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown) for p in positions
             ]
         _warn_unknown(unknown)
         return metas
 
-    def _pixels(self, slot: int) -> Image:
+    def _pixels(self, slot: int, meta: dict[str, MetaValue]) -> Image:
+        """Image ``slot``; for a path, refused if the file now gives it other meta data than ``meta``,
+        those it was read with."""
         with self._lock:
             if slot not in self._ahead:
                 # in order: read the next few together; out of order: just this one
@@ -2127,13 +2205,38 @@ class _LazyImages(Sequence[Image]):
                         raise
                     self._ahead = self._read_pixels(slot, 1)
             self._last = slot
-            return self._ahead.pop(slot)
+            image = self._ahead.pop(slot)
+        # and by repr, as NaN != NaN: meta data holding NaN equal themselves only so
+        if self._known is not None and image["meta"] != meta and repr(image["meta"]) != repr(meta):
+            raise self._changed(f"fli_{self._positions[slot]} has other meta data now")
+        return image
 
     def _read_pixels(self, slot: int, count: int) -> dict[int, Image]:
         names = [f"fli_{p}" for p in self._positions[slot : slot + count]]
-        with _open_read(self._source) as (group, label):
+        with self._open() as (group, label):
             read = list(_load_images(group, label, names, self._workers, []))
         return dict(zip(range(slot, slot + count), read))
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[tuple[Any, str]]:
+        """_open_read of the source, refusing a file other than the one read_series read."""
+        with _open_read(self._source, self._check_file) as (group, label):
+            known = self._known
+            if known is not None and known.identifier is not None:
+                now = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+                if now != known.identifier:
+                    raise self._changed(f"its series identifier is now {now!r}, not {known.identifier!r}")
+            yield group, label
+
+    def _check_file(self, info: os.stat_result) -> None:
+        if self._known is not None and self._known.other(info):
+            raise self._changed("another file has taken its place")
+
+    def _changed(self, why: str) -> FormatError:
+        return FormatError(
+            f"{os.fsdecode(self._source)} changed since read_series(..., lazy=True) read it ({why}), and its "
+            "images would mix the two files: read it again with read_series"
+        )
 
 
 if __name__ == "__main__":  # the command line lives beside this file, in flimage_io_cli.py

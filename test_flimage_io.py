@@ -5662,3 +5662,183 @@ def test_stream_to_a_file_object_commits_too(tmp_path: pathlib.Path) -> None:
         fio.write_series(handle, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
     assert seen == [2, 3]
     assert len(fio.read_series(path)["images"]) == 4
+
+
+# lazy series and identifiers: a replaced file, the cost of proving an identifier new
+# ---------------------------------------------------------------------------
+
+
+def changed_since(path: pathlib.Path, why: str) -> str:
+    """The message of a lazy series whose file changed since read_series read it."""
+    since = r"changed since read_series\(\.\.\., lazy=True\) read it"
+    return rf"{re.escape(str(path))} {since} \({why}.*\), and its images would mix .*: read it again"
+
+
+@pytest.mark.parametrize("how", ["write_series", "os.replace"])
+def test_lazy_series_refuses_a_file_put_in_its_place(tmp_path: pathlib.Path, how: str) -> None:
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b", "c"]))
+    # the same identifiers and meta data, other pixels: only the file's identity tells them apart
+    other = lazy_series(["a", "b", "c"])
+    for image in other["images"]:
+        image["raw"] = image["raw"] + 1
+    images = fio.read_series(path, lazy=True)["images"]
+    first = images[0]  # its meta data read, its pixels not yet
+    untouched = images[1:]  # nothing read
+    pickled = pickle.dumps(images)
+    if how == "write_series":
+        fio.write_series(path, other)
+    else:
+        fio.write_series(tmp_path / "other.h5", other)
+        os.replace(tmp_path / "other.h5", path)
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file has taken its place")):
+        first["raw"]
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        untouched[0]
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        pickle.loads(pickled)[2]
+    assert first["meta"]["identifier"] == "a"  # what was read stays
+    lazy_assert_same(fio.read_series(path, lazy=True)["images"][0], fio.read_series(path)["images"][0])
+
+
+def test_lazy_series_refuses_a_file_written_over_in_place(tmp_path: pathlib.Path) -> None:
+    # as a reused inode number would be: the same inode, another series in it
+    path, renamed, retimed = tmp_path / "s.h5", tmp_path / "renamed.h5", tmp_path / "retimed.h5"
+    fio.write_series(path, lazy_series(["a", "b"]))
+    fio.write_series(renamed, {**lazy_series(["a", "b"]), "identifier": "run 12"})
+    fio.write_series(retimed, lazy_series(["a", "b"]))
+    with h5py.File(retimed, "r+") as h5:
+        h5["fli_0"].attrs["time"] = 5.0
+    inode = path.stat().st_ino
+    images = fio.read_series(path, lazy=True)["images"]
+    first = images[0]
+    shutil.copyfile(renamed, path)
+    assert path.stat().st_ino == inode
+    with pytest.raises(
+        fio.FormatError, match=changed_since(path, "its series identifier is now 'run 12', not")
+    ):
+        images[1:][0]
+    shutil.copyfile(retimed, path)
+    with pytest.raises(fio.FormatError, match=changed_since(path, "fli_0 has other meta data now")):
+        first["raw"]
+
+
+def test_lazy_series_reads_its_file_grown_by_appends(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    written = lazy_series(["a", "b", "c", "d"])
+    written["identifier"] = None
+    written["images"][2]["meta"]["time"] = float("nan")  # equal to itself only by its repr
+    fio.write_series(path, written)
+    full = fio.read_series(path)["images"]
+    images = fio.read_series(path, lazy=True, workers=1)["images"]
+    first = images[0]
+    first["meta"]["time"] = 99.0  # the caller's to change
+    np.testing.assert_array_equal(first["raw"], lazy_frame(0))  # and reads ahead
+    tail = images[2:]
+    pickled = pickle.dumps(images)
+    inode = path.stat().st_ino
+    more = lazy_series(["e", "f"])["images"]
+    fio.write_series(path, {"identifier": "named later", "images": more[:1]}, append=True)
+    fio.write_series(path, {"identifier": None, "images": more[1:]}, append=True, commit_every=1e-9)
+    assert path.stat().st_ino == inode and len(fio.read_series(path)["images"]) == 6
+    assert len(images) == 4
+    for got, want in zip(images, full):
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+    for got, want in zip(tail, full[2:]):
+        assert repr(got["meta"]) == repr(want["meta"])
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+    for got, want in zip(pickle.loads(pickled), full):
+        np.testing.assert_array_equal(got["raw"], want["raw"])
+
+
+def test_lazy_series_pickled_to_another_kernel_compares_the_inode_alone(tmp_path: pathlib.Path) -> None:
+    # device numbers are the running kernel's: on another host (a dask worker on the same NFS
+    # mount) or after a reboot the same file may have another one
+    path = tmp_path / "s.h5"
+    fio.write_series(path, lazy_series(["a", "b"]))
+    kind, (source, positions, workers, known) = fio.read_series(path, lazy=True)["images"].__reduce__()
+    elsewhere = kind(source, positions, workers, known._replace(kernel="another", device=known.device + 1))
+    np.testing.assert_array_equal(elsewhere[1]["raw"], lazy_frame(1))
+    here = kind(source, positions, workers, known._replace(device=known.device + 1))
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        here[1]
+    moved = kind(source, positions, workers, known._replace(kernel="another", inode=known.inode + 1))
+    with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
+        moved[1]
+
+
+def identified_series(path: pathlib.Path) -> None:
+    """Eight tiny images with identifiers 'frame 0' .. 'frame 7'."""
+    frames = [{"raw": np.full((2, 2), n, np.uint16), "meta": {"identifier": f"frame {n}"}} for n in range(8)]
+    fio.write_series(path, {"identifier": None, "images": frames})
+
+
+def append_identified(path: pathlib.Path, identifier: str) -> None:
+    image = {"raw": np.zeros((2, 2), np.uint16), "meta": {"identifier": identifier}}
+    fio.write_series(path, {"identifier": None, "images": [image]}, append=True)
+
+
+def test_appending_an_identifier_reads_each_one_in_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    identified_series(path)
+    with h5py.File(path, "r+") as h5:
+        del h5["fli_1"].attrs["identifier"]
+        h5["fli_1"].attrs.create("identifier", np.bytes_(b"old 1"))  # as older writers stored it
+        h5["fli_2"].attrs.create("identifier", "ascii 2", dtype=h5py.string_dtype("ascii"))
+        del h5["fli_3"].attrs["identifier"]
+        h5.create_group("kept")
+        h5.move("fli_5", "kept/fli_5")
+        h5["fli_5"] = h5py.SoftLink("/kept/fli_5")  # read through the link
+        h5["fli_6"].attrs["identifier"] = "frame 4"
+    taken = {"old 1": "fli_1", "ascii 2": "fli_2", "frame 5": "fli_5", "frame 7": "fli_7"}
+    for identifier, by in [*taken.items(), ("frame 4", "several images")]:
+        with pytest.raises(ValueError, match=rf"identifier '{identifier}', already used by {by}\Z"):
+            append_identified(path, identifier)
+    append_identified(path, "frame 3")  # fli_3 has none
+    got = fio.read_series(path)["images"]
+    assert [image["meta"].get("identifier") for image in got][-3:] == ["frame 4", "frame 7", "frame 3"]
+
+
+@pytest.mark.parametrize(
+    "odd, reported",
+    [
+        ("dataset", r"fli_5 should be a group, but is Dataset"),
+        ("external link", r"fli_5 is a link to another file, which flimage_io does not follow"),
+        ("not UTF-8", r"fli_5 attribute 'identifier' is no UTF-8 text: (np\.bytes_\()?b'\\xff5'\)?"),
+        ("number", r"fli_5 attribute 'identifier' must be text, but holds int64"),
+        ("array", r"fli_5 attribute 'identifier' must be text, but holds ndarray"),
+        ("empty", r"fli_5 attribute 'identifier' must be text, but holds Empty"),
+        ("bytes", r"fli_5 attribute 'identifier' must be text, but holds ndarray"),
+    ],
+)
+def test_appending_an_identifier_reports_an_odd_image(
+    tmp_path: pathlib.Path, odd: str, reported: str
+) -> None:
+    path = tmp_path / "s.h5"
+    identified_series(path)
+    with h5py.File(path, "r+") as h5:
+        image = h5["fli_5"]
+        if odd in ("dataset", "external link"):
+            del h5["fli_5"]
+        if odd == "dataset":
+            h5["fli_5"] = np.zeros(3)
+            h5["fli_5"].attrs["identifier"] = "frame 5"
+        elif odd == "external link":
+            fio.write_image(tmp_path / "other.h5", {"raw": np.ones((2, 2)), "meta": {"identifier": "x"}})
+            h5["fli_5"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/")
+        elif odd == "not UTF-8":
+            image.attrs["identifier"] = np.bytes_(b"\xff5")
+        elif odd == "number":
+            image.attrs["identifier"] = 5
+        elif odd == "array":
+            image.attrs["identifier"] = np.array(["frame 5"], dtype=h5py.string_dtype())
+        elif odd == "empty":
+            image.attrs["identifier"] = h5py.Empty(h5py.string_dtype())
+        else:  # a variable-length sequence of bytes, which HDF5 would convert to text
+            stored = np.empty((), dtype=h5py.vlen_dtype(np.uint8))
+            stored[()] = np.frombuffer(b"frame 5", np.uint8)
+            image.attrs["identifier"] = stored
+    with pytest.raises(fio.FormatError, match=rf"\A{re.escape(str(path))}:/{reported}\Z"):
+        append_identified(path, "new")
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5) == [f"fli_{n}" for n in range(8)]
