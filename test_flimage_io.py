@@ -5664,6 +5664,7 @@ def test_stream_to_a_file_object_commits_too(tmp_path: pathlib.Path) -> None:
     assert len(fio.read_series(path)["images"]) == 4
 
 
+# ---------------------------------------------------------------------------
 # lazy series and identifiers: a replaced file, the cost of proving an identifier new
 # ---------------------------------------------------------------------------
 
