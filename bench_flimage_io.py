@@ -119,26 +119,32 @@ def write_h5py(path: str, frames: list[np.ndarray]) -> None:
     """Bare h5py with our filters (shuffle, deflate level 1, fletcher32), one chunk per image."""
     with h5py.File(path, "w") as h5:
         for number, raw in enumerate(frames):
-            group = h5.create_group(f"fli_{number}")
-            for key, value in meta(number).items():
-                group.attrs[key] = value
-            group.attrs["flimage version"] = group.attrs["qpimage version"] = "h5py"
-            dataset = group.create_dataset(
-                "fluorescence/raw",
-                data=raw.astype(np.float32, copy=False),  # float32, as flimage and ours store
-                chunks=raw.shape,
-                compression="gzip",
-                compression_opts=1,
-                shuffle=True,
-                fletcher32=True,
-            )
-            for key, value in (
-                ("CLASS", "IMAGE"),
-                ("IMAGE_VERSION", "1.2"),
-                ("IMAGE_SUBCLASS", "IMAGE_GRAYSCALE"),
-            ):
-                dataset.attrs.create(key, np.bytes_(value))
-            group.create_group("fluorescence/bg_data")
+            # float32, as flimage and ours store
+            write_h5py_image(h5, number, raw.astype(np.float32, copy=False), meta(number))
+
+
+def write_h5py_image(h5: Any, number: int, raw: np.ndarray, image_meta: dict[str, Any]) -> None:
+    """One image of the layout, the way a user of bare h5py would write it."""
+    group = h5.create_group(f"fli_{number}")
+    for key, value in image_meta.items():
+        group.attrs[key] = value
+    group.attrs["flimage version"] = group.attrs["qpimage version"] = "h5py"
+    dataset = group.create_dataset(
+        "fluorescence/raw",
+        data=raw,
+        chunks=raw.shape,
+        compression="gzip",
+        compression_opts=1,
+        shuffle=True,
+        fletcher32=True,
+    )
+    for key, value in (
+        ("CLASS", "IMAGE"),
+        ("IMAGE_VERSION", "1.2"),
+        ("IMAGE_SUBCLASS", "IMAGE_GRAYSCALE"),
+    ):
+        dataset.attrs.create(key, np.bytes_(value))
+    group.create_group("fluorescence/bg_data")
 
 
 def write_ours(path: str, frames: list[np.ndarray]) -> None:
@@ -592,30 +598,10 @@ def tiny_frames(count: int, stamps: list[float] | None = None) -> Iterator[dict[
 
 
 def write_h5py_tiny(path: str, count: int) -> None:
-    """Bare h5py writing the same layout for the tiny frames: groups, attributes, gzip 1 + shuffle +
-    fletcher32, one chunk per image."""
+    """Bare h5py writing the same layout for the tiny frames."""
     with h5py.File(path, "w") as h5:
-        for n, image in enumerate(tiny_frames(count)):
-            group = h5.create_group(f"fli_{n}")
-            for key, value in image["meta"].items():
-                group.attrs[key] = value
-            group.attrs["flimage version"] = group.attrs["qpimage version"] = "h5py"
-            dataset = group.create_dataset(
-                "fluorescence/raw",
-                data=image["raw"],
-                chunks=image["raw"].shape,
-                compression="gzip",
-                compression_opts=1,
-                shuffle=True,
-                fletcher32=True,
-            )
-            for key, text in (
-                ("CLASS", "IMAGE"),
-                ("IMAGE_VERSION", "1.2"),
-                ("IMAGE_SUBCLASS", "IMAGE_GRAYSCALE"),
-            ):
-                dataset.attrs.create(key, np.bytes_(text))
-            group.create_group("fluorescence/bg_data")
+        for number, image in enumerate(tiny_frames(count)):
+            write_h5py_image(h5, number, image["raw"], image["meta"])
 
 
 VIEWER = """

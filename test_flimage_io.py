@@ -5505,12 +5505,7 @@ def test_stream_frames_since_the_last_commit_are_rolled_back(tmp_path: pathlib.P
     assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1]
 
 
-STREAM_HOLDER = """
-import sys, h5py
-with h5py.File(PATH, "r") as h5:
-    print("open", flush=True)
-    sys.stdin.readline()
-"""
+STREAM_HOLDER = LAB_HOLDER.replace('"a"', '"r"')  # a notebook that holds the file open to read
 
 
 def test_stream_a_reader_holding_the_file_delays_commits_never_the_acquisition(
