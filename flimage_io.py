@@ -753,7 +753,9 @@ def _lock(
             continue  # removed since we looked: create it
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
-        if (writer and _OFD_SETLK is None) or created:  # not Linux: flock alone for the whole call
+        # without the writer lock (not Linux), a writer holds flock alone for the whole call; a file just
+        # created (where the file system has no links) stays alone until its first commit
+        if (writer and _OFD_SETLK is None) or created:
             exclusive = True
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
@@ -835,7 +837,9 @@ class _ReaderGate:
     _ROUND = 0.05  # seconds the turnstile stays closed to new readers while a commit waits
 
     def __init__(self, handle: IO[bytes], shown: str, *, alone: bool) -> None:
-        self._handle, self._shown, self.alone_now = handle, shown, alone
+        self._handle = handle
+        self._shown = shown
+        self.alone_now = alone
 
     def alone(self, wait: float | None) -> bool:
         """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
@@ -913,8 +917,6 @@ def _h5_open(target: Any, mode: str, shown: str) -> Any:
     except (OSError, RuntimeError, ValueError) as exc:
         if "unable to lock file" in str(exc):
             raise _in_use(shown) from None
-        if isinstance(target, str) and not os.path.exists(target):  # removed since we locked it
-            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
         damaged = f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
         if mode == "r+":
             damaged = f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
@@ -1447,9 +1449,8 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
         _remove_stale_temporaries(directory, base)
         temp = os.path.join(directory, _temp_name(base))
         try:
-            handle = stack.enter_context(
-                _LockHandle(temp, "x+b")
-            )  # the umask applies; a forked child closes it
+            # the umask applies; a forked child closes its copy
+            handle = stack.enter_context(_LockHandle(temp, "x+b"))
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
             raise OSError(exc.errno, f"cannot write {shown}: {exc.strerror}") from None
         try:
