@@ -262,9 +262,13 @@ def write_series(
     commit_every
         For a live acquisition (``append=True``, a path or a file object): every that many
         seconds the images taken so far are committed: on disk (fsynced), visible to readers,
-        and kept through a crash, a power loss or an exception in the generator (which is then
-        raised, with only the images since the last commit undone). Readers, ours and plain
-        h5py alike, open the file between commits; one that holds it open delays the next
+        and kept through a crash or a power loss. An exception that the generator raises is
+        raised unchanged once the images before it are committed; an invalid image undoes the
+        images since the last commit. The images are taken from
+        ``series["images"]`` in a thread of the call's own, so an image is committed within
+        ``commit_every`` seconds of being taken even while the camera is quiet; if the call
+        fails, that thread drops the next image the generator yields and ends. Readers, ours and
+        plain h5py alike, open the file between commits; one that holds it open delays the next
         commit, never the acquisition. At its end the call waits for such a reader to close
         the file (a ``ResourceWarning`` after 5 s). ``None`` (default): one commit at the end.
 
@@ -304,8 +308,19 @@ def write_series(
             _refuse_occupied(group, label, series=True)
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
-        numbered = _numbered(group, label, start, checked, images, options)
-        _store_images(writing, numbered, options, commit_every)
+        if commit_every is None:
+            _store_images(writing, _numbered(group, label, start, checked, images, options), options)
+            return
+        feed = _Feed(images, options.dtype, len(checked))
+        feed.start()
+        try:
+            numbered = _numbered(group, label, start, checked, iter(feed), options)
+            _store_images(writing, numbered, options, commit_every, feed.ready)
+        finally:
+            feed.stop()
+            failure, feed.failure = feed.failure, None  # no cycle through the feed's frames
+    if failure is not None:  # the camera's error, raised once the images before it are committed
+        raise failure
 
 
 def read_series(
@@ -1007,7 +1022,8 @@ def _read_in_process(shown: str, real: str) -> Iterator[None]:
         return
     key = (info.st_dev, info.st_ino)
     with _IN_PROCESS:
-        if _APPENDING.get(key) == threading.get_ident():
+        reader = threading.current_thread()
+        if _APPENDING.get(key) == (reader.caller if isinstance(reader, _Feed) else reader.ident):
             raise ValueError(
                 f"{shown} is being appended to by this very call, which cannot read from it: "
                 "read the images with lazy=False first"
@@ -1882,37 +1898,120 @@ def _store_images(
     images: Iterable[tuple[str | None, _CheckedImage]],
     options: _Options,
     commit_every: float | None = None,
+    ready: Callable[[float], bool] | None = None,
 ) -> None:
     """Store the images; with ``commit_every``, commit the images stored so far each time that many
     seconds have passed since the last commit. A commit needs every image before it whole and none
-    after it begun, so the images go in runs that end at a commit time, each stored to its end."""
+    after it begun, so the images go in runs that end at a commit time, each stored to its end.
+    ``ready(timeout)`` says whether the next image comes within ``timeout`` seconds (see _Feed):
+    without it, a run ends only as an image arrives, so a quiet camera's last images would wait."""
     images = iter(images)
     if commit_every is None:
         _store_run(writing.group, images, options, writing.check)
         return
-    exhausted: list[bool] = []
     next_commit = time.monotonic()  # the first image at once: the file shows the acquisition began
-    while not exhausted:
-        _store_run(writing.group, _until(images, next_commit, exhausted), options, writing.check)
+    uncommitted = False  # images stored since the last commit
+    exhausted = False
+
+    def run() -> Iterator[tuple[str | None, _CheckedImage]]:
+        """The images up to the commit time; an image taken after it (a slow camera) ends the run."""
+        nonlocal uncommitted, exhausted
+        while True:
+            if uncommitted and ready is not None and not ready(next_commit - time.monotonic()):
+                return  # the camera is quiet at the commit time: commit what it gave
+            item = next(images, None)
+            if item is None:
+                exhausted = True
+                return
+            yield item
+            uncommitted = True  # asked for the next item: this one is on its way into the file
+            if time.monotonic() >= next_commit:
+                return
+
+    while True:
+        _store_run(writing.group, run(), options, writing.check)
         if exhausted:
             return  # the end of the call commits
-        # while readers hold the file, try again after the next image
-        committed = writing.commit()
-        next_commit = time.monotonic() + (commit_every if committed else 0.0)
+        if writing.commit():
+            uncommitted = False
+            next_commit = time.monotonic() + commit_every
+        else:  # readers hold the file: try again soon, the turnstile open meanwhile
+            next_commit = time.monotonic() + _ReaderGate._ROUND / 2
 
 
-def _until(images: Iterator[_Item], deadline: float, exhausted: list[bool]) -> Iterator[_Item]:
-    """The images up to the first one taken at or after ``deadline`` (at least one): a frame that a
-    slow camera delivers after the commit time is committed at once. ``exhausted`` gets an item when
-    ``images`` ends."""
-    while True:
-        item = next(images, None)
-        if item is None:
-            exhausted.append(True)
-            return
-        yield item
-        if time.monotonic() >= deadline:
-            return
+class _Feed(threading.Thread):
+    """The caller's images for a streaming append, taken and checked in a thread of their own, so
+    that the calling thread can commit while the caller's generator waits for its camera. Each
+    image is copied before the next is asked for (a camera may reuse its buffer), and at most
+    ``_AHEAD`` copies wait. An invalid image raises its error, unchanged, after the images before
+    it; an error raised by the generator itself ends the images and waits in ``failure``, for the
+    call to commit what the camera gave before raising it. A call that fails leaves this thread
+    in the generator until the camera's next image, which it drops."""
+
+    _AHEAD = 2
+
+    def __init__(self, images: Iterator[Any], storage: np.dtype[Any] | None, start: int) -> None:
+        super().__init__(name="flimage_io feed", daemon=True)
+        self.caller = threading.get_ident()  # reads by this thread are reads by the appending call
+        self.failure: BaseException | None = None  # what the generator raised
+        self._images = images
+        self._storage = storage
+        self._start = start
+        self._taken: collections.deque[_CheckedImage] = collections.deque()
+        self._changed = threading.Condition()
+        self._ended = False  # the generator ended or raised
+        self._error: BaseException | None = None  # an invalid image's
+        self._stopped = False  # the call is over
+
+    def run(self) -> None:
+        offset = self._start
+        try:
+            while True:
+                try:
+                    image = next(self._images)
+                except StopIteration:
+                    return
+                except BaseException as exc:  # the camera's: the images before it are kept
+                    self.failure = exc
+                    return
+                checked = _check_image(image, self._storage, f"series['images'][{offset}]")
+                offset += 1
+                with self._changed:
+                    self._changed.wait_for(lambda: len(self._taken) < self._AHEAD or self._stopped)
+                    if self._stopped:
+                        return
+                    self._taken.append(checked)
+                    self._changed.notify_all()
+        except BaseException as exc:  # an invalid image: the caller's to see, unchanged
+            with self._changed:
+                self._error = exc
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the next image (or the end) is here, waiting up to ``timeout`` seconds for it."""
+        with self._changed:
+            return bool(self._changed.wait_for(lambda: self._taken or self._ended, max(0.0, timeout)))
+
+    def __iter__(self) -> Iterator[_CheckedImage]:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._taken or self._ended)
+                if not self._taken:
+                    error, self._error = self._error, None  # no cycle through this thread's frames
+                    if error is not None:
+                        raise error
+                    return
+                checked = self._taken.popleft()
+                self._changed.notify_all()
+            yield checked
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
 
 
 def _store_run(

@@ -3739,9 +3739,9 @@ LAB_FRAMES = 12
 
 
 @pytest.mark.parametrize("workers", [None, 3])
-@pytest.mark.parametrize("append", [False, True])
+@pytest.mark.parametrize(("append", "commit_every"), [(False, None), (True, None), (True, 0.001)])
 def test_lab_camera_refilling_one_array_stores_every_frame(
-    tmp_path: pathlib.Path, workers: int | None, append: bool
+    tmp_path: pathlib.Path, workers: int | None, append: bool, commit_every: float | None
 ) -> None:
     buffer = np.zeros((512, 512), np.uint16)
     shots: list[np.ndarray] = []
@@ -3758,7 +3758,8 @@ def test_lab_camera_refilling_one_array_stores_every_frame(
     path = tmp_path / "camera.h5"
     if append:
         fio.write_series(path, {"identifier": "run", "images": [np.ones((512, 512), np.uint16)]})
-    fio.write_series(path, {"identifier": None, "images": camera()}, workers=workers, append=append)
+    series = {"identifier": None, "images": camera()}
+    fio.write_series(path, series, workers=workers, append=append, commit_every=commit_every)
     got = [image["raw"] for image in fio.read_series(path)["images"]][int(append) :]
     assert len(got) == LAB_FRAMES
     for number, stored in enumerate(got):
@@ -5121,7 +5122,10 @@ def test_commit_append_needs_a_writable_file_not_a_writable_directory(tmp_path: 
         assert len(fio.read_series(path)["images"]) == 4
 
 
-def test_commit_appending_a_files_own_lazy_images_is_refused_at_once(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("commit_every", [None, 0.01])  # a stream takes the images in a thread
+def test_commit_appending_a_files_own_lazy_images_is_refused_at_once(
+    tmp_path: pathlib.Path, commit_every: float | None
+) -> None:
     path = tmp_path / "run.h5"
     fio.write_series(path, {"identifier": None, "images": [np.full((4, 4), n) for n in range(3)]})
     old_bytes = path.read_bytes()
@@ -5129,13 +5133,17 @@ def test_commit_appending_a_files_own_lazy_images_is_refused_at_once(tmp_path: p
     started = time.monotonic()
     for images in (lazy, (image for image in lazy)):
         with pytest.raises(ValueError, match=r"run.h5 is being appended to by this very call.*lazy=False"):
-            fio.write_series(path, {"identifier": None, "images": images}, append=True)
+            series = {"identifier": None, "images": images}
+            fio.write_series(path, series, append=True, commit_every=commit_every)
     assert time.monotonic() - started < 2
-    assert path.read_bytes() == old_bytes
+    if commit_every is None:
+        assert path.read_bytes() == old_bytes
+    else:  # a stream commits its first image at once; the refusal comes with the second
+        assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1, 2, 0, 0]
     # another thread's read is no such case: it waits for the append, then reads
     copies = [image["raw"] for image in fio.read_series(path)["images"]]
     fio.write_series(path, {"identifier": None, "images": copies}, append=True)
-    assert len(fio.read_series(path)["images"]) == 6
+    assert len(fio.read_series(path)["images"]) == 2 * len(copies)
 
 
 # ---------------------------------------------------------------------------
@@ -5400,14 +5408,24 @@ def stream_step(child: subprocess.Popen[str], word: str = "go") -> str:
     return child.stdout.readline().strip()
 
 
+def stream_committed(path: pathlib.Path, count: int) -> None:
+    """Wait until readers of ``path`` see ``count`` images: a frame taken after the commit time is
+    committed as soon as it is stored, which is just after the camera was asked for the next."""
+    deadline = time.monotonic() + 10
+    while not path.exists() or len(fio.read_series(path, lazy=True)["images"]) < count:
+        assert time.monotonic() < deadline, f"{path} never showed {count} images"
+        time.sleep(0.01)
+
+
 def test_stream_commits_are_visible_while_the_call_runs(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
     child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
         for n in range(5):
-            time.sleep(0.1)  # past commit_every: frame n is committed before frame n + 1 is asked for
+            time.sleep(0.1)  # past commit_every: frame n is committed as soon as it is stored
             assert stream_step(child) == f"waiting {n + 1}"
+            stream_committed(path, n + 1)
             # the call still runs; readers see every frame taken so far, ours and plain h5py alike
             newest = fio.read_image(path, -1)
             assert (newest["meta"]["identifier"], newest["meta"]["time"]) == (f"frame {n}", n / 10)
@@ -5430,6 +5448,7 @@ def test_stream_kill_9_keeps_every_committed_frame(tmp_path: pathlib.Path) -> No
     for _ in range(3):
         time.sleep(0.1)
         stream_step(child)
+    stream_committed(path, 3)
     child.kill()  # the camera stopped mid-acquisition: frames 0, 1 and 2 were committed
     child.communicate()
     got = fio.read_series(path)
@@ -5471,6 +5490,50 @@ def test_stream_kill_9_at_many_points_never_damages_the_file(tmp_path: pathlib.P
     assert counts == sorted(counts) and counts[-1] > counts[0] + 20  # each run kept what it committed
 
 
+def test_stream_a_quiet_camera_has_its_frames_committed_while_it_waits(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
+    assert stream_step(child) == "waiting 1"  # frame 0 is committed at once
+    assert stream_step(child) == "waiting 2"  # frame 1 comes within commit_every of that commit
+    # the camera is quiet now (the generator waits for a line): frame 1 is committed at the commit
+    # time all the same, not when frame 2 comes
+    stream_committed(path, 2)
+    child.kill()
+    child.communicate()
+    got = fio.read_series(path)
+    assert [image["meta"]["identifier"] for image in got["images"]] == ["frame 0", "frame 1"]
+
+
+STREAM_QUIET = """
+import threading
+import numpy as np
+import flimage_io as fio
+def frames():
+    yield np.zeros((8, 8))
+    yield np.ones((8, 8))
+    print("waiting", flush=True)
+    threading.Event().wait()  # a camera that never delivers again
+try:
+    fio.write_series(PATH, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_stream_ctrl_c_while_the_camera_waits_ends_the_call_at_once(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    child = lab_python(STREAM_QUIET.replace("PATH", repr(str(path))))
+    assert child.stdout is not None and child.stdout.readline() == "waiting\n"
+    stream_committed(path, 2)
+    child.send_signal(signal.SIGINT)
+    # the call ends though the thread that takes the images still waits in the generator,
+    # and the process exits
+    assert lab_finish(child, timeout=10) == "interrupted\n"
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1]
+    assert cli._check_file(path) == []
+
+
 def test_stream_an_error_in_the_generator_keeps_the_committed_frames(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
     fio.write_series(path, {"identifier": "live", "images": [np.zeros((8, 8))]})
@@ -5490,19 +5553,35 @@ def test_stream_an_error_in_the_generator_keeps_the_committed_frames(tmp_path: p
     assert cli._check_file(path) == []
 
 
-def test_stream_frames_since_the_last_commit_are_rolled_back(tmp_path: pathlib.Path) -> None:
+def test_stream_a_generator_error_keeps_the_frames_taken_before_it(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live.h5"
+    camera_error = KeyError("stop")
+
+    def frames() -> Iterator[np.ndarray]:
+        yield np.zeros((8, 8))  # committed at once
+        yield np.ones((8, 8))  # within commit_every of that commit
+        yield np.full((8, 8), 2)
+        raise camera_error
+
+    with pytest.raises(KeyError) as raised:
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=60)
+    assert raised.value is camera_error
+    # the camera failed, not its frames: they are committed before the error is raised
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1, 2]
+
+
+def test_stream_an_invalid_frame_undoes_the_frames_since_the_last_commit(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
 
     def frames() -> Iterator[np.ndarray]:
-        yield np.zeros((8, 8))
-        time.sleep(0.3)  # committed before the next is taken
-        yield np.ones((8, 8))
-        yield np.ones((8, 8))  # within commit_every of the one before: not committed
-        raise KeyError("stop")
+        yield np.zeros((8, 8))  # committed at once
+        yield np.ones((8, 8))  # within commit_every of that commit: not committed
+        yield np.ones((8, 8, 2))
 
-    with pytest.raises(KeyError):
-        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.2)
-    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0, 1]
+    with pytest.raises(ValueError, match=r"series\['images'\]\[2\]\['raw'\] must be 2-D"):
+        fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=60)
+    assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [0]
+    assert cli._check_file(path) == []
 
 
 STREAM_HOLDER = LAB_HOLDER.replace('"a"', '"r"')  # a notebook that holds the file open to read
@@ -5648,9 +5727,9 @@ def test_stream_to_a_file_object_commits_too(tmp_path: pathlib.Path) -> None:
 
     def frames() -> Iterator[np.ndarray]:
         for n in range(4):
-            if n >= 2:  # frames 0 to n - 1 were committed when frame n was asked for
+            time.sleep(0.06)  # past commit_every: frames 0 to n - 1 are committed meanwhile
+            if n >= 2:
                 seen.append(len(fio.read_series(path)["images"]))  # another reader of the path
-            time.sleep(0.06)  # past commit_every
             yield np.full((8, 8), n)
 
     with open(path, "w+b") as handle:
