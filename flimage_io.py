@@ -40,6 +40,7 @@ import struct
 import sys
 import threading
 import time
+import types
 import warnings
 import weakref
 import zlib
@@ -65,9 +66,19 @@ __all__ += ["read_image", "read_series", "write_image", "write_series"]
 
 # 1. public API ----------------------------------------------------------------------------------------------
 
-#: Meta data keys that hold real numbers (stored as float64), with their unit.
-NUMBER_KEYS: dict[str, str] = {"pixel size": "m", "time": "s", "angle": "rad", "focus": "m"}
-NUMBER_KEYS.update({"numerical aperture": "", "pos x": "m", "pos y": "m", "sim radius": "m"})
+#: Meta data keys that hold real numbers (stored as float64), with their unit (read-only).
+NUMBER_KEYS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "pixel size": "m",
+        "time": "s",
+        "angle": "rad",
+        "focus": "m",
+        "numerical aperture": "",
+        "pos x": "m",
+        "pos y": "m",
+        "sim radius": "m",
+    }
+)
 #: Meta data keys that hold text (stored as variable-length UTF-8 strings).
 TEXT_KEYS: tuple[str, ...] = ("date", "device", "identifier", "sim model", "software")
 TEXT_KEYS += ("flimage version", "qpimage version")
@@ -1762,7 +1773,13 @@ _FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter 
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
 _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
 _FLETCHER_BLOCK = 1 << 20
-_FLETCHER_WEIGHTS = np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
+
+
+@functools.cache
+def _fletcher_weights() -> npt.NDArray[np.uint64]:
+    """Each word's count of additions to the second sum in a block: 8 MiB, made on first use
+    rather than at import, which a project vendoring the module pays whether it writes or not."""
+    return np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
 
 
 def _zlib() -> ModuleType:
@@ -1781,7 +1798,7 @@ def _fletcher32(data: bytes | memoryview) -> int:
     for block in blocks:
         wide = block.astype(np.uint64)
         # each word is added to sum2 once for every word from it to the end
-        sum2 += len(wide) * sum1 + int(np.dot(wide, _FLETCHER_WEIGHTS[_FLETCHER_BLOCK - len(wide) :]))
+        sum2 += len(wide) * sum1 + int(np.dot(wide, _fletcher_weights()[_FLETCHER_BLOCK - len(wide) :]))
         sum1 += int(wide.sum())
     return ((sum2 - 1) % 65535 + 1) << 16 | ((sum1 - 1) % 65535 + 1) if sum1 else 0
 

@@ -1480,6 +1480,29 @@ def test_random_input_gives_a_valid_file_or_a_clear_error(tmp_path: pathlib.Path
 # ---------------------------------------------------------------------------
 
 
+IMPORT_COST = """
+import tracemalloc
+import h5py, numpy  # what any user of the module has imported anyway
+tracemalloc.start(1)
+import flimage_io
+ours = [s for s in tracemalloc.take_snapshot().statistics("filename")
+        if s.traceback[0].filename == flimage_io.__file__]
+print(sum(s.size for s in ours))
+"""
+
+
+def test_vendored_copy_costs_little_to_import() -> None:
+    # a project that vendors the module pays for its import whether it writes or not
+    allocated = int(lab_finish(lab_python(IMPORT_COST)))
+    assert allocated < 256 * 1024, f"import flimage_io allocated {allocated} bytes"
+
+
+def test_meta_key_tables_are_read_only() -> None:
+    with pytest.raises(TypeError):
+        fio.NUMBER_KEYS["wavelength"] = "m"  # type: ignore[index]
+    assert fio.NUMBER_KEYS["pixel size"] == "m" and "wavelength" not in fio.META_KEYS
+
+
 def test_vendored_copy_works_alone(tmp_path: pathlib.Path) -> None:
     """The library is one file; its command line needs flimage_io_cli.py beside it, and says so."""
     import subprocess
