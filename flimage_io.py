@@ -1775,11 +1775,11 @@ _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's
 _FLETCHER_BLOCK = 1 << 20
 
 
-@functools.cache
-def _fletcher_weights() -> npt.NDArray[np.uint64]:
+@functools.lru_cache(maxsize=None)
+def _fletcher_weights(block: int) -> npt.NDArray[np.uint64]:
     """Each word's count of additions to the second sum in a block: 8 MiB, made on first use
     rather than at import, which a project vendoring the module pays whether it writes or not."""
-    return np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
+    return np.arange(block, 0, -1, dtype=np.uint64)
 
 
 def _zlib() -> ModuleType:
@@ -1798,7 +1798,9 @@ def _fletcher32(data: bytes | memoryview) -> int:
     for block in blocks:
         wide = block.astype(np.uint64)
         # each word is added to sum2 once for every word from it to the end
-        sum2 += len(wide) * sum1 + int(np.dot(wide, _fletcher_weights()[_FLETCHER_BLOCK - len(wide) :]))
+        sum2 += len(wide) * sum1 + int(
+            np.dot(wide, _fletcher_weights(_FLETCHER_BLOCK)[_FLETCHER_BLOCK - len(wide) :])
+        )
         sum1 += int(wide.sum())
     return ((sum2 - 1) % 65535 + 1) << 16 | ((sum1 - 1) % 65535 + 1) if sum1 else 0
 
