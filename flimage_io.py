@@ -1775,7 +1775,7 @@ _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's
 _FLETCHER_BLOCK = 1 << 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fletcher_weights(block: int) -> npt.NDArray[np.uint64]:
     """Each word's count of additions to the second sum in a block: 8 MiB, made on first use
     rather than at import, which a project vendoring the module pays whether it writes or not."""
