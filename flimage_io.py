@@ -1520,8 +1520,10 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
     prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]  # without the 8 random hex digits
+    length = len(prefix) + 8 + len(_TEMP_SUFFIX)  # longer: another target's, whose name begins like this one
     with contextlib.suppress(OSError):
-        for name in [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]
+        for name in [n for n in names if len(n) == length]:
             path = os.path.join(directory, name)
             with contextlib.suppress(OSError), _LockHandle(path, "rb") as handle:
                 _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives

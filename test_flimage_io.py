@@ -1113,11 +1113,13 @@ def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
     # ... and once stale (unlocked and old) the next write removes it
     old = os.stat(tmp_path / leftovers[0]).st_mtime - 2 * fio._STALE_SECONDS
     os.utime(tmp_path / leftovers[0], (old, old))
-    unrelated = tmp_path / ".other.h5.x.flimage_io-tmp"
-    unrelated.touch()
-    os.utime(unrelated, (old, old))
+    # stale temporaries of other targets, one whose name begins with this one's, are not its to remove
+    others = [tmp_path / f".{name}.0123abcd{fio._TEMP_SUFFIX}" for name in ("other.h5", "killed.h5.bak")]
+    for other in others:
+        other.touch()
+        os.utime(other, (old, old))
     fio.write_image(path, {"raw": np.zeros((2, 2))})
-    assert sorted(os.listdir(tmp_path)) == sorted(["killed.h5", unrelated.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["killed.h5", *(other.name for other in others)])
     assert fio.read_image(path)["raw"].sum() == 0
 
 
@@ -5950,3 +5952,80 @@ def test_appending_an_identifier_reports_an_odd_image(
         append_identified(path, "new")
     with h5py.File(path, "r") as h5:
         assert sorted(h5) == [f"fli_{n}" for n in range(8)]
+
+
+# ---------------------------------------------------------------------------
+# a path replaced while a call waits for it
+# ---------------------------------------------------------------------------
+
+REPLACING_WRITER = """
+import sys
+import numpy as np
+import flimage_io as fio
+def frames():
+    yield np.full((8, 8), 10.0)
+    print("writing", flush=True)
+    sys.stdin.readline()
+    yield np.full((8, 8), 11.0)
+fio.write_series(PATH, {"identifier": "new", "images": frames()})
+"""
+
+
+def test_an_append_waiting_for_a_replacing_write_appends_to_the_new_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": "old", "images": [np.zeros((8, 8))]})
+    writer = lab_python(REPLACING_WRITER.replace("PATH", repr(str(path))))
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    errors: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            fio.write_series(path, {"identifier": None, "images": [np.full((8, 8), 9.0)]}, append=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    appender = threading.Thread(target=append)
+    appender.start()
+    time.sleep(0.5)  # the append waits for the writer, locked on the old file
+    lab_release(writer)
+    lab_finish(writer)
+    appender.join(30)
+    assert errors == []
+    # the append went to the file that the path names now, not to the old one it waited on
+    got = fio.read_series(path)
+    assert got["identifier"] == "new"
+    assert [float(image["raw"][0, 0]) for image in got["images"]] == [10.0, 11.0, 9.0]
+
+
+# ---------------------------------------------------------------------------
+# what a read costs in bytes read from the file
+# ---------------------------------------------------------------------------
+
+
+class CountingFile(io.FileIO):
+    """A file object that counts the bytes HDF5 reads through it."""
+
+    count = 0
+
+    def readinto(self, buffer: Any) -> int | None:
+        got = super().readinto(buffer)
+        self.count += got or 0
+        return got
+
+
+def test_an_identifier_is_found_without_reading_every_image_header(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "run.h5"
+    frames = (
+        {"raw": np.full((4, 4), n, np.uint16), "meta": {"identifier": f"frame {n:04d}"}} for n in range(3000)
+    )
+    fio.write_series(path, {"identifier": None, "images": frames})
+
+    def bytes_read(index: int | str) -> int:
+        with CountingFile(path, "rb") as handle:
+            with contextlib.suppress(fio.ImageNotFoundError):
+                fio.read_image(handle, index)
+            return handle.count
+
+    # the numbers in an identifier say where to look first; an unknown one is looked for everywhere
+    assert bytes_read("frame 2000") < bytes_read("no such frame") / 10
+    assert bytes_read("frame 2000") < 2 * bytes_read(2000)
