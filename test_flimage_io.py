@@ -1883,9 +1883,12 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
             images[bad]
     with pytest.raises(IndexError):
         images[5]
-    for bad_key in (1.0, "a", None, (0,)):
-        with pytest.raises(TypeError, match=r"images are indexed by int or slice"):
+    for bad_key in (1.0, b"a", None, (0,)):
+        with pytest.raises(
+            TypeError, match=r"images are indexed by position \(int\), identifier \(str\) or slice"
+        ):
             images[bad_key]
+    lazy_assert_same(images["c"], full[2])  # an identifier, as read_image takes
     with pytest.raises(TypeError):
         images[0] = full[0]  # type: ignore[index]
     with pytest.raises(TypeError):
