@@ -321,9 +321,12 @@ def read_series(
         ``None`` for every image; a ``slice`` or ``range``; or a sequence of positions
         (negative count from the end) and identifiers, in its order.
     lazy
-        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing, an image
-        reads its ``meta`` without pixels and its arrays on first access, and iteration reads a
-        few images ahead on the workers. No file stays open between accesses, so it pickles
+        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing; an image,
+        taken by position, identifier or slice, reads its ``meta`` without pixels and its arrays
+        on first access; iteration reads a few images ahead on the workers. ``np.asarray(images)``
+        reads the raw images into one (frames, rows, columns) array at the memory cost of that
+        array (ValueError for images of different shapes or dtypes, naming the first odd one).
+        No file stays open between accesses, so it pickles
         (for a path) and survives forks; for a group, keep the group open. Appends to the file
         leave it readable; if the path names another file by then, a read raises FormatError.
     workers
@@ -349,6 +352,8 @@ def read_series(
     >>> f = io.BytesIO(); write_series(f, {"identifier": None, "images": np.zeros((3, 2, 2))})
     >>> len(read_series(f, lazy=True)["images"]), len(read_series(f, [0, -1])["images"])
     (3, 2)
+    >>> np.asarray(read_series(f, lazy=True)["images"]).shape
+    (3, 2, 2)
     """
     workers, selection = _check_workers(workers), _check_selection(index)
     if not isinstance(lazy, bool):
@@ -2243,11 +2248,10 @@ class _LazyImage(Mapping[str, Any]):
 
 
 class _LazyImages(Sequence[Image]):
-    """The images of a series, read on access; no file stays open between accesses. Meta data are read a
-    block at a time while visited in order, else one image at a time, and the last few hundred are kept
-    (an unknown key warns once);
-    pixels for one image, or for the next few while visited in order (bounded memory). ``np.asarray``
-    reads the raw images into one (frames, rows, columns) array."""
+    """The images of a series, read on access; no file stays open between accesses. Meta data are read
+    a block at a time while visited in order, else one image at a time, and the last few hundred are kept
+    (an unknown key warns once); pixels for one image, or for the next few while visited in order
+    (bounded memory). ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
 
     _META_BLOCK = 256
     _META_KEPT = 2 * _META_BLOCK

@@ -6256,31 +6256,3 @@ def test_lazy_random_access_reads_one_image(tmp_path: pathlib.Path, monkeypatch:
     for n in list(range(count)) + picks:
         images[n]
     assert len(images._metas) <= 512
-
-
-def test_lazy_random_access_from_threads(tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "s.h5"
-    count = 400
-    fio.write_series(
-        path,
-        {
-            "identifier": None,
-            "images": [{"raw": lazy_frame(n), "meta": {"time": float(n)}} for n in range(count)],
-        },
-    )
-    images = fio.read_series(path, lazy=True, workers=2)["images"]
-    wrong: list[Any] = []
-
-    def visit(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        for n in [int(n) for n in rng.integers(0, count, 40)] + list(range(seed * 40, seed * 40 + 40)):
-            image = images[n]
-            if image["meta"]["time"] != n or not np.array_equal(image["raw"], lazy_frame(n)):
-                wrong.append(n)
-
-    threads = [threading.Thread(target=visit, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert wrong == []
