@@ -111,16 +111,12 @@ class FormatError(ValueError):
     """A file is damaged, or does not hold the FLImage / FLSeries layout asked for."""
 
 
-class _KeyError(KeyError):
-    """A ``KeyError`` whose message prints as written, not quoted."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class ImageNotFoundError(_KeyError, IndexError):
+class ImageNotFoundError(KeyError, IndexError):
     """The index or identifier names no image of the series: a ``KeyError``
     (as in ``flimage``) and an ``IndexError`` (as for lists)."""
+
+    def __str__(self) -> str:  # the message as written; a KeyError would quote it
+        return str(self.args[0]) if self.args else ""
 
 
 class UnknownMetaWarning(UserWarning):
@@ -351,9 +347,12 @@ def read_series(
         ``None`` for every image; a ``slice`` or ``range``; or a sequence of positions
         (negative count from the end) and identifiers, in its order.
     lazy
-        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing, an image
-        reads its ``meta`` without pixels and its arrays on first access, and iteration reads a
-        few images ahead on the workers. No file stays open between accesses, so it pickles
+        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing; an image,
+        taken by position, identifier or slice, reads its ``meta`` without pixels and its arrays
+        on first access; iteration reads a few images ahead on the workers. ``np.asarray(images)``
+        reads the raw images into one (frames, rows, columns) array at the memory cost of that
+        array (ValueError for images of different shapes or dtypes, naming the first odd one).
+        No file stays open between accesses, so it pickles
         (for a path) and survives forks; for a group, keep the group open. Appends to the file
         leave it readable; if the path names another file by then, a read raises FormatError.
     workers
@@ -379,6 +378,8 @@ def read_series(
     >>> f = io.BytesIO(); write_series(f, {"identifier": None, "images": np.zeros((3, 2, 2))})
     >>> len(read_series(f, lazy=True)["images"]), len(read_series(f, [0, -1])["images"])
     (3, 2)
+    >>> np.asarray(read_series(f, lazy=True)["images"]).shape
+    (3, 2, 2)
     """
     workers, selection = _check_workers(workers), _check_selection(index)
     if not isinstance(lazy, bool):
@@ -480,7 +481,7 @@ def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], what: str, hint
         if key not in valid:
             close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
             guess = f"; did you mean {close[0]!r}?" if close else ""
-            raise _KeyError(f"{what} has the unknown key {key!r}{guess} ({hint})")
+            raise KeyError(f"{what} has the unknown key {key!r}{guess} ({hint})")
 
 
 def _check_array(
@@ -592,7 +593,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
         raise TypeError(f"{what} must be a dict with 'raw', 'bg_data', 'meta' or an array, not {type(image)}")
     _refuse_unknown(image, ("raw", "bg_data", "meta"), what, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
-        raise _KeyError(f"{what} has no 'raw' image")
+        raise KeyError(f"{what} has no 'raw' image")
     raw = _check_array(image["raw"], storage, f"{what}['raw']", None)
     bg_value = image.get("bg_data")
     bg_data: dict[str, npt.NDArray[Any]] = {}
@@ -613,7 +614,7 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
         raise TypeError(f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}")
     _refuse_unknown(series, ("identifier", "images"), "series", "a series has 'identifier' and 'images'")
     if "images" not in series:
-        raise _KeyError("series has no 'images'")
+        raise KeyError("series has no 'images'")
     identifier = series.get("identifier")
     if identifier is not None:
         identifier = _check_text(identifier, "series['identifier']", "a str or None")
@@ -719,8 +720,7 @@ def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     """The name of a file object HDF5 can use; others are refused before any byte moves."""
     if not all(hasattr(handle, name) for name in ("read", "seek", "tell")):
         raise TypeError(f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle)}")
-    name = getattr(handle, "name", None)
-    name = name if isinstance(name, str) else f"<{type(handle).__name__}>"
+    name = _fileobj_name(handle)
     mode = getattr(handle, "mode", "b")
     if isinstance(handle, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise TypeError(f"{name} is opened in text mode; open it in binary mode ('rb', 'r+b' or 'w+b')")
@@ -733,6 +733,11 @@ def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     if read and not getattr(handle, "readable", lambda: True)():
         raise ValueError(f"{name} is not readable; open it 'r+b'")
     return name
+
+
+def _fileobj_name(handle: Any) -> str:
+    name = getattr(handle, "name", None)
+    return name if isinstance(name, str) else f"<{type(handle).__name__}>"
 
 
 def _real_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
@@ -1826,7 +1831,8 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
 def _decode_chunk(
     where: str, stored: bytes, mask: int, codes: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
 ) -> None:
-    """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image."""
+    """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image
+    (in ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
     for position in reversed(range(len(codes))):
@@ -1856,8 +1862,10 @@ def _decode_chunk(
         return
     # unshuffle straight into the image: one strided copy per byte plane
     planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
-    # numpy < 1.23 can view only a contiguous array as bytes: a strided part goes through a copy
-    whole = out if out.flags.c_contiguous else np.empty_like(out)
+    # numpy < 1.23 can view only a contiguous array as bytes: a strided part goes through a copy, as
+    # does a part of another dtype
+    native = dtype.newbyteorder("=")
+    whole = out if out.flags.c_contiguous and out.dtype == native else np.empty(out.shape, native)
     target = whole.view(np.uint8)
     swap = dtype.byteorder == (">" if sys.byteorder == "little" else "<")  # stored in the other order
     for byte in range(dtype.itemsize):
@@ -2124,11 +2132,9 @@ def _load_images(
             yield image
 
 
-def _dataset_jobs(
-    dataset: Any, label: str, shape: tuple[int, ...] | None
-) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
-    """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it).
-    Storage never written or outside the file is an error: our writers store every chunk; fill is no data."""
+def _check_dataset(dataset: Any, label: str, shape: tuple[int, ...] | None) -> str:
+    """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``;
+    return where it is."""
     where, dtype = _at(label, dataset), dataset.dtype
     if not _storable(dtype):
         raise FormatError(f"{where} must hold real numbers or bools, but has dtype {dtype}")
@@ -2136,6 +2142,17 @@ def _dataset_jobs(
         raise FormatError(f"{where} must be a non-empty 2-D image, but has shape {dataset.shape}")
     if shape is not None and dataset.shape != shape:
         raise FormatError(f"{where} has shape {dataset.shape}, but raw has shape {shape}")
+    return where
+
+
+def _dataset_jobs(
+    dataset: Any, label: str, shape: tuple[int, ...] | None, out: npt.NDArray[Any] | None = None
+) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
+    """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it); with
+    ``out``, of the dataset's shape, into that array, cast to its dtype as numpy casts. Storage never
+    written or outside the file is an error: our writers store every chunk; fill is no data."""
+    where, dtype = _check_dataset(dataset, label, shape), dataset.dtype
+    native = dtype.newbyteorder("=")
     plist = dataset.id.get_create_plist()
     layout = plist.get_layout()
     if layout == h5py.h5d.VIRTUAL:
@@ -2162,7 +2179,7 @@ def _dataset_jobs(
         # other float formats) need HDF5's conversion
         plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
         if plain and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
-            out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
+            out = np.empty(dataset.shape, dtype=native) if out is None else out
             jobs: list[Callable[[], None]] = []
             for offset in itertools.product(*starts):
                 try:
@@ -2176,12 +2193,61 @@ def _dataset_jobs(
             return out, jobs
     elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
         raise FormatError(f"{where} was never written (it has no storage)")
-    out = np.empty(dataset.shape, dtype=dtype.newbyteorder("="))
+    # another dtype is cast by numpy, not converted by HDF5 (whose rules differ), from a copy of the image
+    read = np.empty(dataset.shape, dtype=native) if out is None or out.dtype != native else out
     try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
-        dataset.read_direct(out)
+        dataset.read_direct(read)
     except (OSError, RuntimeError, ValueError) as exc:
         raise FormatError(f"{where} cannot be read ({exc}); the file is damaged") from None
+    if out is None:
+        return read, []
+    out[...] = read
     return out, []
+
+
+def _load_stack(
+    group: Any, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
+) -> npt.NDArray[Any]:
+    """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``:
+    each frame's chunks decode on the workers straight into its part, so the array is the one allocation of
+    its size. An image of another shape or dtype than the first raises ValueError naming both."""
+    if not positions:
+        return np.empty((0, 0, 0), dtype=np.float64 if dtype is None else dtype)
+
+    def raw_of(position: int) -> Any:
+        image = _child(group, f"fli_{position}", label, h5py.Group)
+        return _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
+
+    first = raw_of(positions[0])
+    _check_dataset(first, label, None)  # before the array is allocated
+    kind = first.dtype.newbyteorder("=")  # the byte order a file stores does not matter
+    out = np.empty((len(positions), *first.shape), dtype=kind if dtype is None else dtype)
+
+    def decode_jobs() -> Iterator[tuple[Callable[[], None], None]]:
+        for slot, position in enumerate(positions):
+            raw = first if slot == 0 else raw_of(position)
+            if raw.shape != first.shape or raw.dtype.newbyteorder("=") != kind:
+                odd = f"{_image_name(group, label, slot, position)} has shape {raw.shape} and dtype "
+                odd += f"{raw.dtype.newbyteorder('=')}, but {_image_name(group, label, 0, positions[0])} "
+                raise ValueError(
+                    f"{label}: {odd}has shape {first.shape} and dtype {kind}; one (frames, rows, columns) "
+                    "array needs images of one shape and dtype: take them one by one"
+                )
+            yield from ((job, None) for job in _dataset_jobs(raw, label, None, out[slot])[1])
+
+    for _ in _in_order(workers, decode_jobs()):
+        pass
+    return out
+
+
+def _image_name(group: Any, label: str, slot: int, position: int) -> str:
+    """'image 3 (fli_7, identifier 'frame 7')': an image of a selection, for a message."""
+    try:
+        identifier = _identifier_of(group, label, position)
+    except FormatError:  # the message is about something else
+        identifier = None
+    named = "" if identifier is None else f", identifier {identifier!r}"
+    return f"image {slot} (fli_{position}{named})"
 
 
 # 7. lazy series ---------------------------------------------------------------------------------------------
@@ -2227,6 +2293,26 @@ class _FileIdentity(NamedTuple):
         return info.st_ino != self.inode or (here and info.st_dev != self.device)
 
 
+class _ReadAhead:
+    """Which images to read along with the one asked for: while visits go in order (either way), twice
+    as many at each read, up to ``most``; at random, that image alone, so that it costs what read_image
+    does. Meta data of a series of 10,000 images in order take 50 opens, not 10,000."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._last = -2  # the slot visited last
+        self._run = 0  # visits in order up to it
+
+    def slots(self, slot: int, count: int) -> range:
+        """Note a visit of ``slot`` (of ``count``); the slots to read if it is not read yet."""
+        step, self._last = slot - self._last, slot
+        self._run = self._run + 1 if step in (1, -1) else 1
+        size = min(self._run, self._most)
+        if step == -1:
+            return range(max(slot - size + 1, 0), slot + 1)
+        return range(slot, min(slot + size, count))
+
+
 class _LazyImage(Mapping[str, Any]):
     """One image of a lazy series: meta read without pixels, arrays on first access."""
 
@@ -2234,6 +2320,12 @@ class _LazyImage(Mapping[str, Any]):
         self._series, self._slot, self._meta = series, slot, meta
         self._read_with = dict(meta)  # the caller may change self._meta
         self._arrays: Image | None = None
+
+    def __repr__(self) -> str:  # without reading pixels
+        identifier = self._read_with.get("identifier")
+        named = "" if identifier is None else f", identifier {identifier!r}"
+        where = f"fli_{self._series._positions[self._slot]}{named}"
+        return f"<lazy image {self._slot} of {self._series._label()}: {where}>"
 
     def __getitem__(self, key: str) -> Any:
         if key == "meta":
@@ -2256,9 +2348,12 @@ class _LazyImage(Mapping[str, Any]):
 
 class _LazyImages(Sequence[Image]):
     """The images of a series, read on access; no file stays open between accesses. Meta data are read
-    a block at a time; pixels for one image, or for the next few while visited in order (bounded memory)."""
+    a block at a time while visited in order, else one image at a time, and the last few hundred are kept
+    (an unknown key warns once); pixels for one image, or for the next few while visited in order
+    (bounded memory). ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
 
     _META_BLOCK = 256
+    _META_KEPT = 2 * _META_BLOCK
 
     def __init__(
         self, source: Any, positions: Sequence[int], workers: int, known: _FileIdentity | None = None
@@ -2269,12 +2364,31 @@ class _LazyImages(Sequence[Image]):
         self._known = known  # None: not a path, nothing to compare
         self._lock = threading.Lock()
         _LAZY_SERIES.add(self)
-        self._meta: tuple[int, list[dict[str, MetaValue]]] = (-1, [])
+        self._metas: collections.OrderedDict[int, dict[str, MetaValue]] = collections.OrderedDict()
+        self._meta_visits = _ReadAhead(self._META_BLOCK)
+        self._warned: set[str] = set()  # unknown meta keys warned about
         self._ahead: dict[int, Image] = {}
-        self._last = -2
+        self._pixel_visits = _ReadAhead(2 * workers + 2)
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled without the lock and what was read
         return _LazyImages, (self._source, self._positions, self._workers, self._known)
+
+    def __repr__(self) -> str:
+        """The file, the number of images and the first one's shape and dtype, read without pixels."""
+        count = len(self)
+        what = f"{count} {'image' if count == 1 else 'images'}"
+        if any(slot != position for slot, position in enumerate(self._positions)):
+            what += " (a selection)"
+        if count:
+            try:
+                with self._open() as (group, label):
+                    image = _child(group, f"fli_{self._positions[0]}", label, h5py.Group)
+                    fluorescence = _child(image, "fluorescence", label, h5py.Group)
+                    raw = _child(fluorescence, "raw", label, h5py.Dataset)
+                    what += f", the first {raw.shape} {raw.dtype.newbyteorder('=')}"
+            except Exception as exc:  # a repr shows what it can
+                what += f" (the first cannot be read now: {type(exc).__name__})"
+        return f"<lazy series {self._label()}: {what}>"
 
     def __len__(self) -> int:
         return len(self._positions)
@@ -2285,23 +2399,61 @@ class _LazyImages(Sequence[Image]):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return _LazyImages(self._source, self._positions[index], self._workers, self._known)
-        if not isinstance(index, numbers.Integral) or isinstance(index, (bool, np.bool_)):
-            raise TypeError(f"images are indexed by int or slice, not {type(index).__name__}")
-        slot = int(index) + len(self) if index < 0 else int(index)
-        if not 0 <= slot < len(self):
-            raise ImageNotFoundError(f"the series has {len(self)} images; index {index} is out of range")
+        if isinstance(index, str):
+            slot = self._slot_of(index)
+        elif isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
+            slot = int(index) + len(self) if index < 0 else int(index)
+            if not 0 <= slot < len(self):
+                raise ImageNotFoundError(f"the series has {len(self)} images; index {index} is out of range")
+        else:
+            raise TypeError(
+                f"images are indexed by position (int), identifier (str) or slice, not {type(index).__name__}"
+            )
         return _LazyImage(self, slot, self._meta_of(slot))
 
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> npt.NDArray[Any]:
+        """The raw images as one (frames, rows, columns) array, for ``np.asarray(images)``: each frame
+        decoded straight into its part, so that the array is the only allocation of its size."""
+        if copy is False:  # numpy 2 asks for this error when no copy is wanted but one is needed
+            raise ValueError(
+                "the images of a lazy series are read from the file into a new array, which copy=False "
+                "forbids: leave copy out"
+            )
+        with self._open() as (group, label):
+            wanted = None if dtype is None else np.dtype(dtype)
+            return _load_stack(group, label, self._positions, self._workers, wanted)
+
+    def _label(self) -> str:
+        """The file (and group) as _open_read names it, without opening it."""
+        source = self._source
+        if isinstance(source, h5py.Group):
+            return _at(source.file.filename, source) if source.id.valid else "a closed h5py group"
+        return os.fsdecode(source) if isinstance(source, (str, os.PathLike)) else _fileobj_name(source)
+
+    def _slot_of(self, identifier: str) -> int:
+        with self._open() as (group, label):
+            position = _select(group, label, [str(identifier)])[0]
+        try:
+            return self._positions.index(position)
+        except ValueError:
+            message = f"{label}: identifier {identifier!r} is fli_{position}, which is not among the "
+            raise ImageNotFoundError(message + f"{len(self)} images of this lazy series") from None
+
     def _meta_of(self, slot: int) -> dict[str, MetaValue]:
-        block = slot // self._META_BLOCK
         with self._lock:
-            if self._meta[0] != block:
-                low = block * self._META_BLOCK
+            slots = self._meta_visits.slots(slot, len(self))
+            if slot not in self._metas:
                 try:
-                    self._meta = (block, self._read_metas(self._positions[low : low + self._META_BLOCK]))
+                    read = self._read_metas([self._positions[s] for s in slots])
                 except FormatError:  # a damaged image in the block: read only this one
-                    return self._read_metas([self._positions[slot]])[0]
-            return dict(self._meta[1][slot % self._META_BLOCK])
+                    if len(slots) == 1:
+                        raise
+                    slots, read = range(slot, slot + 1), self._read_metas([self._positions[slot]])
+                self._metas.update(zip(slots, read))
+                while len(self._metas) > self._META_KEPT:
+                    self._metas.popitem(last=False)
+            self._metas.move_to_end(slot)
+            return dict(self._metas[slot])
 
     def _read_metas(self, positions: Sequence[int]) -> list[dict[str, MetaValue]]:
         unknown: list[tuple[str, str]] = []
@@ -2309,34 +2461,35 @@ class _LazyImages(Sequence[Image]):
             metas = [
                 _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown) for p in positions
             ]
-        _warn_unknown(unknown)
+        # each key once per series, however many reads its images take
+        fresh = [(key, where) for key, where in unknown if key not in self._warned]
+        self._warned.update(key for key, _ in fresh)
+        _warn_unknown(fresh)
         return metas
 
     def _pixels(self, slot: int, meta: dict[str, MetaValue]) -> Image:
         """Image ``slot``; for a path, refused if the file now gives it other meta data than ``meta``,
         those it was read with."""
         with self._lock:
+            slots = self._pixel_visits.slots(slot, len(self))
             if slot not in self._ahead:
-                # in order: read the next few together; out of order: just this one
-                count = 2 * self._workers + 2 if slot == self._last + 1 else 1
                 try:
-                    self._ahead = self._read_pixels(slot, count)
+                    self._ahead = self._read_pixels(slots)
                 except FormatError:  # perhaps a damaged image ahead: read only this one
-                    if count == 1:
+                    if len(slots) == 1:
                         raise
-                    self._ahead = self._read_pixels(slot, 1)
-            self._last = slot
+                    self._ahead = self._read_pixels(range(slot, slot + 1))
             image = self._ahead.pop(slot)
         # and by repr, as NaN != NaN: meta data holding NaN equal themselves only so
         if self._known is not None and image["meta"] != meta and repr(image["meta"]) != repr(meta):
             raise self._changed(f"fli_{self._positions[slot]} has other meta data now")
         return image
 
-    def _read_pixels(self, slot: int, count: int) -> dict[int, Image]:
-        names = [f"fli_{p}" for p in self._positions[slot : slot + count]]
+    def _read_pixels(self, slots: range) -> dict[int, Image]:
+        names = [f"fli_{self._positions[slot]}" for slot in slots]
         with self._open() as (group, label):
             read = list(_load_images(group, label, names, self._workers, []))
-        return dict(zip(range(slot, slot + count), read))
+        return dict(zip(slots, read))
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[tuple[Any, str]]:
@@ -2358,6 +2511,12 @@ class _LazyImages(Sequence[Image]):
             f"{os.fsdecode(self._source)} changed since read_series(..., lazy=True) read it ({why}), and its "
             "images would mix the two files: read it again with read_series"
         )
+
+
+# what Python's own messages call them ("'lazy series' object has no attribute 'shape'"); pickle finds
+# them by their qualified names, which stay
+_LazyImages.__name__ = "lazy series"
+_LazyImage.__name__ = "lazy image"
 
 
 if __name__ == "__main__":  # the command line lives beside this file, in flimage_io_cli.py

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import datetime
 import errno
+import gc
 import hashlib
 import io
 import json
@@ -1907,9 +1908,12 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
             images[bad]
     with pytest.raises(IndexError):
         images[5]
-    for bad_key in (1.0, "a", None, (0,)):
-        with pytest.raises(TypeError, match=r"images are indexed by int or slice"):
+    for bad_key in (1.0, b"a", None, (0,)):
+        with pytest.raises(
+            TypeError, match=r"images are indexed by position \(int\), identifier \(str\) or slice"
+        ):
             images[bad_key]
+    lazy_assert_same(images["c"], full[2])  # an identifier, as read_image takes
     with pytest.raises(TypeError):
         images[0] = full[0]  # type: ignore[index]
     with pytest.raises(TypeError):
@@ -6029,3 +6033,414 @@ def test_an_identifier_is_found_without_reading_every_image_header(tmp_path: pat
     # the numbers in an identifier say where to look first; an unknown one is looked for everywhere
     assert bytes_read("frame 2000") < bytes_read("no such frame") / 10
     assert bytes_read("frame 2000") < 2 * bytes_read(2000)
+
+
+# issue 18: a movie as one array, lazy series that introduce themselves, random access
+# ---------------------------------------------------------------------------
+
+
+def movie_series(path: pathlib.Path, count: int = 6, shape: tuple[int, int] = (6, 7)) -> np.ndarray:
+    """A series of uint16 frames with a background on each and identifiers 'frame N' on the even
+    ones; return the raw stack written."""
+    stack = np.stack([lazy_frame(n, shape) for n in range(count)]).astype(np.uint16)
+    images = [
+        {
+            "raw": stack[n],
+            "bg_data": np.full(shape, n, np.uint16),
+            "meta": {"time": float(n), **({"identifier": f"frame {n}"} if n % 2 == 0 else {})},
+        }
+        for n in range(count)
+    ]
+    fio.write_series(path, {"identifier": "movie", "images": images})
+    return stack
+
+
+@pytest.mark.parametrize(
+    "index",
+    [None, slice(1, 5), slice(None, None, -2), [4, "frame 0", -1, 4, 2], range(0, 6, 5), [], slice(9, 12)],
+)
+def test_movie_is_the_stack_of_the_raw_images_selected(tmp_path: pathlib.Path, index: Any) -> None:
+    path = tmp_path / "movie.h5"
+    stack = movie_series(path)
+    if index is None:
+        positions = list(range(6))
+    elif isinstance(index, slice):
+        positions = list(range(6)[index])
+    else:  # positions, and the identifier of fli_0
+        positions = [0 if item == "frame 0" else item % 6 for item in index]
+    images = fio.read_series(path, index, lazy=True, workers=2)["images"]
+    movie = np.asarray(images)
+    if positions:
+        np.testing.assert_array_equal(movie, stack[positions])
+        assert movie.dtype == np.uint16 and movie.flags.c_contiguous and movie.flags.writeable
+    else:  # no image, no shape to know
+        assert movie.shape == (0, 0, 0)
+    # the same as the stack of the eager images, and as slicing the lazy sequence
+    eager = fio.read_series(path, index)["images"]
+    if eager:
+        np.testing.assert_array_equal(movie, np.stack([image["raw"] for image in eager]))
+        np.testing.assert_array_equal(np.asarray(images[1:3]), movie[1:3])
+
+
+def test_movie_reads_every_storage_and_target(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "stored.h5"
+    shape = (7, 5)  # chunks of 3x2 leave partial chunks at both edges
+    frames = [lazy_frame(n, shape).astype(np.float32) for n in range(7)]
+    fio.write_series(path, {"identifier": None, "images": frames[:1]})  # ours: shuffle, deflate, fletcher32
+    storages: list[dict[str, Any]] = [
+        {"chunks": (3, 2), "compression": "gzip", "shuffle": True, "fletcher32": True},  # strided parts
+        {},  # contiguous: HDF5 reads it
+        {"dtype": ">f4", "chunks": (7, 5), "compression": "gzip", "shuffle": True},  # big-endian
+        {"compression": "lzf", "chunks": (4, 5)},  # a filter of h5py's: HDF5 decodes
+        {"chunks": (2, 5), "fletcher32": True},
+        {"dtype": ">f4"},  # big-endian, contiguous
+    ]
+    with h5py.File(path, "r+") as h5:
+        for n, storage in enumerate(storages, start=1):
+            image = h5.create_group(f"fli_{n}")
+            image.attrs["flimage version"] = image.attrs["qpimage version"] = "h5py"
+            fluorescence = image.create_group("fluorescence")
+            fluorescence.create_group("bg_data")
+            fluorescence.create_dataset("raw", data=frames[n], **{"dtype": "<f4", **storage})
+    stack = np.stack(frames)
+    eager = np.stack([image["raw"] for image in fio.read_series(path)["images"]])
+    np.testing.assert_array_equal(eager, stack)
+    for workers in (1, 3):
+        movie = np.asarray(fio.read_series(path, lazy=True, workers=workers)["images"])
+        np.testing.assert_array_equal(movie, stack)
+        assert movie.dtype == np.float32 and movie.dtype.isnative
+    images = fio.read_series(path, lazy=True)["images"]
+    # another dtype: cast as numpy casts, frame by frame, whatever the storage
+    for dtype in (np.float64, np.int16, np.uint8, bool):
+        movie = np.asarray(images, dtype=dtype)
+        assert movie.dtype == dtype
+        np.testing.assert_array_equal(movie, stack.astype(dtype))
+    np.testing.assert_array_equal(images.__array__(np.dtype(">f8")), stack.astype(np.float64))
+    # every kind of target
+    memory = io.BytesIO(path.read_bytes())
+    np.testing.assert_array_equal(np.asarray(fio.read_series(memory, lazy=True)["images"]), stack)
+    with h5py.File(tmp_path / "big.h5", "w") as h5:
+        fio.write_series(h5.create_group("day1/flseries"), {"identifier": None, "images": frames})
+    with h5py.File(tmp_path / "big.h5", "r") as h5:
+        part = fio.read_series(h5["day1/flseries"], [6, 0], lazy=True)["images"]
+        np.testing.assert_array_equal(np.asarray(part), stack[[6, 0]])
+
+
+def test_movie_refuses_mixed_images_naming_the_first_odd_one(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "mixed.h5"
+    frames: list[Any] = [
+        {"raw": lazy_frame(0), "meta": {"identifier": "first"}},
+        lazy_frame(1),
+        lazy_frame(2).astype(">f8"),  # another byte order of the same dtype: no odd image
+        {"raw": lazy_frame(3, (6, 8)), "meta": {"identifier": "wide"}},
+        lazy_frame(4).astype(np.float32),
+        lazy_frame(5, (6, 8)),
+    ]
+    fio.write_series(path, {"identifier": None, "images": frames}, dtype=None)
+    with h5py.File(path, "r") as h5:
+        assert h5["fli_2/fluorescence/raw"].dtype == np.dtype("<f8")  # the writer stores little-endian
+    with h5py.File(path, "r+") as h5:  # so a big-endian one is put there by hand
+        del h5["fli_2/fluorescence/raw"]
+        h5["fli_2/fluorescence"].create_dataset("raw", data=lazy_frame(2), dtype=">f8", chunks=(3, 7))
+    all_images = fio.read_series(path, lazy=True)["images"]
+    odd = [
+        (
+            all_images,
+            r"image 3 \(fli_3, identifier 'wide'\) has shape \(6, 8\) and dtype float64, "
+            r"but image 0 \(fli_0, identifier 'first'\) has shape \(6, 7\) and dtype float64",
+        ),
+        (
+            all_images[4:],
+            r"image 1 \(fli_5\) has shape \(6, 8\) and dtype float64, but image 0 \(fli_4\) "
+            r"has shape \(6, 7\) and dtype float32",
+        ),
+        (
+            fio.read_series(path, [1, "first", 4, 3], lazy=True)["images"],
+            r"image 2 \(fli_4\) has shape \(6, 7\) and dtype float32, but image 0 \(fli_1\) "
+            r"has shape \(6, 7\) and dtype float64",
+        ),
+    ]
+    for images, message in odd:
+        with pytest.raises(
+            ValueError, match=rf"^{re.escape(str(path))}: {message}; one \(frames, rows, col"
+        ) as e:
+            np.asarray(images)
+        assert type(e.value) is ValueError  # the file is fine: no FormatError
+        assert lazy_fds_on(path) == []  # and left closed
+    np.testing.assert_array_equal(np.asarray(all_images[:3]), np.stack([lazy_frame(n) for n in range(3)]))
+    np.testing.assert_array_equal(
+        np.asarray(all_images[3::2]), np.stack([lazy_frame(3, (6, 8)), lazy_frame(5, (6, 8))])
+    )
+
+
+def test_movie_follows_the_array_protocol_of_this_numpy(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "movie.h5"
+    stack = movie_series(path)
+    images = fio.read_series(path, lazy=True)["images"]
+    for made in (np.array(images), np.asarray(images), np.array(images, copy=True), images.__array__()):
+        np.testing.assert_array_equal(made, stack)
+    np.testing.assert_array_equal(
+        np.asarray(images, np.int32), stack.astype(np.int32)
+    )  # numpy 1.x: by position
+    np.testing.assert_array_equal(images.__array__(np.int32, copy=True), stack.astype(np.int32))
+    with pytest.raises(ValueError, match=r"read from the file into a new array, which copy=False forbids"):
+        images.__array__(copy=False)
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":  # numpy 2 passes copy=False on, and asks for this
+        with pytest.raises(ValueError, match=r"copy=False forbids"):
+            np.asarray(images, copy=False)
+        with pytest.raises(ValueError, match=r"copy=False forbids"):
+            np.array(images, copy=False)
+    else:  # numpy 1 reads copy=False as "copy if needed"
+        np.testing.assert_array_equal(np.array(images, copy=False), stack)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy 2 warns about an __array__ without copy
+        np.asarray(images)
+    assert lazy_fds_on(path) == []
+
+
+def movie_peak(read: Callable[[], np.ndarray]) -> tuple[int, int]:
+    """(bytes of the array ``read`` returns, the peak of traced memory added while reading it); numpy
+    and Python report their allocations to tracemalloc, chunks and decoded bytes included."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        array = read()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    return array.nbytes, peak
+
+
+@pytest.mark.parametrize("layout", ["ours", "a chunk per frame"])
+def test_movie_peak_memory_is_the_array(tmp_path: pathlib.Path, layout: str) -> None:
+    path = tmp_path / "movie.h5"
+    count, shape = 60, (256, 256)  # 30 MiB of float64
+    if layout == "ours":
+        lazy_write_big(path, count, shape)
+    else:  # as flimage and bare h5py store it: one deflated chunk per frame, no shuffle
+        base = np.add.outer(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64))
+        with h5py.File(path, "w") as h5:
+            for n in range(count):
+                fluorescence = h5.create_group(f"fli_{n}/fluorescence")
+                fluorescence.create_group("bg_data")
+                fluorescence.create_dataset("raw", data=base + n, chunks=shape, compression="gzip")
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    np.asarray(images[:2])  # warm up: imports, the thread pool
+    size, peak = movie_peak(lambda: np.asarray(images))
+    assert size == count * shape[0] * shape[1] * 8
+    assert peak < 1.2 * size, f"reading the movie peaked at {peak / size:.2f}x the array"
+    selected = fio.read_series(path, range(0, count, 2), lazy=True, workers=2)["images"]
+    size, peak = movie_peak(lambda: np.asarray(selected))
+    assert size == count // 2 * shape[0] * shape[1] * 8
+    assert peak < 1.2 * size, f"reading a selection peaked at {peak / size:.2f}x the array"
+    size, peak = movie_peak(lambda: np.asarray(images, dtype=np.float32))
+    assert size == count * shape[0] * shape[1] * 4
+    assert peak < 1.2 * size, f"reading and casting the movie peaked at {peak / size:.2f}x the array"
+    # control: the measure sees a stack of a list of frames, which holds every frame twice
+    _, stacked = movie_peak(lambda: np.stack([image["raw"] for image in images]))
+    assert stacked > 1.9 * count * shape[0] * shape[1] * 8
+
+
+def test_readme_napari_line_reads_the_movie(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stack = movie_series(tmp_path / "run7.h5", count=5)
+    block = readme_block("### Looking at the data")
+    (line,) = [line for line in block.splitlines() if line.startswith("stack = ")]
+    assert "np.asarray(" in line and "lazy=True" in line
+    namespace: dict[str, Any] = {"np": np, "fio": fio}
+    exec(compile(line, "README napari recipe", "exec"), namespace)
+    np.testing.assert_array_equal(namespace["stack"], stack)
+    assert namespace["stack"].dtype == np.uint16
+
+
+def test_lazy_series_and_images_introduce_themselves(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "damaged.h5"
+    fio.write_series(path, lazy_series(["a", None, "c"], shape=(30, 40), background=False))
+    assert lazy_corrupt_raw_chunks(path) == 3  # a repr reads no pixels: it would raise
+    images = fio.read_series(path, lazy=True)["images"]
+    shown = str(path)
+    assert repr(images) == f"<lazy series {shown}: 3 images, the first (30, 40) float64>"
+    assert repr(images[1:]) == f"<lazy series {shown}: 2 images (a selection), the first (30, 40) float64>"
+    assert repr(images[:1]) == f"<lazy series {shown}: 1 image, the first (30, 40) float64>"
+    assert repr(images[5:]) == f"<lazy series {shown}: 0 images>"
+    assert repr(images[0]) == f"<lazy image 0 of {shown}: fli_0, identifier 'a'>"
+    assert repr(images[::-1][1]) == f"<lazy image 1 of {shown}: fli_1>"
+    assert repr(images["c"]) == f"<lazy image 2 of {shown}: fli_2, identifier 'c'>"
+    assert str(images[0]) == repr(images[0])
+    path.rename(tmp_path / "gone.h5")  # a repr says what it can, and raises nothing
+    assert (
+        repr(images) == f"<lazy series {shown}: 3 images (the first cannot be read now: FileNotFoundError)>"
+    )
+    # other targets: a file object, a group in a larger file
+    memory = io.BytesIO((tmp_path / "gone.h5").read_bytes())
+    assert repr(fio.read_series(memory, lazy=True)["images"]).startswith("<lazy series <BytesIO>: 3 images, ")
+    with h5py.File(tmp_path / "cell.h5", "w") as h5:
+        fio.write_series(h5.create_group("day1"), {"identifier": None, "images": np.zeros((2, 4, 5), "<u2")})
+    with h5py.File(tmp_path / "cell.h5", "r") as h5:
+        images = fio.read_series(h5["day1"], lazy=True)["images"]
+        assert (
+            repr(images) == f"<lazy series {tmp_path / 'cell.h5'}:/day1: 2 images, the first (4, 5) uint16>"
+        )
+        assert repr(images[1]) == f"<lazy image 1 of {tmp_path / 'cell.h5'}:/day1: fli_1>"
+    assert repr(images).endswith("a closed h5py group: 2 images (the first cannot be read now: ValueError)>")
+
+
+def test_lazy_images_by_identifier(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s.h5"
+    identifiers: list[str | None] = [f"cell {n}" for n in range(12)]
+    identifiers[5] = None
+    identifiers[7] = "unguessable"  # found by reading every identifier, not by its digits
+    fio.write_series(path, lazy_series(identifiers))
+    full = fio.read_series(path)["images"]
+    images = fio.read_series(path, lazy=True)["images"]
+    for identifier in ("cell 0", "cell 11", "unguessable", "cell 3"):
+        position = identifiers.index(identifier)
+        lazy_assert_same(images[identifier], full[position])
+        lazy_assert_same(images[np.str_(identifier)], full[position])
+        lazy_assert_same(fio.read_image(path, identifier), full[position])  # as read_image takes
+    # as read_image says it
+    with pytest.raises(fio.ImageNotFoundError) as from_read_image:
+        fio.read_image(path, "cell 5")
+    with pytest.raises(fio.ImageNotFoundError) as from_lazy:
+        images["cell 5"]
+    assert (
+        str(from_lazy.value)
+        == str(from_read_image.value)
+        == f"{path} has 12 images and none at identifier 'cell 5'"
+    )
+    assert isinstance(from_lazy.value, KeyError) and isinstance(from_lazy.value, IndexError)
+    # in a selection: its own positions
+    chosen = fio.read_series(path, [11, "cell 2", 11], lazy=True)["images"]
+    lazy_assert_same(chosen["cell 11"], full[11])
+    assert repr(chosen["cell 11"]).startswith("<lazy image 0 of")  # the first of the two
+    assert repr(images[::-2]["cell 1"]).startswith("<lazy image 5 of")
+    with pytest.raises(
+        fio.ImageNotFoundError,
+        match=rf"^{re.escape(str(path))}: identifier 'cell 3' is fli_3, which is not among the 3 images "
+        "of this lazy series$",
+    ):
+        chosen["cell 3"]
+
+
+TRACEBACK_CASES = {
+    "unknown meta key": "fio.write_image(io.BytesIO(), {'raw': np.ones((2, 2)), 'meta': {'pixelsize': 1.0}})",
+    "unknown image key": "fio.write_image(io.BytesIO(), {'rw': np.ones((2, 2))})",
+    "no raw": "fio.write_image(io.BytesIO(), {'meta': {}})",
+    "no images": "fio.write_series(io.BytesIO(), {'identifier': None})",
+    "missing identifier": "fio.read_series(path, lazy=True)['images']['x']",
+    "missing position": "fio.read_series(path, lazy=True)['images'][9]",
+    "no such attribute": "fio.read_series(path, lazy=True)['images'].shape",
+    "read-only image": "fio.read_series(path, lazy=True)['images'][0]['raw'] = 1",
+    "read-only series": "del fio.read_series(path, lazy=True)['images'][0]",
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRACEBACK_CASES))
+def test_tracebacks_show_no_private_name(tmp_path: pathlib.Path, case: str) -> None:
+    script = f"""
+import io, sys
+import numpy as np
+import flimage_io as fio
+path = sys.argv[1]
+fio.write_series(path, {{"identifier": None, "images": np.zeros((2, 3, 3))}})
+{TRACEBACK_CASES[case]}
+"""
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s.h5")], env=env, capture_output=True, text=True
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.split(":")[0] in (
+        "KeyError",
+        "flimage_io.ImageNotFoundError",
+        "AttributeError",
+        "TypeError",
+    ), result.stderr
+    assert not re.search(r"(?<![A-Za-z])_[A-Z]", last), last  # no _KeyError, _LazyImages, ...
+    assert "'" not in last[: last.index(":")]
+
+
+def test_key_errors_are_key_errors_that_pickle() -> None:
+    with pytest.raises(KeyError) as caught:
+        fio.write_image(io.BytesIO(), {"raw": np.ones((2, 2)), "meta": {"pixelsize": 1.0}})
+    error = caught.value
+    assert error.args[0] == (
+        "image['meta'] has the unknown key 'pixelsize'; did you mean 'pixel size'? (valid keys: "
+        + ", ".join(sorted(fio.META_KEYS))
+        + ")"
+    )
+    assert type(error) is KeyError
+    if hasattr(error, "add_note"):
+        error.add_note("seen in a notebook")
+    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+        assert type(again) is type(error) and str(again) == str(error)
+        assert getattr(again, "__notes__", None) == getattr(error, "__notes__", None)
+    memory = io.BytesIO()
+    fio.write_series(memory, {"identifier": None, "images": [np.ones((2, 2))]})
+    with pytest.raises(fio.ImageNotFoundError) as missing:
+        fio.read_series(memory, ["x"])
+    assert str(missing.value) == "<BytesIO> has 1 images and none at identifier 'x'"  # not quoted
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of one of the module's functions (called through the module's globals)."""
+    calls: list[int] = []
+    original = getattr(fio, name)
+
+    def count(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fio, name, count)
+    return calls
+
+
+def test_lazy_random_access_reads_one_image(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "long.h5"
+    count = 1000
+    fio.write_series(
+        path,
+        {
+            "identifier": None,
+            "images": [{"raw": np.full((2, 3), n), "meta": {"time": float(n)}} for n in range(count)],
+        },
+    )
+    metas, opens = counting(monkeypatch, "_read_meta"), counting(monkeypatch, "_open_read")
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    metas.clear(), opens.clear()
+    picks = [int(n) for n in np.random.default_rng(0).permutation(count)[:100]]
+    for n in picks:  # at random: that image alone, as read_image reads it
+        image = images[n]
+        assert (len(metas), len(opens)) == (1, 1)
+        assert image["raw"][0, 0] == n and image["meta"]["time"] == n
+        assert (len(metas), len(opens)) == (2, 2)  # its pixels, checked against its meta data
+        metas.clear(), opens.clear()
+        fio.read_image(path, n)
+        assert (len(metas), len(opens)) == (1, 1)
+        metas.clear(), opens.clear()
+    # in order, either way: each image's meta data read once, a few hundred per open after a start
+    for visit in (range(count), range(count - 1, -1, -1), range(300, 700)):
+        images = fio.read_series(path, lazy=True, workers=2)["images"]
+        metas.clear(), opens.clear()
+        assert [images[n]["meta"]["time"] for n in visit] == [float(n) for n in visit]
+        assert len(metas) <= len(visit) + 256 and len(opens) <= 9 + len(visit) // 256, (len(opens), visit)
+        if len(visit) == count:
+            assert len(metas) == count
+    # and pixels a few ahead: 2 * workers + 2 at most
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    metas.clear(), opens.clear()
+    assert [image["raw"][0, 0] for image in images[:300]] == list(range(300))
+    assert len(opens) <= 9 + 4 + 300 // 6, len(opens)  # the meta data's, then the pixels' 1, 2, 4, 6, 6, ...
+    # neighbours at random read a few, not a block
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    metas.clear()
+    for n in (500, 501, 502, 100, 101):
+        images[n]
+    assert len(metas) <= 8
+    # the meta data kept stay bounded, however many images were visited
+    images = fio.read_series(path, lazy=True, workers=2)["images"]
+    for n in list(range(count)) + picks:
+        images[n]
+    assert len(images._metas) <= 512
