@@ -253,9 +253,10 @@ def _check_one_image(parent: Any, label: str, problems: list[str], name: str | N
             )
         unknown: list[tuple[str, str]] = []
         (image,) = fio._load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
-        problems += [
+        problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
             f"{place} has the attribute {key!r}, which is no meta data key (flimage refuses it)"
             for key, place in unknown
+            if place == where
         ]
         identifier = image["meta"].get("identifier")
         return identifier if isinstance(identifier, str) else None

@@ -3607,7 +3607,11 @@ def test_hostile_numpy_scalars_and_dates_in_meta() -> None:
         ({"meta": {"time": 10**400}}, ValueError, r"\['time'\] is 1000.*too large for a float64"),
         ({"meta": {"time": np.longdouble(10) ** 400}}, ValueError, r"\['time'\] .*too large for a float64"),
         ({"meta": {"time": np.timedelta64(1, "s")}}, TypeError, r"\['time'\] must be a real number"),
-        ({"meta": {"date": datetime.datetime(2026, 11, 25)}}, TypeError, r"\['date'\] must be a str"),
+        (
+            {"meta": {"date": 20261125}},
+            TypeError,
+            r"\['date'\] must be a str, datetime.date or datetime.datetime, not int",
+        ),
         ({"bg_data": {"a\x00b": np.ones((2, 2))}}, ValueError, r"name 'a\\x00b' contains a NUL"),
         (
             {"raw": np.ma.masked_array(np.ones((2, 2)), mask=[[0, 1], [0, 0]])},
@@ -3616,7 +3620,7 @@ def test_hostile_numpy_scalars_and_dates_in_meta() -> None:
         ),
         ({"bg_data": np.ma.masked_array(np.ones((2, 2)))}, TypeError, r"bg_data'\] is a masked array"),
     ],
-    ids=["huge int", "huge longdouble", "timedelta64", "datetime", "NUL name", "masked raw", "masked bg"],
+    ids=["huge int", "huge longdouble", "timedelta64", "date as int", "NUL name", "masked raw", "masked bg"],
 )
 def test_hostile_meta_and_arrays_refused(
     tmp_path: pathlib.Path, image: dict[str, Any], kind: type[Exception], message: str
@@ -5838,3 +5842,205 @@ def test_appending_an_identifier_reports_an_odd_image(
         append_identified(path, "new")
     with h5py.File(path, "r") as h5:
         assert sorted(h5) == [f"fli_{n}" for n in range(8)]
+
+
+# ---------------------------------------------------------------------------
+# at the bench (issue 18): refuse early, accept what scientists pass
+# ---------------------------------------------------------------------------
+
+
+def bench_peak(call: Callable[[], object], error: type[Exception], message: str) -> int:
+    """The peak of memory that ``call`` allocates before it raises ``error`` matching ``message``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=message):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bench_wrong_arrays_are_refused_before_any_copy(tmp_path: pathlib.Path) -> None:
+    """A 3-D stack, a complex image, a background of another shape, a bad meta key: each refused
+    without copying the 32 MiB arrays (a copy first would peak at 32 MiB or more)."""
+    stack = np.ones((16, 512, 512))  # 32 MiB
+    big = stack[0].repeat(16, axis=0)  # 2-D, 32 MiB
+    limit = 2**20
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", stack),
+            ValueError,
+            r"\['raw'\] must be 2-D.*\(16, 512, 512\)",
+        ),
+        (lambda: fio.write_image(tmp_path / "a.h5", {"raw": stack}), ValueError, r"must be 2-D"),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", big.astype(np.complex64)),
+            TypeError,
+            r"\['raw'\] must hold real numbers or bools, but has dtype complex64",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "bg_data": big[:-1]}),
+            ValueError,
+            r"\['bg_data'\] must have the shape of raw \(8192, 512\), but has shape \(8191, 512\)",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "bg_data": {"fit": stack}}),
+            ValueError,
+            r"\['bg_data'\]\['fit'\] must have the shape of raw",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "meta": {"pixelsize": 1e-7}}),
+            KeyError,
+            r"unknown key 'pixelsize'; did you mean 'pixel size'",
+        ),
+        (
+            lambda: fio.write_series(tmp_path / "s.h5", {"identifier": None, "images": [stack]}),
+            ValueError,
+            r"series\['images'\]\[0\]\['raw'\] must be 2-D",
+        ),
+    ]
+    for call, error, message in cases:
+        # the complex array is made inside the call, outside what the library allocates
+        peak = bench_peak(call, error, message)
+        if "complex" not in message:
+            assert peak < limit, f"{message}: peak {peak / 2**20:.1f} MiB"
+    complex_image = big.astype(np.complex64)
+    peak = bench_peak(lambda: fio.write_image(tmp_path / "a.h5", complex_image), TypeError, r"complex64")
+    assert peak < limit, f"complex: peak {peak / 2**20:.1f} MiB"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_bench_an_h5py_dataset_of_the_wrong_shape_is_refused_unread(tmp_path: pathlib.Path) -> None:
+    """An array-like that reads (h5py) or computes (dask) its values is refused by its declared shape."""
+    with h5py.File(tmp_path / "source.h5", "w") as h5:
+        stack = h5.create_dataset("stack", (16, 512, 512), np.float64)  # never written: reads as zeros
+        peak = bench_peak(lambda: fio.write_image(tmp_path / "a.h5", {"raw": stack}), ValueError, r"2-D")
+        assert peak < 2**20, f"peak {peak / 2**20:.1f} MiB"
+        fio.write_image(tmp_path / "a.h5", {"raw": h5.create_dataset("plane", data=np.eye(3))})  # read
+    np.testing.assert_array_equal(fio.read_image(tmp_path / "a.h5")["raw"], np.eye(3))
+
+
+def test_bench_date_takes_datetime_as_iso_text_that_flimage_opens(tmp_path: pathlib.Path) -> None:
+    zone = datetime.timezone(datetime.timedelta(hours=1))
+    dates = {
+        "date.h5": (datetime.date(2026, 11, 25), "2026-11-25"),
+        "naive.h5": (datetime.datetime(2026, 11, 25, 14, 3, 7), "2026-11-25T14:03:07"),
+        "micro.h5": (datetime.datetime(2026, 11, 25, 14, 3, 7, 250000), "2026-11-25T14:03:07.250000"),
+        "zoned.h5": (datetime.datetime(2026, 11, 25, 14, 3, tzinfo=zone), "2026-11-25T14:03:00+01:00"),
+    }
+    for name, (value, text) in dates.items():
+        fio.write_image(tmp_path / name, {"raw": np.eye(2), "meta": {"date": value}})
+        got = fio.read_image(tmp_path / name)["meta"]["date"]
+        assert got == text and type(got) is str
+        # the layout's 'YYYY-MM-DD' comes first, and the text reads back as the value given
+        assert datetime.date.fromisoformat(got[:10]) == datetime.date(2026, 11, 25)
+        parse = datetime.datetime if isinstance(value, datetime.datetime) else datetime.date
+        assert parse.fromisoformat(got) == value
+        with h5py.File(tmp_path / name, "r") as h5:  # variable-length UTF-8, as flimage stores text
+            assert h5.attrs.get_id("date").get_type().is_variable_str()
+        with flimage.FLImage(h5file=tmp_path / name, h5mode="r") as fli:
+            assert fli.meta["date"] == text
+    series = {"identifier": None, "images": [{"raw": np.eye(2), "meta": {"date": dates["naive.h5"][0]}}]}
+    fio.write_series(tmp_path / "s.h5", series)
+    assert fio.read_image(tmp_path / "s.h5", index=0)["meta"]["date"] == "2026-11-25T14:03:07"
+
+
+def bench_odd_attributes(path: pathlib.Path) -> None:
+    """A series whose root, images and datasets carry attributes that the dicts have no place for."""
+    frames = [
+        {"raw": np.full((3, 3), k), "bg_data": np.ones((3, 3)), "meta": {"identifier": f"f{k}"}}
+        for k in range(4)
+    ]
+    fio.write_series(path, {"identifier": "run", "images": frames})
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["operator"] = "ada"
+        h5.attrs["temperature"] = 37.0
+        for k in range(4):
+            h5[f"fli_{k}"].attrs["wavelength"] = 5.5e-7
+            h5[f"fli_{k}/fluorescence/bg_data/data"].attrs["fit_offset"] = "mean"
+        h5["fli_2/fluorescence"].attrs["note"] = "refocused"
+
+
+def bench_warning(record: Any) -> str:
+    (message,) = hostile_unknown_warnings(record)
+    assert [item.filename for item in record] == [__file__]  # the caller's line
+    return message
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_bench_a_copied_series_warns_about_every_attribute_it_drops(
+    tmp_path: pathlib.Path, lazy: bool
+) -> None:
+    path = tmp_path / "odd.h5"
+    bench_odd_attributes(path)
+    shown = re.escape(str(path))
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        series = fio.read_series(path, lazy=lazy)
+    message = bench_warning(record)
+    assert re.search(rf"'operator' on {shown}(;|$)", message), message
+    assert re.search(rf"'temperature' on {shown}(;|$)", message), message
+    if lazy:  # the rest are read on access: by the copy
+        assert "wavelength" not in message and "fit_offset" not in message
+        with pytest.warns(fio.UnknownMetaWarning) as record:
+            fio.write_series(tmp_path / "copy.h5", series)
+        messages = hostile_unknown_warnings(record)
+        assert {item.filename for item in record} == {__file__}
+        message = "; ".join(messages)
+    else:
+        fio.write_series(tmp_path / "copy.h5", series)
+    assert re.search(rf"'wavelength' on {shown}:/fli_0, {shown}:/fli_1, {shown}:/fli_2 and 1 more", message)
+    bg = rf"{shown}:/fli_\d/fluorescence/bg_data/data"
+    # a lazy series warns with the first images it reads the pixels of (see the test below)
+    assert re.search(rf"'fit_offset' on {bg}" + ("" if lazy else rf", {bg}, {bg} and 1 more"), message), (
+        message
+    )
+    assert re.search(rf"'note' on {shown}:/fli_2/fluorescence(;|$)", message), message
+    for kept in ("CLASS", "IMAGE_VERSION", "IMAGE_SUBCLASS", "identifier"):
+        assert f"'{kept}'" not in message  # written again by the copy
+    with h5py.File(tmp_path / "copy.h5", "r") as h5:  # what was warned about is gone, the rest is kept
+        assert dict(h5.attrs) == {"identifier": "run"}
+        assert sorted(h5["fli_0"].attrs) == ["flimage version", "identifier", "qpimage version"]
+        assert sorted(h5["fli_0/fluorescence/bg_data/data"].attrs) == [
+            "CLASS",
+            "IMAGE_SUBCLASS",
+            "IMAGE_VERSION",
+        ]
+
+
+def test_bench_a_copied_image_warns_about_the_attributes_of_its_datasets(tmp_path: pathlib.Path) -> None:
+    """flimage's fitted background keeps its array in a copy, but not the attributes of the fit."""
+    path = tmp_path / "fit.h5"
+    with flimage.FLImage(data=blob(), h5file=path, h5mode="w") as fli:
+        fli._fl.estimate_bg(fit_offset="mean", fit_profile="tilt", border_px=5)
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        image = fio.read_image(path)
+    message = bench_warning(record)
+    for key in ("fit_offset", "fit_profile", "border_px"):
+        assert f"'{key}' on {path}:/fluorescence/bg_data/fit" in message, message
+    assert "CLASS" not in message
+    fio.write_image(tmp_path / "copy.h5", image)
+    assert sorted(fio.read_image(tmp_path / "copy.h5")["bg_data"]) == ["fit"]
+    with warnings.catch_warnings():  # a file without such attributes reads without a warning
+        warnings.simplefilter("error")
+        fio.read_image(tmp_path / "copy.h5")
+        fio.read_image(DATA / "retina_p10.h5")
+        fio.read_image(DATA / "basic.h5")
+
+
+def test_bench_a_lazy_series_warns_about_each_attribute_once(tmp_path: pathlib.Path) -> None:
+    """Iterating a lazy series warns once per attribute name, not at every block of images read."""
+    path = tmp_path / "odd.h5"
+    frames = [{"raw": np.full((2, 2), k), "bg_data": np.ones((2, 2))} for k in range(300)]
+    fio.write_series(path, {"identifier": None, "images": frames})
+    with h5py.File(path, "r+") as h5:
+        for k in range(300):
+            h5[f"fli_{k}"].attrs["wavelength"] = 5.5e-7
+            h5[f"fli_{k}/fluorescence/bg_data/data"].attrs["fit_offset"] = "mean"
+    images = fio.read_series(path, lazy=True, workers=1)["images"]
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        for image in images:  # two blocks of meta data and many reads ahead of pixels
+            assert image["raw"].shape == (2, 2)
+    messages = hostile_unknown_warnings(record)
+    assert len(messages) == 2, messages  # 'wavelength' with the first meta block, 'fit_offset' with pixels
+    assert "'wavelength' on" in messages[0] and "and 253 more" in messages[0]
+    assert messages[1].count("'fit_offset' on") == 1 and "wavelength" not in messages[1]
