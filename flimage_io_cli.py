@@ -597,9 +597,10 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
                     raise fio.FormatError(f"{label} is a series without images: nothing to show")
                 shown = min(limit, count)
                 picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
-            for position in picked:  # one full-size frame in memory at a time
+            for position in picked:
                 image = fio.read_image(group, position)
                 frames.append(_reduce(image["raw"], image["meta"], _label(image["meta"], position)))
+                del image  # before the next is read: one full-size frame in memory at a time
     series = picked != [None]
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:

@@ -6050,3 +6050,342 @@ def test_bench_a_lazy_series_warns_about_each_attribute_once(tmp_path: pathlib.P
     assert len(messages) == 2, messages  # 'wavelength' with the first meta block, 'fit_offset' with pixels
     assert "'wavelength' on" in messages[0] and "and 253 more" in messages[0]
     assert messages[1].count("'fit_offset' on") == 1 and "wavelength" not in messages[1]
+
+
+# ---------------------------------------------------------------------------
+# at the bench (issue 18): `info` a scientist can read
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (1.3900000000000001e-07, "m", "139 nm"),  # retina_p10.h5's pixel size
+        (1.4e-7, "m", "140 nm"),
+        (9.9996e-7, "m", "1 µm"),  # rounded first, then the prefix
+        (-2.5e-6, "m", "-2.5 µm"),
+        (0.0123, "m", "12.3 mm"),
+        (1e-15, "m", "0.001 pm"),
+        (0.0, "m", "0 m"),
+        (0.04327999999804888, "s", "43.28 ms"),
+        (0.5, "s", "500 ms"),
+        (1.5, "s", "1.5 s"),
+        (12345.6, "s", "12350 s"),
+        (7200.0, "s", "7200 s"),
+        (float("nan"), "s", "nan s"),
+        (0.7853981633974483, "rad", "0.7854 rad"),
+        (1.2, "", "1.2"),
+        (65535.0, "", "65535"),  # whole numbers below 100000 in full
+        (1234567.0, "", "1235000"),
+        (1.234e-5, "", "0.00001234"),
+    ],
+)
+def test_bench_info_numbers_have_units_and_four_digits(value: float, unit: str, text: str) -> None:
+    assert cli._quantity(value, unit) == text
+
+
+def bench_series_meta(k: int) -> dict[str, Any]:
+    return {
+        "identifier": f"frame {k}",
+        "time": 0.04 * k,
+        "pixel size": 1.3900000000000001e-07,
+        "date": datetime.datetime(2026, 11, 25, 14, 3),
+        "numerical aperture": 1.2,
+        "sim center": [10.5, 12.0],
+        "focus": -2.5e-6,
+    }
+
+
+def test_bench_info_of_a_series(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.h5"
+    frames = [
+        {"raw": np.full((16, 24), k, np.uint16), "bg_data": np.ones((16, 24), np.uint16)} for k in range(5)
+    ]
+    for k, frame in enumerate(frames):
+        frame["meta"] = bench_series_meta(k)
+    fio.write_series(path, {"identifier": "run 7", "images": frames})
+    assert cli.main(["info", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    version = (
+        f"flimage version 'flimage_io {fio.__version__}', qpimage version 'flimage_io {fio.__version__}'"
+    )
+    rest = "pixel size 139 nm, numerical aperture 1.2, focus -2.5 µm, sim center (10.5, 12) px"
+    assert lines[0] == f"{path}: FLSeries 'run 7', 5 images"
+    assert lines[1] == "  raw: 16x24 uint16 (all images); background: data"
+    assert re.fullmatch(
+        r"  filters: shuffle, gzip level 1, fletcher32; chunks 16x24; raw data stored in .*", lines[2]
+    )
+    assert lines[3] == f"  file size: {path.stat().st_size / 1024:.1f} KiB"
+    assert lines[4] == "  time: 0 s to 160 ms, median interval 40 ms"
+    date = "date '2026-11-25T14:03:00'"
+    assert lines[5] == f"  meta of fli_0: identifier 'frame 0', {date}, time 0 s, {rest}, {version}"
+    assert lines[6] == f"  meta of fli_4: identifier 'frame 4', {date}, time 160 ms, {rest}, {version}"
+    assert len(lines) == 7
+
+
+def test_bench_info_time_span_of_irregular_times(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The range from the earliest to the latest time, the median of the intervals in series order, and
+    how many images have a time when some lack one."""
+    times = [2.0, 2.5, None, 3.0, 10.0, 1.0]
+    frames = [{"raw": np.eye(2), "meta": {} if t is None else {"time": t}} for t in times]
+    fio.write_series(tmp_path / "t.h5", {"identifier": None, "images": frames})
+    assert cli.main(["info", str(tmp_path / "t.h5")]) == 0
+    out = capsys.readouterr().out
+    # intervals 0.5, 0.5, 7.0, -9.0: median 0.5
+    assert "\n  time: 1 s to 10 s, median interval 500 ms (5 of 6 images have a time)\n" in out, out
+    assert "\n  meta of fli_0: time 2 s, flimage version" in out and "\n  meta of fli_5: time 1 s, " in out
+
+
+def test_bench_info_of_flimage_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["info", str(DATA / "retina_p10.h5"), str(DATA / "basic.h5")]) == 0
+    retina, basic = re.split(r"\n(?=\S)", capsys.readouterr().out.rstrip("\n"))
+    assert retina.splitlines()[0] == f"{DATA / 'retina_p10.h5'}: FLImage"
+    assert retina.splitlines()[-1] == (
+        "  meta: identifier 'cda88:49', time 43.28 ms, pixel size 139 nm, "
+        "flimage version '0.2.0.post1', qpimage version '0.5.2.post2'"
+    )
+    assert f"  file size: {(DATA / 'retina_p10.h5').stat().st_size / 1024:.1f} KiB" in retina
+    assert "time:" not in retina  # one image: its time is in its meta
+    assert (
+        basic.splitlines()[-1]
+        == "  meta: pixel size 54 nm, flimage version '0.1.0.post7', qpimage version '0.5.2'"
+    )
+
+
+def test_bench_info_meta_order_names_every_key() -> None:
+    assert sorted(cli._META_ORDER) == sorted(fio.META_KEYS)
+
+
+def bench_experiment(path: pathlib.Path) -> None:
+    """A file that holds its images and series in groups, beside other data, with links that must not
+    be followed: a soft link back up (a loop) and an external link to another file's series."""
+    other = path.with_name("other.h5")
+    fio.write_series(other, {"identifier": "elsewhere", "images": [np.eye(2)]})
+    with h5py.File(path, "w") as h5:
+        fio.write_image(h5.create_group("day1/ref"), {"raw": np.ones((8, 8)), "meta": {"pixel size": 2e-7}})
+        fio.write_series(h5.create_group("day1/run"), {"identifier": "run 1", "images": cli_frames(3)})
+        fio.write_series(h5.create_group("day2/deep/run"), {"identifier": "run 2", "images": cli_frames(2)})
+        h5["day2/loop"] = h5py.SoftLink("/day2")
+        h5["day2/same run"] = h5["day1/run"]  # a second hard link to one group: listed once
+        h5["day2/other"] = h5py.ExternalLink(str(other), "/")
+        h5["notes"] = np.ones(3)
+        h5["misc/table"] = np.ones(3)
+
+
+def test_bench_info_lists_what_a_file_holds_in_groups(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "experiment.h5"
+    bench_experiment(path)
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert heads == [
+        f"{path}: 1 FLImage and 2 FLSeries in groups; file size {path.stat().st_size / 1024:.1f} KiB",
+        f"{path}:/day1/ref: FLImage",
+        f"{path}:/day1/run: FLSeries 'run 1', 3 images",
+        f"{path}:/day2/deep/run: FLSeries 'run 2', 2 images",
+    ]
+    assert "  meta: pixel size 200 nm, " in out and "  meta of fli_2: identifier 'cell 2', " in out
+    assert "file size" not in out.split("\n", 1)[1]  # said once, in the first line
+    # each listed name works as given, and without its leading slash
+    for inner in ("/day1/ref", "day1/ref", "day2/deep/run"):
+        assert cli.main(["info", f"{path}:{inner}"]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.startswith(f"{path}:/{inner.lstrip('/')}: FL"), first
+    assert cli.main(["info", f"{path}:day2"]) == 0  # a group below the root lists what it holds too
+    assert capsys.readouterr().out.startswith(f"{path}:/day2: 2 FLSeries in groups; ")
+    assert cli.main(["info", f"{path}:misc"]) == 1
+    assert "holds neither an FLImage" in capsys.readouterr().err
+
+
+def test_bench_group_without_a_leading_slash_everywhere(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    for spec in (f"{path}:flseries", f"{path}:/flseries", f"{path}://flseries"):
+        assert cli.main(["check", spec]) == 0
+        assert capsys.readouterr().out == f"{spec}: ok\n"
+        assert cli.main(["info", spec]) == 0
+        assert capsys.readouterr().out.startswith(f"{path}:/flseries: FLSeries 'sim', 4 images\n")
+        assert cli.main(["preview", spec, "-o", str(tmp_path / "p.png")]) == 0
+        assert capsys.readouterr().out == f"wrote {tmp_path / 'p.png'}: 4 frames\n"
+    assert cli.main(["info", f"{path}:nope"]) == 1
+    assert capsys.readouterr().err == f"{path} has no group /nope\n"
+
+
+# ---------------------------------------------------------------------------
+# at the bench (issue 18): `preview` for judging signal
+# ---------------------------------------------------------------------------
+
+
+def bench_png(path: pathlib.Path) -> np.ndarray:
+    """The pixels of the 8-bit grayscale PNG that preview writes, decoded with zlib alone; every chunk's
+    CRC is checked, and every row must use filter None."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks: list[tuple[bytes, bytes]] = []
+    at = 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        tag, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        assert int.from_bytes(data[at + 8 + length : at + 12 + length], "big") == zlib.crc32(tag + body)
+        chunks.append((tag, body))
+        at += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    width, height = int.from_bytes(chunks[0][1][:4], "big"), int.from_bytes(chunks[0][1][4:8], "big")
+    assert chunks[0][1][8:] == bytes([8, 0, 0, 0, 0])  # 8-bit gray, deflate, no interlace
+    rows = np.frombuffer(zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT")), np.uint8)
+    rows = rows.reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:]
+
+
+def bench_text(*lines: str, scale: int = 2) -> np.ndarray:
+    """Lines of text as _contact_sheet writes them, one under another, built from the font table."""
+    boxes = [cli_label_pixels(line, scale) for line in lines]
+    width = max(box.shape[1] for box in boxes)
+    return np.vstack([np.pad(box, ((0, 0), (0, width - box.shape[1]))) for box in boxes])
+
+
+def bench_footer(sheet: np.ndarray) -> np.ndarray:
+    return sheet[-cli._LINE :]
+
+
+def bench_bleaching(path: pathlib.Path, count: int = 12) -> list[float]:
+    """A bright square over a background of 100 that fades 6-fold over the series; its values."""
+    values = [100 + 900 * 6 ** (-k / (count - 1)) for k in range(count)]
+    frames = []
+    for k, value in enumerate(values):
+        raw = np.full((32, 32), 100.0)
+        raw[8:24, 8:24] = value
+        frames.append({"raw": raw, "meta": {"identifier": f"cell {k}"}})
+    fio.write_series(path, {"identifier": "bleach", "images": frames})
+    return values
+
+
+def test_bench_preview_shows_bleaching_on_one_range(tmp_path: pathlib.Path) -> None:
+    """Every frame on the range of the whole series, written under the sheet: the square fades 6-fold."""
+    values = bench_bleaching(tmp_path / "bleach.h5")
+    assert cli.main(["preview", str(tmp_path / "bleach.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    sheet = bench_png(tmp_path / "p.png")
+    tiles = cli_tiles(sheet, 12)
+    for k, (tile, value) in enumerate(zip(tiles, values)):
+        square = tile[64:192, 64:192]  # 16 px of 32, enlarged 8-fold
+        assert (square == round(255 * (value - 100) / 900)).all(), (k, np.unique(square))
+        assert (tile[16:64] == 0).all() and (tile[192:] == 0).all()
+        cli_assert_label(tile, f"cell {k}")
+    assert tiles[0][100, 100] == 255 and tiles[-1][100, 100] == 42  # 6-fold
+    # under the grid: the value shown black, a ramp from black to white, the value shown white
+    words = [bench_text("100 "), cli._ramp(), bench_text(" 1000"), bench_text("  the same for all frames")]
+    expected = np.hstack(words)
+    np.testing.assert_array_equal(bench_footer(sheet)[:, : expected.shape[1]], expected)
+    ramp = cli._ramp()[cli._LINE // 2]
+    assert ramp[0] == 0 and ramp[-1] == 255 and (np.diff(ramp.astype(int)) > 0).all()
+
+
+def test_bench_preview_each_frame_on_its_own_range(tmp_path: pathlib.Path) -> None:
+    """--each stretches every frame to its own range, written in its label: the fading no longer shows."""
+    values = bench_bleaching(tmp_path / "bleach.h5")
+    assert cli.main(["preview", str(tmp_path / "bleach.h5"), "--each", "-o", str(tmp_path / "p.png")]) == 0
+    sheet = bench_png(tmp_path / "p.png")
+    for k, (tile, value) in enumerate(zip(cli_tiles(sheet, 12), values)):
+        assert (tile[64:192, 64:192] == 255).all() and (tile[192:] == 0).all()
+        label = bench_text(f"cell {k}", f"100 to {cli._number(value)}")
+        np.testing.assert_array_equal(tile[: label.shape[0], : label.shape[1]], label)
+    assert cli._number(values[-1]) == "250"
+    expected = np.hstack([cli._ramp(), bench_text(" each frame from its own black to white, in its label")])
+    np.testing.assert_array_equal(bench_footer(sheet)[:, : expected.shape[1]], expected)
+
+
+def test_bench_preview_downscales_by_block_means(tmp_path: pathlib.Path) -> None:
+    """A 512x512 frame becomes 256x256 means of 2x2 blocks: a fine checkerboard is mid-gray (nearest
+    neighbour would pick one of its colours); NaN and inf are left out of a mean, and a block of
+    nothing else is black."""
+    raw = np.zeros((512, 512))
+    raw[256:, 256:] = 1000.0  # right half: black above, white below
+    raw[:, :256] = 1000.0 * ((np.arange(512)[:, None] + np.arange(256)) % 2)  # left half: checkerboard
+    raw[300:302, 300:302] = np.nan  # a whole block of the white quarter
+    raw[400, 400] = np.nan  # one pixel of another block
+    raw[402, 402] = np.inf
+    fio.write_image(tmp_path / "board.h5", {"raw": raw})
+    assert cli.main(["preview", str(tmp_path / "board.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "p.png"), 1)
+    assert (tile[:, :128] == 128).all()  # (500 - 0) / 1000 * 255 = 127.5, rounded to even
+    assert (tile[:128, 128:] == 0).all()
+    assert tile[150, 150] == 0 and tile[200, 200] == 255 and tile[201, 201] == 255
+    white = tile[128:, 128:].copy()
+    white[150 - 128, 150 - 128] = 255
+    assert (white == 255).all()
+
+
+def test_bench_preview_scale_bar(tmp_path: pathlib.Path) -> None:
+    """With a pixel size, a white bar of a round length at the bottom left, its length above it."""
+    fio.write_image(tmp_path / "a.h5", {"raw": np.zeros((64, 64)), "meta": {"pixel size": 1e-7}})
+    assert cli.main(["preview", str(tmp_path / "a.h5"), "-o", str(tmp_path / "a.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "a.png"), 1)
+    # enlarged 4-fold: 25 nm a tile pixel, 6.4 µm across; a fifth of that is 1.28 µm: a bar of 1 µm, 40 px
+    text = bench_text("1 µm")
+    top = 256 - text.shape[0] - 8
+    np.testing.assert_array_equal(tile[top : top + text.shape[0], : text.shape[1]], text)
+    bar = tile[top + text.shape[0] :, :44]
+    expected = np.zeros((8, 44), np.uint8)
+    expected[2:6, 2:42] = 255  # 4 px thick, 40 px long, on black
+    np.testing.assert_array_equal(bar, expected)
+    assert (tile[:top, 44:] == 128).all()  # the rest is the (constant, mid-gray) image
+    # a larger frame, reduced: 600x800 in 4x4 blocks of 139 nm: 556 nm a tile pixel; 20 µm is 36 px
+    fio.write_image(tmp_path / "b.h5", {"raw": np.zeros((600, 800)), "meta": {"pixel size": 1.39e-7}})
+    assert cli.main(["preview", str(tmp_path / "b.h5"), "-o", str(tmp_path / "b.png")]) == 0
+    sheet = bench_png(tmp_path / "b.png")
+    row = sheet[150 - 4]  # the bar's lower row
+    assert (row[2:38] == 255).all() and row[1] == 0 and row[38] == 0
+    np.testing.assert_array_equal(
+        sheet[150 - 24 : 150 - 8, : bench_text("20 µm").shape[1]], bench_text("20 µm")
+    )
+    # without a pixel size, no bar
+    fio.write_image(tmp_path / "c.h5", {"raw": np.zeros((64, 64))})
+    assert cli.main(["preview", str(tmp_path / "c.h5"), "-o", str(tmp_path / "c.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "c.png"), 1)
+    assert (tile == 128).all()
+
+
+def test_bench_preview_labels_keep_the_case_of_identifiers(tmp_path: pathlib.Path) -> None:
+    frames = cli_frames(3)
+    frames[1]["meta"] = {"identifier": "Cell B7", "time": 2.0}
+    frames[2]["meta"] = {"time": 0.04}
+    fio.write_series(tmp_path / "s.h5", {"identifier": None, "images": frames})
+    assert cli.main(["preview", str(tmp_path / "s.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    tiles = cli_tiles(bench_png(tmp_path / "p.png"), 3)
+    cli_assert_label(tiles[0], "cell 0")
+    cli_assert_label(tiles[1], "Cell B7")  # the identifier as written, not its time
+    cli_assert_label(tiles[2], "t=40 ms")
+    shouted = cli_label_pixels("CELL 0", 2)
+    assert not np.array_equal(tiles[0][: shouted.shape[0], : shouted.shape[1]], shouted)
+
+
+def test_bench_font_glyphs_are_distinct() -> None:
+    """One glyph per character, 6 rows of 3; no two alike (a copied code would make two letters one)."""
+    assert len(cli._CHARS) == len(cli._CODES.split()) == len(cli._FONT)
+    assert all(glyph.shape == (6, 3) for glyph in cli._FONT.values())
+    assert len({glyph.tobytes() for glyph in cli._FONT.values()}) == len(cli._FONT)
+    assert set("abcdefghijklmnopqrstuvwxyzµ") <= set(cli._FONT)
+
+
+def test_bench_preview_holds_one_full_size_frame_at_a_time(tmp_path: pathlib.Path) -> None:
+    """Each frame is reduced as it is read and dropped before the next is read: eight frames of 8 MiB
+    peak below two of them and the chunks in flight on the decoding threads (at most 1 MiB each, two per
+    worker and two more); holding every frame until the sheet is drawn would peak above eight frames."""
+    frame_bytes = 1024 * 1024 * 8
+    frames = ({"raw": np.full((1024, 1024), float(k))} for k in range(8))
+    fio.write_series(tmp_path / "big.h5", {"identifier": None, "images": frames})
+    workers = len(os.sched_getaffinity(0))
+    tracemalloc.start()
+    try:
+        assert cli.main(["preview", str(tmp_path / "big.h5"), "-o", str(tmp_path / "p.png")]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * frame_bytes + (2 * workers + 2) * 2**20, f"peak {peak / 2**20:.1f} MiB"
