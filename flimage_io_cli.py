@@ -143,11 +143,10 @@ def _text(*lines: str) -> npt.NDArray[np.uint8]:
 
 def _put(
     sheet: npt.NDArray[np.uint8], top: int, left: int, pixels: npt.NDArray[np.uint8], bottom: int, right: int
-) -> int:
-    """Put ``pixels`` at (top, left), cut at row ``bottom`` and column ``right``; the column after them."""
+) -> None:
+    """Put ``pixels`` at (top, left), cut at row ``bottom`` and column ``right``."""
     part = pixels[: max(0, bottom - top), : max(0, right - left)]
     sheet[top : top + part.shape[0], left : left + part.shape[1]] = part
-    return left + int(pixels.shape[1])
 
 
 def _scale_bar(metres: float, width: int) -> tuple[int, str]:
@@ -159,17 +158,23 @@ def _scale_bar(metres: float, width: int) -> tuple[int, str]:
     return round(length / metres), _quantity(length, "m")
 
 
-def _contact_sheet(frames: Sequence[_Frame], each: bool, series: bool) -> npt.NDArray[np.uint8]:
+def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8]:
     """Lay the frames out row-major in a grid, each cell as large as the largest tile, with its label at
-    the top left, a scale bar at the bottom left, and under the grid the range from black to white."""
+    the top left, a scale bar at the bottom left, and under the grid the range from black to white:
+    the same for all frames, or with ``each`` each frame's own."""
+    each = each and len(frames) > 1
     ranges = [_range([frame]) for frame in frames] if each else [_range(frames)] * len(frames)
     tiles = [_gray(frame, *limits) for frame, limits in zip(frames, ranges)]
     ncols = math.ceil(math.sqrt(len(tiles)))
     nrows = -(-len(tiles) // ncols)
     cell_h = max(tile.shape[0] for tile in tiles)
     cell_w = max(tile.shape[1] for tile in tiles)
-    height, width = nrows * (cell_h + _GAP) - _GAP, ncols * (cell_w + _GAP) - _GAP
+    footer = _footer(ranges[0], each, len(frames))
+    height = nrows * (cell_h + _GAP) - _GAP
+    width = max(ncols * (cell_w + _GAP) - _GAP, footer.shape[1])  # a small image gets a wider sheet
     sheet = np.full((height + _GAP + _LINE, width), _BACKGROUND, np.uint8)
+    sheet[height + _GAP :] = 0
+    sheet[height + _GAP :, : footer.shape[1]] = footer
     for i, (frame, tile, (low, high)) in enumerate(zip(frames, tiles, ranges)):
         r, c = (i // ncols) * (cell_h + _GAP), (i % ncols) * (cell_w + _GAP)
         bottom, right = r + tile.shape[0], c + tile.shape[1]
@@ -183,18 +188,17 @@ def _contact_sheet(frames: Sequence[_Frame], each: bool, series: bool) -> npt.ND
             bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, long + 2 * _SCALE - bar.shape[1]))))
             bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + long] = 255
             _put(sheet, max(r, bottom - bar.shape[0]), c, bar, bottom, right)
-    footer = height + _GAP
-    sheet[footer:] = 0
+    return sheet
+
+
+def _footer(limits: tuple[float, float], each: bool, count: int) -> npt.NDArray[np.uint8]:
+    """The line under the sheet: the values shown black and white with a gray ramp between them."""
     if each:
         words = [_ramp(), _text(" each frame from its own black to white, in its label")]
     else:
-        low, high = ranges[0]
-        words = [_text(_number(low) + " "), _ramp(), _text(" " + _number(high))]
-        words += [_text("  the same for all frames")] if series else []
-    left = 0
-    for word in words:
-        left = _put(sheet, footer, left, word, sheet.shape[0], width)
-    return sheet
+        words = [_text(_number(limits[0]) + " "), _ramp(), _text(" " + _number(limits[1]))]
+        words += [_text("  the same for all frames")] if count > 1 else []
+    return np.hstack(words)
 
 
 def _ramp() -> npt.NDArray[np.uint8]:
@@ -601,10 +605,9 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
                 image = fio.read_image(group, position)
                 frames.append(_reduce(image["raw"], image["meta"], _label(image["meta"], position)))
                 del image  # before the next is read: one full-size frame in memory at a time
-    series = picked != [None]
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
-        handle.write(_png(_contact_sheet(frames, each and series, series)))
+        handle.write(_png(_contact_sheet(frames, each)))
     return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
 
 

@@ -6352,6 +6352,27 @@ def test_bench_preview_scale_bar(tmp_path: pathlib.Path) -> None:
     assert (tile == 128).all()
 
 
+def test_bench_preview_of_a_small_image_widens_the_sheet_for_its_range(tmp_path: pathlib.Path) -> None:
+    """retina_p10.h5 (146x168, shown as it is): the line under it is wider than the image, so the sheet
+    is widened to show the whole range, with background beside the image."""
+    raw = fio.read_image(DATA / "retina_p10.h5")["raw"]
+    low, high = np.percentile(raw.astype(np.float64), [0.5, 99.5])
+    assert cli.main(["preview", str(DATA / "retina_p10.h5"), "-o", str(tmp_path / "r.png")]) == 0
+    sheet = bench_png(tmp_path / "r.png")
+    expected = np.hstack(
+        [bench_text(f"{cli._number(low)} "), cli._ramp(), bench_text(f" {cli._number(high)}")]
+    )
+    assert cli._number(low) == "-3.004" and expected.shape[1] > 168
+    assert sheet.shape == (146 + cli._GAP + cli._LINE, expected.shape[1])
+    np.testing.assert_array_equal(bench_footer(sheet), expected)
+    assert (sheet[:146, 168:] == cli._BACKGROUND).all() and (
+        sheet[146 : 146 + cli._GAP] == cli._BACKGROUND
+    ).all()
+    cli_assert_label(sheet, "cda88:49")
+    # 139 nm a pixel, 168 px across: a fifth is 4.7 µm, so a bar of 2 µm, 14 px
+    assert (sheet[146 - 4, 2:16] == 255).all() and sheet[146 - 4, 16] == 0
+
+
 def test_bench_preview_labels_keep_the_case_of_identifiers(tmp_path: pathlib.Path) -> None:
     frames = cli_frames(3)
     frames[1]["meta"] = {"identifier": "Cell B7", "time": 2.0}
