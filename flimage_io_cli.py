@@ -8,7 +8,6 @@ own readers (its private helpers), and adds only what the readers do not check.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import ctypes
 import importlib
@@ -95,10 +94,10 @@ def _reduce(raw: npt.NDArray[Any], meta: Mapping[str, Any], label: str) -> _Fram
         strip = raw[top : top + down].astype(np.float64)
         finite = np.isfinite(strip)
         strip[~finite] = 0.0  # NaN and inf are left out of the means, and show black where alone
+        sums = np.add.reduceat(strip.sum(axis=0), starts)
+        counts = np.add.reduceat(finite.sum(axis=0), starts)
         with np.errstate(over="ignore", invalid="ignore"):  # huge sums become inf; 0 / 0 becomes NaN
-            means[row] = np.add.reduceat(strip.sum(axis=0), starts) / np.add.reduceat(
-                finite.sum(axis=0), starts
-            )
+            means[row] = sums / counts
     up = max(1, _TILE // max(means.shape))
     size = meta.get("pixel size")
     metres = size * down / up if isinstance(size, float) and 0 < size < math.inf else None
@@ -183,10 +182,10 @@ def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8
         if any(lines):
             _put(sheet, r, c, _text(*lines), bottom, right)
         if frame.metres is not None:
-            long, length = _scale_bar(frame.metres, tile.shape[1])
+            bar_px, length = _scale_bar(frame.metres, tile.shape[1])
             bar = _text(length)  # the length over a white bar, on black
-            bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, long + 2 * _SCALE - bar.shape[1]))))
-            bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + long] = 255
+            bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, bar_px + 2 * _SCALE - bar.shape[1]))))
+            bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + bar_px] = 255
             _put(sheet, max(r, bottom - bar.shape[0]), c, bar, bottom, right)
     return sheet
 
@@ -447,18 +446,9 @@ def _quantity(value: float, unit: str) -> str:
 
 
 # The meta data keys in the order info shows them: what tells images apart first, the writers' versions last.
-_META_ORDER: tuple[str, ...] = (
-    "identifier",
-    "date",
-    "time",
-    "pixel size",
-    "numerical aperture",
-    "focus",
-    "pos x",
-    "pos y",
+_META_ORDER = tuple(
+    dict.fromkeys(("identifier", "date", "time", *fio.NUMBER_KEYS, *fio.SEQUENCE_KEYS, *fio.TEXT_KEYS))
 )
-_META_ORDER += ("angle", "device", "software", "sim model", "sim center", "sim radius")
-_META_ORDER += ("flimage version", "qpimage version")
 
 
 def _meta_text(meta: Mapping[str, Any]) -> str:
@@ -543,11 +533,9 @@ def _info(spec: str) -> str:
                 found = _layouts_in(group)
                 if not found:
                     raise
-                kinds = collections.Counter("FLImage" if "fluorescence" in g else "FLSeries" for g in found)
-                plural = {"FLImage": "FLImages", "FLSeries": "FLSeries"}
-                held = " and ".join(
-                    f"{n} {kind if n == 1 else plural[kind]}" for kind, n in sorted(kinds.items())
-                )
+                images = sum("fluorescence" in g for g in found)
+                kinds = [(images, "FLImage", "FLImages"), (len(found) - images, "FLSeries", "FLSeries")]
+                held = " and ".join(f"{n} {one if n == 1 else many}" for n, one, many in kinds if n)
                 head = f"{label}: {held} in groups; file size {_size(size)}"
                 return "\n".join([head] + [_summary(g, fio._at(label, g), None) for g in found])
             return _summary(group, label, size)
