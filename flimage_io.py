@@ -140,7 +140,8 @@ def write_image(
         writable ``h5py.Group`` holding no image yet.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None, "meta": {key: value} | None}``,
-        or a bare 2-D array for ``{"raw": array}``.
+        or a bare 2-D array for ``{"raw": array}``. Meta ``date`` may be a ``datetime.date`` or
+        ``datetime.datetime``, stored as ISO 8601 text (``"2026-11-25"``, ``"2026-11-25T14:03:07"``).
     dtype
         ``None`` (default) stores each array with its own dtype, so every value comes back
         exactly. ``"float32"`` stores what ``flimage`` stores and refuses integers it cannot hold
@@ -155,7 +156,8 @@ def write_image(
     Raises
     ------
     TypeError, ValueError, KeyError
-        For invalid arguments or image contents, before the disk is touched.
+        For invalid arguments or image contents, before the disk is touched; shapes, dtypes
+        and meta data before any array is copied.
     OSError
         The target cannot be written: ``PermissionError`` if write-protected, errno ``ENOSPC``
         on a full disk, ``BlockingIOError`` if another process holds the file for over 5 s.
@@ -191,7 +193,8 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     Image
         ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}`` with the stored
         dtypes; meta numbers are ``float``, text ``str``, ``sim center`` a tuple of floats.
-        Attributes beyond the 16 meta data keys are left out with an ``UnknownMetaWarning``.
+        Attributes the dicts have no place for (beyond the 16 meta data keys, on the groups and
+        datasets below ``fluorescence``) are left out with an ``UnknownMetaWarning``.
 
     Raises
     ------
@@ -340,7 +343,8 @@ def read_series(
     -------
     Series
         ``{"identifier": str | None, "images": [image, ...]}``, ``fli_10`` after ``fli_9``;
-        images as for :func:`read_image`.
+        images as for :func:`read_image`. Attributes of the series root but ``identifier`` are
+        left out with an ``UnknownMetaWarning``.
 
     Raises
     ------
