@@ -693,10 +693,16 @@ _LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks ar
 class _LockHandle(io.FileIO):
     """An unbuffered file that carries our advisory lock; a forked child closes its copy."""
 
-    def __init__(self, path: str, mode: str) -> None:
+    def __init__(self, path: str, mode: str, shown: str | None = None) -> None:
         with _FORK_GUARD:
             super().__init__(path, mode)
             _LOCK_HANDLES.add(self)
+        self._shown = path if shown is None else shown
+
+    def __repr__(self) -> str:
+        # h5py names a file it reads through a file object by its repr: the groups of a path that
+        # _open_read yields then say the path as given, as their file name, in messages
+        return self._shown
 
     def close(self) -> None:
         with _FORK_GUARD:
@@ -786,7 +792,7 @@ def _lock(
             if fresh is not None:
                 return fresh, True
         try:
-            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb")
+            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", shown)
         except FileNotFoundError:
             if not create:
                 raise

@@ -6406,3 +6406,29 @@ def test_bench_preview_holds_one_full_size_frame_at_a_time(tmp_path: pathlib.Pat
     finally:
         tracemalloc.stop()
     assert peak < 2 * frame_bytes + (2 * workers + 2) * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_bench_info_and_preview_name_damage_by_the_path_given(tmp_path: pathlib.Path) -> None:
+    """info and preview read through the public readers, on a group of the file they opened: a message
+    names the file as given on the command line, not the file object it is read through."""
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    with h5py.File(path, "r+") as h5:
+        info = h5["flseries/fli_2/fluorescence/raw"].id.get_chunk_info(0)
+        h5["flseries/fli_1"].attrs["time"] = "noon"
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset + info.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = cli_run("preview", "sim.h5:flseries", "-n", "3", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "python -m flimage_io: error: sim.h5:/flseries/fli_2/fluorescence/raw: "
+        "the fletcher32 checksum of a chunk does not match (the file is damaged)\n"
+    )
+    result = cli_run("info", "sim.h5:/flseries", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(
+        r"sim\.h5:/flseries/fli_1 attribute 'time' must hold numbers, but holds \S+\n", result.stderr
+    )
