@@ -120,8 +120,11 @@ class ImageNotFoundError(KeyError, IndexError):
 
 
 class UnknownMetaWarning(UserWarning):
-    """A file holds attributes beyond the 16 meta data keys (older ``flimage``
-    wrote ``wavelength``, ``medium index``, ``sim index``); they are left out of ``meta``."""
+    """A file holds attributes that the returned dicts have no place for, so they are left out
+    and a copy drops them: beyond the 16 meta data keys on an image (older ``flimage`` wrote
+    ``wavelength``, ``medium index``, ``sim index``), beyond ``identifier`` on a series root, and
+    on the groups and datasets below ``fluorescence`` (``flimage``'s ``bg_data/fit`` carries
+    ``fit_offset``, ``fit_profile``, ``border_px``)."""
 
 
 def write_image(
@@ -144,7 +147,8 @@ def write_image(
         writable ``h5py.Group`` holding no image yet.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None, "meta": {key: value} | None}``,
-        or a bare 2-D array for ``{"raw": array}``.
+        or a bare 2-D array for ``{"raw": array}``. Meta ``date`` may be a ``datetime.date`` or
+        ``datetime.datetime``, stored as ISO 8601 text (``"2026-11-25"``, ``"2026-11-25T14:03:07"``).
     dtype
         ``None`` (default) stores each array with its own dtype, so every value comes back
         exactly. ``"float32"`` stores what ``flimage`` stores and refuses integers it cannot hold
@@ -159,7 +163,8 @@ def write_image(
     Raises
     ------
     TypeError, ValueError, KeyError
-        For invalid arguments or image contents, before the disk is touched.
+        For invalid arguments or image contents, before the disk is touched; shapes, dtypes
+        and meta data before any array is copied.
     OSError
         The target cannot be written: ``PermissionError`` if write-protected, errno ``ENOSPC``
         on a full disk, ``BlockingIOError`` if another process holds the file for over 5 s.
@@ -195,7 +200,8 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     Image
         ``{"raw": ndarray, "bg_data": {name: ndarray}, "meta": {key: value}}`` with the stored
         dtypes; meta numbers are ``float``, text ``str``, ``sim center`` a tuple of floats.
-        Attributes beyond the 16 meta data keys are left out with an ``UnknownMetaWarning``.
+        Attributes the dicts have no place for (beyond the 16 meta data keys, on the groups and
+        datasets below ``fluorescence``) are left out with an ``UnknownMetaWarning``.
 
     Raises
     ------
@@ -362,7 +368,8 @@ def read_series(
     -------
     Series
         ``{"identifier": str | None, "images": [image, ...]}``, ``fli_10`` after ``fli_9``;
-        images as for :func:`read_image`.
+        images as for :func:`read_image`. Attributes of the series root but ``identifier`` are
+        left out with an ``UnknownMetaWarning``.
 
     Raises
     ------
@@ -390,6 +397,7 @@ def read_series(
         if _layout_of(group, label) == "image":
             raise FormatError(f"{label} holds a single FLImage, not an FLSeries: read it with read_image")
         identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+        unknown += [(key, label) for key in group.attrs if key != "identifier"]  # a copy drops them
         positions = _select(group, label, selection)
         if lazy:
             known = _FileIdentity.of(opened[0], identifier) if opened else None
@@ -484,35 +492,59 @@ def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], what: str, hint
             raise KeyError(f"{what} has the unknown key {key!r}{guess} ({hint})")
 
 
-def _check_array(
+def _array_view(
     value: Any, storage: np.dtype[Any] | None, what: str, shape: tuple[int, ...] | None
 ) -> npt.NDArray[Any]:
-    """A private copy of ``value`` in its storage dtype, made while the caller waits (a camera
-    may refill its buffer when the next image is asked for), or a clear error."""
+    """``value`` as an array without a copy where it is one, refused for its type, dtype or shape
+    first: a 3-D stack passed as an image is refused, never copied."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{what} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{what} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)")
+    declared = (getattr(value, "shape", None), getattr(value, "dtype", None))
+    if isinstance(declared[0], tuple) and isinstance(declared[1], np.dtype):
+        # an array, or an array-like that computes or reads its values (dask, h5py): refused unread
+        _refuse_layout(declared[0], declared[1], storage, what, shape)
     try:
-        source = np.array(value, copy=True)
+        source = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not an array: {exc}") from None
-    if not _storable(source.dtype):
-        raise TypeError(f"{what} must hold real numbers or bools, but has dtype {source.dtype}")
+    _refuse_layout(source.shape, source.dtype, storage, what, shape)
+    return source
+
+
+def _refuse_layout(
+    found: tuple[int, ...],
+    dtype: np.dtype[Any],
+    storage: np.dtype[Any] | None,
+    what: str,
+    shape: tuple[int, ...] | None,
+) -> None:
+    if not _storable(dtype):
+        raise TypeError(f"{what} must hold real numbers or bools, but has dtype {dtype}")
     if shape is None:
-        if source.ndim != 2:
-            raise ValueError(f"{what} must be 2-D, but has shape {source.shape}")
-        if source.size == 0:
-            raise ValueError(f"{what} must not be empty, but has shape {source.shape}")
-    elif source.shape != shape:
-        raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {source.shape}")
-    # its own dtype or the one asked for, little-endian; bool stays bool, like flimage
-    target = np.dtype(bool) if source.dtype.kind == "b" else source.dtype if storage is None else storage
-    target = target.newbyteorder("<") if target.itemsize > 1 else target
-    if source.shape[-1] * target.itemsize > _MAX_CHUNK_BYTES:
-        raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {source.shape})")
+        if len(found) != 2:
+            raise ValueError(f"{what} must be 2-D, but has shape {found}")
+        if 0 in found:
+            raise ValueError(f"{what} must not be empty, but has shape {found}")
+    elif found != shape:
+        raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {found}")
+    if found[-1] * _stored_dtype(dtype, storage).itemsize > _MAX_CHUNK_BYTES:
+        raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {found})")
+
+
+def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dtype[Any]:
+    """Its own dtype or the one asked for, little-endian; bool stays bool, like flimage."""
+    target = np.dtype(bool) if dtype.kind == "b" else dtype if storage is None else storage
+    return target.newbyteorder("<") if target.itemsize > 1 else target
+
+
+def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, what: str) -> npt.NDArray[Any]:
+    """A private copy of a checked array in its storage dtype, made while the caller waits (a camera
+    may refill its buffer when the next image is asked for), or a clear error."""
+    target = _stored_dtype(source.dtype, storage)
     if target == source.dtype:
-        return source
+        return np.array(source, copy=True)
     if target.kind in "iu" and source.dtype.kind == "f":
         raise TypeError(f"{what} holds {source.dtype} values, which {target} storage would truncate")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -545,9 +577,12 @@ def _check_meta(meta: Any, what: str) -> dict[str, Any]:
         if key in NUMBER_KEYS:
             checked[key] = _check_number(value, where)
         elif key in TEXT_KEYS:
-            if key == "date" and type(value) is datetime.date:
-                value = value.isoformat()
-            checked[key] = _check_text(value, where)
+            expected = "a str"
+            if key == "date":
+                expected = "a str, datetime.date or datetime.datetime"
+                if isinstance(value, datetime.date):  # and datetime: ISO 8601, 'YYYY-MM-DD' first
+                    value = value.isoformat()
+            checked[key] = _check_text(value, where, expected)
         else:
             if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
                 raise TypeError(
@@ -587,6 +622,7 @@ def _check_text(value: Any, what: str, expected: str = "a str") -> str:
 
 
 def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _CheckedImage:
+    """Every array's shape and dtype and the meta data are checked before any array is copied."""
     if isinstance(image, np.ndarray):
         image = {"raw": image}
     if not isinstance(image, Mapping):
@@ -594,19 +630,23 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _Check
     _refuse_unknown(image, ("raw", "bg_data", "meta"), what, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
         raise KeyError(f"{what} has no 'raw' image")
-    raw = _check_array(image["raw"], storage, f"{what}['raw']", None)
+    raw = _array_view(image["raw"], storage, f"{what}['raw']", None)
     bg_value = image.get("bg_data")
-    bg_data: dict[str, npt.NDArray[Any]] = {}
+    views: dict[str, tuple[npt.NDArray[Any], str]] = {}  # name -> (array, what)
     if isinstance(bg_value, Mapping):
         for name, array in bg_value.items():
             label = f"{what}['bg_data'] name {name!r}"
             name = _check_text(name, label)
             if not name or "/" in name or name == ".":
                 raise ValueError(f"{label} is no valid dataset name (empty, '.' or with '/')")
-            bg_data[name] = _check_array(array, storage, f"{what}['bg_data'][{name!r}]", raw.shape)
+            where = f"{what}['bg_data'][{name!r}]"
+            views[name] = (_array_view(array, storage, where, raw.shape), where)
     elif bg_value is not None:
-        bg_data["data"] = _check_array(bg_value, storage, f"{what}['bg_data']", raw.shape)
-    return _CheckedImage(raw, bg_data, _check_meta(image.get("meta"), f"{what}['meta']"))
+        where = f"{what}['bg_data']"
+        views["data"] = (_array_view(bg_value, storage, where, raw.shape), where)
+    meta = _check_meta(image.get("meta"), f"{what}['meta']")
+    bg_data = {name: _stored_copy(view, storage, where) for name, (view, where) in views.items()}
+    return _CheckedImage(_stored_copy(raw, storage, f"{what}['raw']"), bg_data, meta)
 
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
@@ -680,10 +720,16 @@ _LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks ar
 class _LockHandle(io.FileIO):
     """An unbuffered file that carries our advisory lock; a forked child closes its copy."""
 
-    def __init__(self, path: str, mode: str) -> None:
+    def __init__(self, path: str, mode: str, shown: str | None = None) -> None:
         with _FORK_GUARD:
             super().__init__(path, mode)
             _LOCK_HANDLES.add(self)
+        self._shown = path if shown is None else shown
+
+    def __repr__(self) -> str:
+        # h5py names a file it reads through a file object by its repr: the groups of a path that
+        # _open_read yields then say the path as given, as their file name, in messages
+        return self._shown
 
     def close(self) -> None:
         with _FORK_GUARD:
@@ -777,7 +823,7 @@ def _lock(
             if fresh is not None:
                 return fresh, True
         try:
-            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb")
+            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", shown)
         except FileNotFoundError:
             if not create:
                 raise
@@ -1767,7 +1813,9 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
         f"{key!r} on {', '.join(where[:3])}" + (f" and {len(where) - 3} more" if len(where) > 3 else "")
         for key, where in places.items()
     ]
-    message = "left out attributes that are no meta data keys of the layout: " + "; ".join(parts)
+    message = "left out attributes that are no meta data of the layout (a copy drops them): " + "; ".join(
+        parts
+    )
     level, frame = 2, sys._getframe(1)
     while frame.f_code.co_filename == __file__ and frame.f_back:  # point at the caller's line
         level, frame = level + 1, frame.f_back
@@ -2099,6 +2147,10 @@ def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
     return count
 
 
+# The attributes with which HDFView shows a dataset as a picture: every writer (ours, flimage) sets them.
+_IMAGE_ATTRIBUTES = ("CLASS", "IMAGE_VERSION", "IMAGE_SUBCLASS")
+
+
 def _load_images(
     group: Any,
     label: str,
@@ -2119,10 +2171,15 @@ def _load_images(
             raw, jobs = _dataset_jobs(raw_node, label, None)
             bg_data: dict[str, npt.NDArray[Any]] = {}
             background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
+            nodes = [fluorescence, raw_node, *([] if background is None else [background])]
             for key in [] if background is None else _names(background):
                 node = _child(background, key, label, h5py.Dataset)
                 bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
                 jobs += more
+                nodes.append(node)
+            for node in nodes:  # the dict holds none of their attributes but HDFView's, which writers add
+                kept = _IMAGE_ATTRIBUTES if isinstance(node, h5py.Dataset) else ()
+                unknown.extend((key, _at(label, node)) for key in node.attrs if key not in kept)
             jobs = jobs or [lambda: None]  # the image is done when its last job is
             yield from ((job, None) for job in jobs[:-1])
             yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
@@ -2366,7 +2423,7 @@ class _LazyImages(Sequence[Image]):
         _LAZY_SERIES.add(self)
         self._metas: collections.OrderedDict[int, dict[str, MetaValue]] = collections.OrderedDict()
         self._meta_visits = _ReadAhead(self._META_BLOCK)
-        self._warned: set[str] = set()  # unknown meta keys warned about
+        self._warned: set[str] = set()  # attribute names left out: each is warned about once
         self._ahead: dict[int, Image] = {}
         self._pixel_visits = _ReadAhead(2 * workers + 2)
 
@@ -2461,11 +2518,13 @@ class _LazyImages(Sequence[Image]):
             metas = [
                 _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown) for p in positions
             ]
-        # each key once per series, however many reads its images take
-        fresh = [(key, where) for key, where in unknown if key not in self._warned]
-        self._warned.update(key for key, _ in fresh)
-        _warn_unknown(fresh)
+        self._warn_once(unknown)
         return metas
+
+    def _warn_once(self, unknown: list[tuple[str, str]]) -> None:
+        """Warn about the attributes not yet warned about: a loop warns once, not at every block."""
+        _warn_unknown([(key, where) for key, where in unknown if key not in self._warned])
+        self._warned.update(key for key, _ in unknown)
 
     def _pixels(self, slot: int, meta: dict[str, MetaValue]) -> Image:
         """Image ``slot``; for a path, refused if the file now gives it other meta data than ``meta``,
@@ -2487,8 +2546,10 @@ class _LazyImages(Sequence[Image]):
 
     def _read_pixels(self, slots: range) -> dict[int, Image]:
         names = [f"fli_{self._positions[slot]}" for slot in slots]
+        unknown: list[tuple[str, str]] = []
         with self._open() as (group, label):
-            read = list(_load_images(group, label, names, self._workers, []))
+            read = list(_load_images(group, label, names, self._workers, unknown))
+        self._warn_once(unknown)
         return dict(zip(slots, read))
 
     @contextlib.contextmanager

@@ -1265,7 +1265,7 @@ def test_info_summarises(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[s
     assert "FLSeries 'run', 3 images" in out
     assert "raw: 48x64 float64 (all images); background: data" in out
     assert "filters: shuffle, gzip level 1, fletcher32; chunks 48x64" in out and "ratio" in out
-    assert "meta of fli_0:" in out and "time=1.5" in out
+    assert "meta of fli_0:" in out and "time 1.5 s" in out
     assert "basic.h5: FLImage" in out and "gzip level 9" in out
     assert cli.main(["info", str(tmp_path / "missing.h5")]) == 1
     with pytest.raises(SystemExit) as exit_status:
@@ -2381,10 +2381,11 @@ def cli_frames(count: int, identifiers: bool = True) -> list[dict[str, Any]]:
 
 
 def cli_label_pixels(text: str, scale: int) -> np.ndarray:
-    """The label pixels _contact_sheet puts on a tile for ``text``, built from the font table."""
-    box = np.zeros((7, 4 * len(text) + 1), dtype=np.uint8)
-    for i, ch in enumerate(text.upper()):
-        box[1:6, 1 + 4 * i : 4 + 4 * i] = np.where(cli._FONT[ch], 255, 0)
+    """The label pixels _contact_sheet puts on a tile for ``text``, built from the font table: 3x6 glyphs
+    (capitals in the top five rows), 1 px apart, in a black box with a 1 px margin, all scaled."""
+    box = np.zeros((8, 4 * len(text) + 1), dtype=np.uint8)
+    for i, ch in enumerate(text):
+        box[1:7, 1 + 4 * i : 4 + 4 * i] = np.where(cli._FONT[ch], 255, 0)
     return box.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
@@ -2399,12 +2400,14 @@ def cli_tiles(sheet: np.ndarray, count: int, cell: int = 256) -> list[np.ndarray
     """Cut a contact sheet of ``count`` cells of ``cell`` px into its tiles, checking the layout.
 
     Layout rules of _contact_sheet: ceil(sqrt(count)) columns, row-major, 2 px gaps of gray 48,
-    unused cells gray 48.
+    unused cells gray 48; under the grid a 2 px gap and a footer of one line of text (cut off here).
     """
     ncols = int(np.ceil(np.sqrt(count)))
     nrows = -(-count // ncols)
     step = cell + cli._GAP
-    assert sheet.shape == (nrows * step - cli._GAP, ncols * step - cli._GAP)
+    assert sheet.shape == (nrows * step + cli._LINE, ncols * step - cli._GAP)
+    assert (sheet[nrows * step - cli._GAP : nrows * step] == cli._BACKGROUND).all()
+    sheet = sheet[: nrows * step - cli._GAP]
     gaps = np.zeros(sheet.shape, dtype=bool)
     for n in range(1, nrows):
         gaps[n * step - cli._GAP : n * step] = True
@@ -2456,7 +2459,7 @@ def cli_big_file(path: pathlib.Path, count: int = 4) -> None:
         (["demo", "--help"], "usage: python -m flimage_io demo [-h] [PATH]"),
         (["check", "--help"], "usage: python -m flimage_io check [-h] FILE [FILE ...]"),
         (["info", "--help"], "usage: python -m flimage_io info [-h] FILE [FILE ...]"),
-        (["preview", "--help"], "usage: python -m flimage_io preview [-h] [-o OUT.png] [-n N] FILE"),
+        (["preview", "--help"], "usage: python -m flimage_io preview [-h] [-o OUT.png] [-n N] [--each] FILE"),
     ],
 )
 def test_cli_help_goes_to_stdout(args: list[str], usage: str, tmp_path: pathlib.Path) -> None:
@@ -2669,9 +2672,8 @@ def test_cli_whole_file_names_the_group_to_use(
     assert cli.main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: 1 problem(s)\n  - ") and hint.search(out), out
-    assert cli.main(["info", str(path)]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == "" and hint.search(captured.err) and "\n" not in captured.err.rstrip("\n")
+    assert cli.main(["info", str(path)]) == 0  # info lists what the groups hold
+    assert capsys.readouterr().out.startswith(f"{path}: 1 FLSeries in groups; file size ")
     assert cli.main(["preview", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and hint.search(captured.err)
@@ -2844,14 +2846,18 @@ def test_cli_info_counts_and_sizes(tmp_path: pathlib.Path, capsys: pytest.Captur
     assert re.search(r"raw data stored in \d{1,3} bytes of 216 bytes \(ratio \d+\.\d\d\)", run), run
     assert re.search(r"raw data stored in \d{1,2} bytes of 72 bytes", one), one
     assert re.search(r"raw data stored in \d+ bytes of 64\.0 KiB", big), big  # 2 x 32768 bytes
-    assert "KiB" not in run + one
+    assert "KiB" not in "".join(line for line in (run + one).splitlines() if "raw data stored" in line)
 
 
 def test_cli_info_of_an_empty_series(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "empty.h5"
     fio.write_series(path, {"identifier": "nothing yet", "images": []})
     assert cli.main(["info", str(path)]) == 0
-    assert capsys.readouterr() == (f"{path}: FLSeries 'nothing yet', 0 images\n", "")
+    size = path.stat().st_size
+    assert capsys.readouterr() == (
+        f"{path}: FLSeries 'nothing yet', 0 images\n  file size: {size / 1024:.1f} KiB\n",
+        "",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -2868,7 +2874,7 @@ def test_cli_preview_default_path_and_tiles_in_order(tmp_path: pathlib.Path) -> 
     tiles = cli_tiles(cli_read_png(tmp_path / "ten.png"), 10)
     assert [cli_frame_of(tile) for tile in tiles] == list(range(10))
     for k, tile in enumerate(tiles):
-        cli_assert_label(tile, f"{k} cell {k}")
+        cli_assert_label(tile, f"cell {k}")  # the identifier alone: the index would repeat it
 
 
 def test_cli_preview_spreads_frames_evenly(
@@ -2882,7 +2888,7 @@ def test_cli_preview_spreads_frames_evenly(
     tiles = cli_tiles(cli_read_png(out), 4)
     assert [cli_frame_of(tile) for tile in tiles] == [0, 3, 6, 9]
     for i, tile in enumerate(tiles):
-        cli_assert_label(tile, str(3 * i))
+        cli_assert_label(tile, f"fli_{3 * i}")  # neither identifier nor time: the name in the file
 
 
 @pytest.mark.parametrize(("count", "limit"), [(4, 36), (10, 9), (7, 7), (5, 2), (3, 1)])
@@ -2910,8 +2916,8 @@ def test_cli_preview_labels_time_when_no_identifier(
     assert cli.main(["preview", str(path)]) == 0
     capsys.readouterr()
     first, second = cli_tiles(cli_read_png(tmp_path / "t.png"), 2)
-    cli_assert_label(first, "0")
-    cli_assert_label(second, "1 t=1.5s")
+    cli_assert_label(first, "fli_0")
+    cli_assert_label(second, "t=1.5 s")
 
 
 def test_cli_preview_of_an_image(tmp_path: pathlib.Path) -> None:
@@ -2922,7 +2928,7 @@ def test_cli_preview_of_an_image(tmp_path: pathlib.Path) -> None:
     (tile,) = cli_tiles(cli_read_png(tmp_path / "sheet.png"), 1)
     assert cli_frame_of(tile) == 5
     cli_assert_label(tile, "cell A")
-    np.testing.assert_array_equal(tile[14:], np.where(raw == 1000, 255, 0).repeat(16, 0).repeat(16, 1)[14:])
+    np.testing.assert_array_equal(tile[16:], np.where(raw == 1000, 255, 0).repeat(16, 0).repeat(16, 1)[16:])
 
 
 def test_cli_preview_of_an_empty_series(tmp_path: pathlib.Path) -> None:
@@ -3635,7 +3641,11 @@ def test_hostile_numpy_scalars_and_dates_in_meta() -> None:
         ({"meta": {"time": 10**400}}, ValueError, r"\['time'\] is 1000.*too large for a float64"),
         ({"meta": {"time": np.longdouble(10) ** 400}}, ValueError, r"\['time'\] .*too large for a float64"),
         ({"meta": {"time": np.timedelta64(1, "s")}}, TypeError, r"\['time'\] must be a real number"),
-        ({"meta": {"date": datetime.datetime(2026, 11, 25)}}, TypeError, r"\['date'\] must be a str"),
+        (
+            {"meta": {"date": 20261125}},
+            TypeError,
+            r"\['date'\] must be a str, datetime.date or datetime.datetime, not int",
+        ),
         ({"bg_data": {"a\x00b": np.ones((2, 2))}}, ValueError, r"name 'a\\x00b' contains a NUL"),
         (
             {"raw": np.ma.masked_array(np.ones((2, 2)), mask=[[0, 1], [0, 0]])},
@@ -3644,7 +3654,7 @@ def test_hostile_numpy_scalars_and_dates_in_meta() -> None:
         ),
         ({"bg_data": np.ma.masked_array(np.ones((2, 2)))}, TypeError, r"bg_data'\] is a masked array"),
     ],
-    ids=["huge int", "huge longdouble", "timedelta64", "datetime", "NUL name", "masked raw", "masked bg"],
+    ids=["huge int", "huge longdouble", "timedelta64", "date as int", "NUL name", "masked raw", "masked bg"],
 )
 def test_hostile_meta_and_arrays_refused(
     tmp_path: pathlib.Path, image: dict[str, Any], kind: type[Exception], message: str
@@ -6444,3 +6454,589 @@ def test_lazy_random_access_reads_one_image(tmp_path: pathlib.Path, monkeypatch:
     for n in list(range(count)) + picks:
         images[n]
     assert len(images._metas) <= 512
+
+
+# at the bench (issue 18): refuse early, accept what scientists pass
+# ---------------------------------------------------------------------------
+
+
+def bench_peak(call: Callable[[], object], error: type[Exception], message: str) -> int:
+    """The peak of memory that ``call`` allocates before it raises ``error`` matching ``message``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=message):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bench_wrong_arrays_are_refused_before_any_copy(tmp_path: pathlib.Path) -> None:
+    """A 3-D stack, a complex image, a background of another shape, a bad meta key: each refused
+    without copying the 32 MiB arrays (a copy first would peak at 32 MiB or more)."""
+    stack = np.ones((16, 512, 512))  # 32 MiB
+    big = stack[0].repeat(16, axis=0)  # 2-D, 32 MiB
+    limit = 2**20
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", stack),
+            ValueError,
+            r"\['raw'\] must be 2-D.*\(16, 512, 512\)",
+        ),
+        (lambda: fio.write_image(tmp_path / "a.h5", {"raw": stack}), ValueError, r"must be 2-D"),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", big.astype(np.complex64)),
+            TypeError,
+            r"\['raw'\] must hold real numbers or bools, but has dtype complex64",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "bg_data": big[:-1]}),
+            ValueError,
+            r"\['bg_data'\] must have the shape of raw \(8192, 512\), but has shape \(8191, 512\)",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "bg_data": {"fit": stack}}),
+            ValueError,
+            r"\['bg_data'\]\['fit'\] must have the shape of raw",
+        ),
+        (
+            lambda: fio.write_image(tmp_path / "a.h5", {"raw": big, "meta": {"pixelsize": 1e-7}}),
+            KeyError,
+            r"unknown key 'pixelsize'; did you mean 'pixel size'",
+        ),
+        (
+            lambda: fio.write_series(tmp_path / "s.h5", {"identifier": None, "images": [stack]}),
+            ValueError,
+            r"series\['images'\]\[0\]\['raw'\] must be 2-D",
+        ),
+    ]
+    for call, error, message in cases:
+        # the complex array is made inside the call, outside what the library allocates
+        peak = bench_peak(call, error, message)
+        if "complex" not in message:
+            assert peak < limit, f"{message}: peak {peak / 2**20:.1f} MiB"
+    complex_image = big.astype(np.complex64)
+    peak = bench_peak(lambda: fio.write_image(tmp_path / "a.h5", complex_image), TypeError, r"complex64")
+    assert peak < limit, f"complex: peak {peak / 2**20:.1f} MiB"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_bench_an_h5py_dataset_of_the_wrong_shape_is_refused_unread(tmp_path: pathlib.Path) -> None:
+    """An array-like that reads (h5py) or computes (dask) its values is refused by its declared shape."""
+    with h5py.File(tmp_path / "source.h5", "w") as h5:
+        stack = h5.create_dataset("stack", (16, 512, 512), np.float64)  # never written: reads as zeros
+        peak = bench_peak(lambda: fio.write_image(tmp_path / "a.h5", {"raw": stack}), ValueError, r"2-D")
+        assert peak < 2**20, f"peak {peak / 2**20:.1f} MiB"
+        fio.write_image(tmp_path / "a.h5", {"raw": h5.create_dataset("plane", data=np.eye(3))})  # read
+    np.testing.assert_array_equal(fio.read_image(tmp_path / "a.h5")["raw"], np.eye(3))
+
+
+def test_bench_date_takes_datetime_as_iso_text_that_flimage_opens(tmp_path: pathlib.Path) -> None:
+    zone = datetime.timezone(datetime.timedelta(hours=1))
+    dates = {
+        "date.h5": (datetime.date(2026, 11, 25), "2026-11-25"),
+        "naive.h5": (datetime.datetime(2026, 11, 25, 14, 3, 7), "2026-11-25T14:03:07"),
+        "micro.h5": (datetime.datetime(2026, 11, 25, 14, 3, 7, 250000), "2026-11-25T14:03:07.250000"),
+        "zoned.h5": (datetime.datetime(2026, 11, 25, 14, 3, tzinfo=zone), "2026-11-25T14:03:00+01:00"),
+    }
+    for name, (value, text) in dates.items():
+        fio.write_image(tmp_path / name, {"raw": np.eye(2), "meta": {"date": value}})
+        got = fio.read_image(tmp_path / name)["meta"]["date"]
+        assert got == text and type(got) is str
+        # the layout's 'YYYY-MM-DD' comes first, and the text reads back as the value given
+        assert datetime.date.fromisoformat(got[:10]) == datetime.date(2026, 11, 25)
+        parse = datetime.datetime if isinstance(value, datetime.datetime) else datetime.date
+        assert parse.fromisoformat(got) == value
+        with h5py.File(tmp_path / name, "r") as h5:  # variable-length UTF-8, as flimage stores text
+            assert h5.attrs.get_id("date").get_type().is_variable_str()
+        with flimage.FLImage(h5file=tmp_path / name, h5mode="r") as fli:
+            assert fli.meta["date"] == text
+    series = {"identifier": None, "images": [{"raw": np.eye(2), "meta": {"date": dates["naive.h5"][0]}}]}
+    fio.write_series(tmp_path / "s.h5", series)
+    assert fio.read_image(tmp_path / "s.h5", index=0)["meta"]["date"] == "2026-11-25T14:03:07"
+
+
+def bench_odd_attributes(path: pathlib.Path) -> None:
+    """A series whose root, images and datasets carry attributes that the dicts have no place for."""
+    frames = [
+        {"raw": np.full((3, 3), k), "bg_data": np.ones((3, 3)), "meta": {"identifier": f"f{k}"}}
+        for k in range(4)
+    ]
+    fio.write_series(path, {"identifier": "run", "images": frames})
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["operator"] = "ada"
+        h5.attrs["temperature"] = 37.0
+        for k in range(4):
+            h5[f"fli_{k}"].attrs["wavelength"] = 5.5e-7
+            h5[f"fli_{k}/fluorescence/bg_data/data"].attrs["fit_offset"] = "mean"
+        h5["fli_2/fluorescence"].attrs["note"] = "refocused"
+
+
+def bench_warning(record: Any) -> str:
+    (message,) = hostile_unknown_warnings(record)
+    assert [item.filename for item in record] == [__file__]  # the caller's line
+    return message
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_bench_a_copied_series_warns_about_every_attribute_it_drops(
+    tmp_path: pathlib.Path, lazy: bool
+) -> None:
+    path = tmp_path / "odd.h5"
+    bench_odd_attributes(path)
+    shown = re.escape(str(path))
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        series = fio.read_series(path, lazy=lazy)
+    message = bench_warning(record)
+    assert re.search(rf"'operator' on {shown}(;|$)", message), message
+    assert re.search(rf"'temperature' on {shown}(;|$)", message), message
+    if lazy:  # the rest are read on access: by the copy
+        assert "wavelength" not in message and "fit_offset" not in message
+        with pytest.warns(fio.UnknownMetaWarning) as record:
+            fio.write_series(tmp_path / "copy.h5", series)
+        messages = hostile_unknown_warnings(record)
+        assert {item.filename for item in record} == {__file__}
+        message = "; ".join(messages)
+    else:
+        fio.write_series(tmp_path / "copy.h5", series)
+    # a lazy series warns with the first image it reads the meta data of: it reads ahead only once
+    # the images are visited in order
+    others = "" if lazy else rf", {shown}:/fli_1, {shown}:/fli_2 and 1 more"
+    assert re.search(rf"'wavelength' on {shown}:/fli_0{others}", message), message
+    bg = rf"{shown}:/fli_\d/fluorescence/bg_data/data"
+    # a lazy series warns with the first images it reads the pixels of (see the test below)
+    assert re.search(rf"'fit_offset' on {bg}" + ("" if lazy else rf", {bg}, {bg} and 1 more"), message), (
+        message
+    )
+    assert re.search(rf"'note' on {shown}:/fli_2/fluorescence(;|$)", message), message
+    for kept in ("CLASS", "IMAGE_VERSION", "IMAGE_SUBCLASS", "identifier"):
+        assert f"'{kept}'" not in message  # written again by the copy
+    with h5py.File(tmp_path / "copy.h5", "r") as h5:  # what was warned about is gone, the rest is kept
+        assert dict(h5.attrs) == {"identifier": "run"}
+        assert sorted(h5["fli_0"].attrs) == ["flimage version", "identifier", "qpimage version"]
+        assert sorted(h5["fli_0/fluorescence/bg_data/data"].attrs) == [
+            "CLASS",
+            "IMAGE_SUBCLASS",
+            "IMAGE_VERSION",
+        ]
+
+
+def test_bench_a_copied_image_warns_about_the_attributes_of_its_datasets(tmp_path: pathlib.Path) -> None:
+    """flimage's fitted background keeps its array in a copy, but not the attributes of the fit."""
+    path = tmp_path / "fit.h5"
+    with flimage.FLImage(data=blob(), h5file=path, h5mode="w") as fli:
+        fli._fl.estimate_bg(fit_offset="mean", fit_profile="tilt", border_px=5)
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        image = fio.read_image(path)
+    message = bench_warning(record)
+    for key in ("fit_offset", "fit_profile", "border_px"):
+        assert f"'{key}' on {path}:/fluorescence/bg_data/fit" in message, message
+    assert "CLASS" not in message
+    fio.write_image(tmp_path / "copy.h5", image)
+    assert sorted(fio.read_image(tmp_path / "copy.h5")["bg_data"]) == ["fit"]
+    with warnings.catch_warnings():  # a file without such attributes reads without a warning
+        warnings.simplefilter("error")
+        fio.read_image(tmp_path / "copy.h5")
+        fio.read_image(DATA / "retina_p10.h5")
+        fio.read_image(DATA / "basic.h5")
+
+
+def test_bench_a_lazy_series_warns_about_each_attribute_once(tmp_path: pathlib.Path) -> None:
+    """Iterating a lazy series warns once per attribute name, not at every block of images read."""
+    path = tmp_path / "odd.h5"
+    frames = [{"raw": np.full((2, 2), k), "bg_data": np.ones((2, 2))} for k in range(300)]
+    fio.write_series(path, {"identifier": None, "images": frames})
+    with h5py.File(path, "r+") as h5:
+        for k in range(300):
+            h5[f"fli_{k}"].attrs["wavelength"] = 5.5e-7
+            h5[f"fli_{k}/fluorescence/bg_data/data"].attrs["fit_offset"] = "mean"
+    images = fio.read_series(path, lazy=True, workers=1)["images"]
+    with pytest.warns(fio.UnknownMetaWarning) as record:
+        for image in images:  # growing blocks of meta data and many reads ahead of pixels
+            assert image["raw"].shape == (2, 2)
+    messages = hostile_unknown_warnings(record)
+    assert len(messages) == 2, messages  # 'wavelength' with the first meta read, 'fit_offset' with pixels
+    assert messages[0].endswith(f"'wavelength' on {path}:/fli_0")
+    assert messages[1].count("'fit_offset' on") == 1 and "wavelength" not in messages[1]
+
+
+# ---------------------------------------------------------------------------
+# at the bench (issue 18): `info` a scientist can read
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (1.3900000000000001e-07, "m", "139 nm"),  # retina_p10.h5's pixel size
+        (1.4e-7, "m", "140 nm"),
+        (9.9996e-7, "m", "1 µm"),  # rounded first, then the prefix
+        (-2.5e-6, "m", "-2.5 µm"),
+        (0.0123, "m", "12.3 mm"),
+        (1e-15, "m", "0.001 pm"),
+        (0.0, "m", "0 m"),
+        (0.04327999999804888, "s", "43.28 ms"),
+        (0.5, "s", "500 ms"),
+        (1.5, "s", "1.5 s"),
+        (12345.6, "s", "12350 s"),
+        (7200.0, "s", "7200 s"),
+        (float("nan"), "s", "nan s"),
+        (0.7853981633974483, "rad", "0.7854 rad"),
+        (1.2, "", "1.2"),
+        (65535.0, "", "65535"),  # whole numbers below 100000 in full
+        (1234567.0, "", "1235000"),
+        (1.234e-5, "", "0.00001234"),
+    ],
+)
+def test_bench_info_numbers_have_units_and_four_digits(value: float, unit: str, text: str) -> None:
+    assert cli._quantity(value, unit) == text
+
+
+def bench_series_meta(k: int) -> dict[str, Any]:
+    return {
+        "identifier": f"frame {k}",
+        "time": 0.04 * k,
+        "pixel size": 1.3900000000000001e-07,
+        "date": datetime.datetime(2026, 11, 25, 14, 3),
+        "numerical aperture": 1.2,
+        "sim center": [10.5, 12.0],
+        "focus": -2.5e-6,
+    }
+
+
+def test_bench_info_of_a_series(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.h5"
+    frames = [
+        {"raw": np.full((16, 24), k, np.uint16), "bg_data": np.ones((16, 24), np.uint16)} for k in range(5)
+    ]
+    for k, frame in enumerate(frames):
+        frame["meta"] = bench_series_meta(k)
+    fio.write_series(path, {"identifier": "run 7", "images": frames})
+    assert cli.main(["info", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    version = (
+        f"flimage version 'flimage_io {fio.__version__}', qpimage version 'flimage_io {fio.__version__}'"
+    )
+    rest = "pixel size 139 nm, focus -2.5 µm, numerical aperture 1.2, sim center (10.5, 12) px"
+    assert lines[0] == f"{path}: FLSeries 'run 7', 5 images"
+    assert lines[1] == "  raw: 16x24 uint16 (all images); background: data"
+    assert re.fullmatch(
+        r"  filters: shuffle, gzip level 1, fletcher32; chunks 16x24; raw data stored in .*", lines[2]
+    )
+    assert lines[3] == f"  file size: {path.stat().st_size / 1024:.1f} KiB"
+    assert lines[4] == "  time: 0 s to 160 ms, median interval 40 ms"
+    date = "date '2026-11-25T14:03:00'"
+    assert lines[5] == f"  meta of fli_0: identifier 'frame 0', {date}, time 0 s, {rest}, {version}"
+    assert lines[6] == f"  meta of fli_4: identifier 'frame 4', {date}, time 160 ms, {rest}, {version}"
+    assert len(lines) == 7
+
+
+def test_bench_info_time_span_of_irregular_times(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The range from the earliest to the latest time, the median of the intervals in series order, and
+    how many images have a time when some lack one."""
+    times = [2.0, 2.5, None, 3.0, 10.0, 1.0]
+    frames = [{"raw": np.eye(2), "meta": {} if t is None else {"time": t}} for t in times]
+    fio.write_series(tmp_path / "t.h5", {"identifier": None, "images": frames})
+    assert cli.main(["info", str(tmp_path / "t.h5")]) == 0
+    out = capsys.readouterr().out
+    # intervals 0.5, 0.5, 7.0, -9.0: median 0.5
+    assert "\n  time: 1 s to 10 s, median interval 500 ms (5 of 6 images have a time)\n" in out, out
+    assert "\n  meta of fli_0: time 2 s, flimage version" in out and "\n  meta of fli_5: time 1 s, " in out
+
+
+def test_bench_info_of_flimage_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["info", str(DATA / "retina_p10.h5"), str(DATA / "basic.h5")]) == 0
+    retina, basic = re.split(r"\n(?=\S)", capsys.readouterr().out.rstrip("\n"))
+    assert retina.splitlines()[0] == f"{DATA / 'retina_p10.h5'}: FLImage"
+    assert retina.splitlines()[-1] == (
+        "  meta: identifier 'cda88:49', time 43.28 ms, pixel size 139 nm, "
+        "flimage version '0.2.0.post1', qpimage version '0.5.2.post2'"
+    )
+    assert f"  file size: {(DATA / 'retina_p10.h5').stat().st_size / 1024:.1f} KiB" in retina
+    assert "time:" not in retina  # one image: its time is in its meta
+    assert (
+        basic.splitlines()[-1]
+        == "  meta: pixel size 54 nm, flimage version '0.1.0.post7', qpimage version '0.5.2'"
+    )
+
+
+def bench_experiment(path: pathlib.Path) -> None:
+    """A file that holds its images and series in groups, beside other data, with links that must not
+    be followed: a soft link back up (a loop) and an external link to another file's series."""
+    other = path.with_name("other.h5")
+    fio.write_series(other, {"identifier": "elsewhere", "images": [np.eye(2)]})
+    with h5py.File(path, "w") as h5:
+        fio.write_image(h5.create_group("day1/ref"), {"raw": np.ones((8, 8)), "meta": {"pixel size": 2e-7}})
+        fio.write_series(h5.create_group("day1/run"), {"identifier": "run 1", "images": cli_frames(3)})
+        fio.write_series(h5.create_group("day2/deep/run"), {"identifier": "run 2", "images": cli_frames(2)})
+        h5["day2/loop"] = h5py.SoftLink("/day2")
+        h5["day2/same run"] = h5["day1/run"]  # a second hard link to one group: listed once
+        h5["day2/other"] = h5py.ExternalLink(str(other), "/")
+        h5["notes"] = np.ones(3)
+        h5["misc/table"] = np.ones(3)
+
+
+def test_bench_info_lists_what_a_file_holds_in_groups(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "experiment.h5"
+    bench_experiment(path)
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert heads == [
+        f"{path}: 1 FLImage and 2 FLSeries in groups; file size {path.stat().st_size / 1024:.1f} KiB",
+        f"{path}:/day1/ref: FLImage",
+        f"{path}:/day1/run: FLSeries 'run 1', 3 images",
+        f"{path}:/day2/deep/run: FLSeries 'run 2', 2 images",
+    ]
+    assert "  meta: pixel size 200 nm, " in out and "  meta of fli_2: identifier 'cell 2', " in out
+    assert "file size" not in out.split("\n", 1)[1]  # said once, in the first line
+    # each listed name works as given, and without its leading slash
+    for inner in ("/day1/ref", "day1/ref", "day2/deep/run"):
+        assert cli.main(["info", f"{path}:{inner}"]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.startswith(f"{path}:/{inner.lstrip('/')}: FL"), first
+    assert cli.main(["info", f"{path}:day2"]) == 0  # a group below the root lists what it holds too
+    assert capsys.readouterr().out.startswith(f"{path}:/day2: 2 FLSeries in groups; ")
+    assert cli.main(["info", f"{path}:misc"]) == 1
+    assert "holds neither an FLImage" in capsys.readouterr().err
+
+
+def test_bench_group_without_a_leading_slash_everywhere(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    for spec in (f"{path}:flseries", f"{path}:/flseries", f"{path}://flseries"):
+        assert cli.main(["check", spec]) == 0
+        assert capsys.readouterr().out == f"{spec}: ok\n"
+        assert cli.main(["info", spec]) == 0
+        assert capsys.readouterr().out.startswith(f"{path}:/flseries: FLSeries 'sim', 4 images\n")
+        assert cli.main(["preview", spec, "-o", str(tmp_path / "p.png")]) == 0
+        assert capsys.readouterr().out == f"wrote {tmp_path / 'p.png'}: 4 frames\n"
+    assert cli.main(["info", f"{path}:nope"]) == 1
+    assert capsys.readouterr().err == f"{path} has no group /nope\n"
+
+
+# ---------------------------------------------------------------------------
+# at the bench (issue 18): `preview` for judging signal
+# ---------------------------------------------------------------------------
+
+
+def bench_png(path: pathlib.Path) -> np.ndarray:
+    """The pixels of the 8-bit grayscale PNG that preview writes, decoded with zlib alone; every chunk's
+    CRC is checked, and every row must use filter None."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks: list[tuple[bytes, bytes]] = []
+    at = 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        tag, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        assert int.from_bytes(data[at + 8 + length : at + 12 + length], "big") == zlib.crc32(tag + body)
+        chunks.append((tag, body))
+        at += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    width, height = int.from_bytes(chunks[0][1][:4], "big"), int.from_bytes(chunks[0][1][4:8], "big")
+    assert chunks[0][1][8:] == bytes([8, 0, 0, 0, 0])  # 8-bit gray, deflate, no interlace
+    rows = np.frombuffer(zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT")), np.uint8)
+    rows = rows.reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:]
+
+
+def bench_text(*lines: str, scale: int = 2) -> np.ndarray:
+    """Lines of text as _contact_sheet writes them, one under another, built from the font table."""
+    boxes = [cli_label_pixels(line, scale) for line in lines]
+    width = max(box.shape[1] for box in boxes)
+    return np.vstack([np.pad(box, ((0, 0), (0, width - box.shape[1]))) for box in boxes])
+
+
+def bench_footer(sheet: np.ndarray) -> np.ndarray:
+    return sheet[-cli._LINE :]
+
+
+def bench_bleaching(path: pathlib.Path, count: int = 12) -> list[float]:
+    """A bright square over a background of 100 that fades 6-fold over the series; its values."""
+    values = [100 + 900 * 6 ** (-k / (count - 1)) for k in range(count)]
+    frames = []
+    for k, value in enumerate(values):
+        raw = np.full((32, 32), 100.0)
+        raw[8:24, 8:24] = value
+        frames.append({"raw": raw, "meta": {"identifier": f"cell {k}"}})
+    fio.write_series(path, {"identifier": "bleach", "images": frames})
+    return values
+
+
+def test_bench_preview_shows_bleaching_on_one_range(tmp_path: pathlib.Path) -> None:
+    """Every frame on the range of the whole series, written under the sheet: the square fades 6-fold."""
+    values = bench_bleaching(tmp_path / "bleach.h5")
+    assert cli.main(["preview", str(tmp_path / "bleach.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    sheet = bench_png(tmp_path / "p.png")
+    tiles = cli_tiles(sheet, 12)
+    for k, (tile, value) in enumerate(zip(tiles, values)):
+        square = tile[64:192, 64:192]  # 16 px of 32, enlarged 8-fold
+        assert (square == round(255 * (value - 100) / 900)).all(), (k, np.unique(square))
+        assert (tile[16:64] == 0).all() and (tile[192:] == 0).all()
+        cli_assert_label(tile, f"cell {k}")
+    assert tiles[0][100, 100] == 255 and tiles[-1][100, 100] == 42  # 6-fold
+    # under the grid: the value shown black, a ramp from black to white, the value shown white
+    words = [bench_text("100 "), cli._ramp(), bench_text(" 1000"), bench_text("  the same for all frames")]
+    expected = np.hstack(words)
+    np.testing.assert_array_equal(bench_footer(sheet)[:, : expected.shape[1]], expected)
+    ramp = cli._ramp()[cli._LINE // 2]
+    assert ramp[0] == 0 and ramp[-1] == 255 and (np.diff(ramp.astype(int)) > 0).all()
+
+
+def test_bench_preview_each_frame_on_its_own_range(tmp_path: pathlib.Path) -> None:
+    """--each stretches every frame to its own range, written in its label: the fading no longer shows."""
+    values = bench_bleaching(tmp_path / "bleach.h5")
+    assert cli.main(["preview", str(tmp_path / "bleach.h5"), "--each", "-o", str(tmp_path / "p.png")]) == 0
+    sheet = bench_png(tmp_path / "p.png")
+    for k, (tile, value) in enumerate(zip(cli_tiles(sheet, 12), values)):
+        assert (tile[64:192, 64:192] == 255).all() and (tile[192:] == 0).all()
+        label = bench_text(f"cell {k}", f"100 to {cli._number(value)}")
+        np.testing.assert_array_equal(tile[: label.shape[0], : label.shape[1]], label)
+    assert cli._number(values[-1]) == "250"
+    expected = np.hstack([cli._ramp(), bench_text(" each frame from its own black to white, in its label")])
+    np.testing.assert_array_equal(bench_footer(sheet)[:, : expected.shape[1]], expected)
+
+
+def test_bench_preview_downscales_by_block_means(tmp_path: pathlib.Path) -> None:
+    """A 512x512 frame becomes 256x256 means of 2x2 blocks: a fine checkerboard is mid-gray (nearest
+    neighbour would pick one of its colours); NaN and inf are left out of a mean, and a block of
+    nothing else is black."""
+    raw = np.zeros((512, 512))
+    raw[256:, 256:] = 1000.0  # right half: black above, white below
+    raw[:, :256] = 1000.0 * ((np.arange(512)[:, None] + np.arange(256)) % 2)  # left half: checkerboard
+    raw[300:302, 300:302] = np.nan  # a whole block of the white quarter
+    raw[400, 400] = np.nan  # one pixel of another block
+    raw[402, 402] = np.inf
+    fio.write_image(tmp_path / "board.h5", {"raw": raw})
+    assert cli.main(["preview", str(tmp_path / "board.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "p.png"), 1)
+    assert (tile[:, :128] == 128).all()  # (500 - 0) / 1000 * 255 = 127.5, rounded to even
+    assert (tile[:128, 128:] == 0).all()
+    assert tile[150, 150] == 0 and tile[200, 200] == 255 and tile[201, 201] == 255
+    white = tile[128:, 128:].copy()
+    white[150 - 128, 150 - 128] = 255
+    assert (white == 255).all()
+
+
+def test_bench_preview_scale_bar(tmp_path: pathlib.Path) -> None:
+    """With a pixel size, a white bar of a round length at the bottom left, its length above it."""
+    fio.write_image(tmp_path / "a.h5", {"raw": np.zeros((64, 64)), "meta": {"pixel size": 1e-7}})
+    assert cli.main(["preview", str(tmp_path / "a.h5"), "-o", str(tmp_path / "a.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "a.png"), 1)
+    # enlarged 4-fold: 25 nm a tile pixel, 6.4 µm across; a fifth of that is 1.28 µm: a bar of 1 µm, 40 px
+    text = bench_text("1 µm")
+    top = 256 - text.shape[0] - 8
+    np.testing.assert_array_equal(tile[top : top + text.shape[0], : text.shape[1]], text)
+    bar = tile[top + text.shape[0] :, :44]
+    expected = np.zeros((8, 44), np.uint8)
+    expected[2:6, 2:42] = 255  # 4 px thick, 40 px long, on black
+    np.testing.assert_array_equal(bar, expected)
+    assert (tile[:top, 44:] == 128).all()  # the rest is the (constant, mid-gray) image
+    # a larger frame, reduced: 600x800 in 4x4 blocks of 139 nm: 556 nm a tile pixel; 20 µm is 36 px
+    fio.write_image(tmp_path / "b.h5", {"raw": np.zeros((600, 800)), "meta": {"pixel size": 1.39e-7}})
+    assert cli.main(["preview", str(tmp_path / "b.h5"), "-o", str(tmp_path / "b.png")]) == 0
+    sheet = bench_png(tmp_path / "b.png")
+    row = sheet[150 - 4]  # the bar's lower row
+    assert (row[2:38] == 255).all() and row[1] == 0 and row[38] == 0
+    np.testing.assert_array_equal(
+        sheet[150 - 24 : 150 - 8, : bench_text("20 µm").shape[1]], bench_text("20 µm")
+    )
+    # without a pixel size, no bar
+    fio.write_image(tmp_path / "c.h5", {"raw": np.zeros((64, 64))})
+    assert cli.main(["preview", str(tmp_path / "c.h5"), "-o", str(tmp_path / "c.png")]) == 0
+    (tile,) = cli_tiles(bench_png(tmp_path / "c.png"), 1)
+    assert (tile == 128).all()
+
+
+def test_bench_preview_of_a_small_image_widens_the_sheet_for_its_range(tmp_path: pathlib.Path) -> None:
+    """retina_p10.h5 (146x168, shown as it is): the line under it is wider than the image, so the sheet
+    is widened to show the whole range, with background beside the image."""
+    raw = fio.read_image(DATA / "retina_p10.h5")["raw"]
+    low, high = np.percentile(raw.astype(np.float64), [0.5, 99.5])
+    assert cli.main(["preview", str(DATA / "retina_p10.h5"), "-o", str(tmp_path / "r.png")]) == 0
+    sheet = bench_png(tmp_path / "r.png")
+    expected = np.hstack(
+        [bench_text(f"{cli._number(low)} "), cli._ramp(), bench_text(f" {cli._number(high)}")]
+    )
+    assert cli._number(low) == "-3.004" and expected.shape[1] > 168
+    assert sheet.shape == (146 + cli._GAP + cli._LINE, expected.shape[1])
+    np.testing.assert_array_equal(bench_footer(sheet), expected)
+    assert (sheet[:146, 168:] == cli._BACKGROUND).all() and (
+        sheet[146 : 146 + cli._GAP] == cli._BACKGROUND
+    ).all()
+    cli_assert_label(sheet, "cda88:49")
+    # 139 nm a pixel, 168 px across: a fifth is 4.7 µm, so a bar of 2 µm, 14 px
+    assert (sheet[146 - 4, 2:16] == 255).all() and sheet[146 - 4, 16] == 0
+
+
+def test_bench_preview_labels_keep_the_case_of_identifiers(tmp_path: pathlib.Path) -> None:
+    frames = cli_frames(3)
+    frames[1]["meta"] = {"identifier": "Cell B7", "time": 2.0}
+    frames[2]["meta"] = {"time": 0.04}
+    fio.write_series(tmp_path / "s.h5", {"identifier": None, "images": frames})
+    assert cli.main(["preview", str(tmp_path / "s.h5"), "-o", str(tmp_path / "p.png")]) == 0
+    tiles = cli_tiles(bench_png(tmp_path / "p.png"), 3)
+    cli_assert_label(tiles[0], "cell 0")
+    cli_assert_label(tiles[1], "Cell B7")  # the identifier as written, not its time
+    cli_assert_label(tiles[2], "t=40 ms")
+    shouted = cli_label_pixels("CELL 0", 2)
+    assert not np.array_equal(tiles[0][: shouted.shape[0], : shouted.shape[1]], shouted)
+
+
+def test_bench_font_glyphs_are_distinct() -> None:
+    """One glyph per character, 6 rows of 3; no two alike (a copied code would make two letters one)."""
+    assert len(cli._CHARS) == len(cli._CODES.split()) == len(cli._FONT)
+    assert all(glyph.shape == (6, 3) for glyph in cli._FONT.values())
+    assert len({glyph.tobytes() for glyph in cli._FONT.values()}) == len(cli._FONT)
+    assert set("abcdefghijklmnopqrstuvwxyzµ") <= set(cli._FONT)
+
+
+def test_bench_preview_holds_one_full_size_frame_at_a_time(tmp_path: pathlib.Path) -> None:
+    """Each frame is reduced as it is read and dropped before the next is read: eight frames of 8 MiB
+    peak below two of them and the chunks in flight on the decoding threads (at most 1 MiB each, two per
+    worker and two more); holding every frame until the sheet is drawn would peak above eight frames."""
+    frame_bytes = 1024 * 1024 * 8
+    frames = ({"raw": np.full((1024, 1024), float(k))} for k in range(8))
+    fio.write_series(tmp_path / "big.h5", {"identifier": None, "images": frames})
+    workers = len(os.sched_getaffinity(0))
+    tracemalloc.start()
+    try:
+        assert cli.main(["preview", str(tmp_path / "big.h5"), "-o", str(tmp_path / "p.png")]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * frame_bytes + (2 * workers + 2) * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_bench_info_and_preview_name_damage_by_the_path_given(tmp_path: pathlib.Path) -> None:
+    """info and preview read through the public readers, on a group of the file they opened: a message
+    names the file as given on the command line, not the file object it is read through."""
+    path = tmp_path / "sim.h5"
+    cli_big_file(path)
+    with h5py.File(path, "r+") as h5:
+        info = h5["flseries/fli_2/fluorescence/raw"].id.get_chunk_info(0)
+        h5["flseries/fli_1"].attrs["time"] = "noon"
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset + info.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = cli_run("preview", "sim.h5:flseries", "-n", "3", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "python -m flimage_io: error: sim.h5:/flseries/fli_2/fluorescence/raw: "
+        "the fletcher32 checksum of a chunk does not match (the file is damaged)\n"
+    )
+    result = cli_run("info", "sim.h5:/flseries", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(
+        r"sim\.h5:/flseries/fli_1 attribute 'time' must hold numbers, but holds \S+\n", result.stderr
+    )
