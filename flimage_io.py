@@ -1826,6 +1826,7 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
 
 _FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter ids
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
+_TINY_CHUNK_BYTES = 8 << 10  # other writers' chunks below this go through HDF5's own reader
 _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
 _FLETCHER_BLOCK = 1 << 20
 
@@ -2235,7 +2236,9 @@ def _dataset_jobs(
         # our decoder takes the stored bytes as numpy's dtype; odd HDF5 types (12-bit words,
         # other float formats) need HDF5's conversion
         plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
-        if plain and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
+        # chunks of a few KiB cost more to hand to a worker than to decode: HDF5 reads them faster
+        tiny = total > 1 and math.prod(chunk) * dtype.itemsize < _TINY_CHUNK_BYTES
+        if plain and not tiny and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
             out = np.empty(dataset.shape, dtype=native) if out is None else out
             jobs: list[Callable[[], None]] = []
             for offset in itertools.product(*starts):
@@ -2371,27 +2374,41 @@ class _ReadAhead:
 
 
 class _LazyImage(Mapping[str, Any]):
-    """One image of a lazy series: meta read without pixels, arrays on first access."""
+    """One image of a lazy series, read on first access: meta data alone, or with the arrays (in
+    one open, as read_image reads it) when those are asked for first."""
 
-    def __init__(self, series: _LazyImages, slot: int, meta: dict[str, MetaValue]) -> None:
-        self._series, self._slot, self._meta = series, slot, meta
-        self._read_with = dict(meta)  # the caller may change self._meta
+    def __init__(self, series: _LazyImages, slot: int) -> None:
+        self._series = series
+        self._slot = slot
+        self._meta: dict[str, MetaValue] | None = None  # what the caller gets, and may change
+        self._read_with: dict[str, MetaValue] | None = None  # the meta data as read
         self._arrays: Image | None = None
 
     def __repr__(self) -> str:  # without reading pixels
-        identifier = self._read_with.get("identifier")
+        if self._read_with is None:
+            self._meta_data()
+        identifier = (self._read_with or {}).get("identifier")
         named = "" if identifier is None else f", identifier {identifier!r}"
         where = f"fli_{self._series._positions[self._slot]}{named}"
         return f"<lazy image {self._slot} of {self._series._label()}: {where}>"
 
     def __getitem__(self, key: str) -> Any:
         if key == "meta":
-            return self._meta
+            return self._meta_data()
         if key not in ("raw", "bg_data"):
             raise KeyError(key)
         if self._arrays is None:
             self._arrays = self._series._pixels(self._slot, self._read_with)
+            if self._read_with is None:  # read with the arrays: nothing to compare them with
+                self._read_with = dict(self._arrays["meta"])
+                self._meta = self._arrays["meta"]
         return self._arrays[key]  # type: ignore[literal-required]
+
+    def _meta_data(self) -> dict[str, MetaValue]:
+        if self._meta is None:
+            self._meta = self._series._meta_of(self._slot)
+            self._read_with = dict(self._meta)
+        return self._meta
 
     def __contains__(self, key: object) -> bool:  # without reading pixels
         return key in ("raw", "bg_data", "meta")
@@ -2466,7 +2483,7 @@ class _LazyImages(Sequence[Image]):
             raise TypeError(
                 f"images are indexed by position (int), identifier (str) or slice, not {type(index).__name__}"
             )
-        return _LazyImage(self, slot, self._meta_of(slot))
+        return _LazyImage(self, slot)
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> npt.NDArray[Any]:
         """The raw images as one (frames, rows, columns) array, for ``np.asarray(images)``: each frame
@@ -2526,9 +2543,9 @@ class _LazyImages(Sequence[Image]):
         _warn_unknown([(key, where) for key, where in unknown if key not in self._warned])
         self._warned.update(key for key, _ in unknown)
 
-    def _pixels(self, slot: int, meta: dict[str, MetaValue]) -> Image:
+    def _pixels(self, slot: int, meta: dict[str, MetaValue] | None) -> Image:
         """Image ``slot``; for a path, refused if the file now gives it other meta data than ``meta``,
-        those it was read with."""
+        those it was read with (None: not read yet)."""
         with self._lock:
             slots = self._pixel_visits.slots(slot, len(self))
             if slot not in self._ahead:
@@ -2540,7 +2557,8 @@ class _LazyImages(Sequence[Image]):
                     self._ahead = self._read_pixels(range(slot, slot + 1))
             image = self._ahead.pop(slot)
         # and by repr, as NaN != NaN: meta data holding NaN equal themselves only so
-        if self._known is not None and image["meta"] != meta and repr(image["meta"]) != repr(meta):
+        changed = meta is not None and image["meta"] != meta and repr(image["meta"]) != repr(meta)
+        if self._known is not None and changed:
             raise self._changed(f"fli_{self._positions[slot]} has other meta data now")
         return image
 

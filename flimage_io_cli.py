@@ -482,6 +482,8 @@ def _storage(images: Sequence[Any], label: str) -> list[str]:
         fio._child(fio._child(im, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
         for im in images
     ]
+    for raw in raws:  # what the readers refuse, refused in their words (a null dataspace has no shape)
+        fio._check_dataset(raw, label, None)
     first, kinds = raws[0], len({(raw.shape, raw.dtype.str) for raw in raws})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
     backgrounds = fio._child(images[0]["fluorescence"], "bg_data", label, h5py.Group, required=False) or {}
