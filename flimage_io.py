@@ -88,7 +88,7 @@ SEQUENCE_KEYS: tuple[str, ...] = ("sim center",)
 META_KEYS: frozenset[str] = frozenset(NUMBER_KEYS) | frozenset(TEXT_KEYS) | frozenset(SEQUENCE_KEYS)
 
 MetaValue = Union[float, str, tuple[float, ...]]
-Target = Union[str, "os.PathLike[str]", IO[bytes], h5py.Group]
+Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes], h5py.Group]
 
 
 class Image(TypedDict):
@@ -142,8 +142,8 @@ def write_image(
     Parameters
     ----------
     h5file
-        A path (replaced whole and atomically; through a symlink, its target), a binary file
-        object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not atomically), or an open,
+        A path (``str``, ``bytes`` or ``os.PathLike``; replaced whole and atomically; through a
+        symlink, its target), a binary file object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not atomically), or an open,
         writable ``h5py.Group`` holding no image yet.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None, "meta": {key: value} | None}``,
@@ -307,7 +307,7 @@ def write_series(
     _check_commit_every(commit_every, append, h5file)
     identifier, images = _check_series(series)
     # what would fail at the end fails before the generator is advanced
-    if isinstance(h5file, (str, os.PathLike)):
+    if isinstance(h5file, _PATHS):
         _check_writable(*_real_path(h5file, write=True), append=append)
     elif not isinstance(h5file, h5py.Group):
         _fileobj_label(h5file, write=True, read=append)
@@ -691,6 +691,7 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a file
 # open for writing, so a process killed while appending would leave the file refused.
 _LIBVER = ("v108", "v108")
+_PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
 _STALE_SECONDS = 60.0
 _LOCK_WAIT = 5.0  # seconds a call waits for a file that another process holds
@@ -1012,7 +1013,7 @@ def _open_read(
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
             group, label = h5file, _at(h5file.file.filename, h5file)
-        elif isinstance(h5file, (str, os.PathLike)):
+        elif isinstance(h5file, _PATHS):
             label, real, _ = _real_path(h5file, write=False)
             stack.enter_context(_read_in_process(label, real))
             handle = stack.enter_context(_lock_to_read(label, real))
@@ -1390,7 +1391,7 @@ def _open_write(h5file: Any, *, append: bool, streaming: bool = False) -> Iterat
             for name in set(h5file.attrs) - attributes:
                 del h5file.attrs[name]
             raise
-    elif isinstance(h5file, (str, os.PathLike)):
+    elif isinstance(h5file, _PATHS):
         shown, real, info = _real_path(h5file, write=True)
         _check_writable(shown, real, info, append=append)
         with _append_path(shown, real, streaming) if append else _replace_path(shown, real, info) as writing:
@@ -2433,7 +2434,7 @@ class _LazyImages(Sequence[Image]):
         self, source: Any, positions: Sequence[int], workers: int, known: _FileIdentity | None = None
     ) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
-        self._source = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else source
+        self._source = os.path.abspath(os.fsdecode(source)) if isinstance(source, _PATHS) else source
         self._positions, self._workers = list(positions), workers
         self._known = known  # None: not a path, nothing to compare
         self._lock = threading.Lock()
@@ -2502,7 +2503,7 @@ class _LazyImages(Sequence[Image]):
         source = self._source
         if isinstance(source, h5py.Group):
             return _at(source.file.filename, source) if source.id.valid else "a closed h5py group"
-        return os.fsdecode(source) if isinstance(source, (str, os.PathLike)) else _fileobj_name(source)
+        return os.fsdecode(source) if isinstance(source, _PATHS) else _fileobj_name(source)
 
     def _slot_of(self, identifier: str) -> int:
         with self._open() as (group, label):

@@ -7094,3 +7094,27 @@ def test_a_hard_link_keeps_the_old_data_after_a_rewrite_and_sees_an_append(tmp_p
     fio.write_series(path, {"identifier": None, "images": [np.full((2, 2), 7.0)]})
     assert [float(image["raw"][0, 0]) for image in fio.read_series(other)["images"]] == [0.0, 1.0]
     assert [float(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == [7.0]
+
+
+class BytesPath:
+    """An os.PathLike whose path is bytes, as some file managers and pathlib-like libraries give."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+
+@pytest.mark.parametrize("kind", ["bytes", "PathLike of bytes"])
+def test_a_path_given_as_bytes_works_everywhere(tmp_path: pathlib.Path, kind: str) -> None:
+    raw_path = os.fsencode(tmp_path / "run.h5")
+    target: Any = raw_path if kind == "bytes" else BytesPath(raw_path)
+    fio.write_series(target, {"identifier": "run", "images": [np.zeros((2, 2)), np.ones((2, 2))]})
+    fio.write_series(target, {"identifier": None, "images": [np.full((2, 2), 2.0)]}, append=True)
+    assert fio.read_image(target, -1)["raw"][0, 0] == 2.0
+    lazy = fio.read_series(target, lazy=True)["images"]
+    assert [image["raw"][0, 0] for image in lazy] == [0.0, 1.0, 2.0]
+    assert str(tmp_path / "run.h5") in repr(lazy)
+    fio.write_image(target, np.eye(3))
+    assert fio.read_image(os.fsdecode(raw_path))["raw"].trace() == 3
