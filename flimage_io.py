@@ -143,8 +143,8 @@ def write_image(
     ----------
     h5file
         A path (``str``, ``bytes`` or ``os.PathLike``; replaced whole and atomically; through a
-        symlink, its target), a binary file object opened ``"w+b"`` or ``"r+b"`` (replaced whole, not atomically), or an open,
-        writable ``h5py.Group`` holding no image yet.
+        symlink, its target), a binary file object opened ``"w+b"`` or ``"r+b"`` (replaced
+        whole, not atomically), or an open, writable ``h5py.Group`` holding no image yet.
     image
         ``{"raw": 2-D array, "bg_data": {name: array} | array | None, "meta": {key: value} | None}``,
         or a bare 2-D array for ``{"raw": array}``. Meta ``date`` may be a ``datetime.date`` or
