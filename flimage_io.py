@@ -1468,6 +1468,9 @@ def _held_writes(
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
             raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}") from exc
+        if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
+            # a Ctrl-C that landed in one of our methods while HDF5 called it: h5py reports it so
+            raise exc.__cause__ from None
         raise
 
 
