@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import importlib
 import math
 import os
@@ -211,6 +212,8 @@ def _demo(path: str | None) -> None:
     """Write a small sample series (kept only at ``path``) and print what was read back."""
     import tempfile
 
+    if path is not None and os.path.lexists(path):  # a typo must not replace a scientist's file
+        raise FileExistsError(errno.EEXIST, f"{path} exists; name a new file for the sample series")
     rng = np.random.default_rng(7)
     rows, cols = np.mgrid[0:64, 0:96]
     blob = 100 + 2000 * np.exp(-((rows - 32) ** 2 + (cols - 48) ** 2) / (2 * 12.0**2))

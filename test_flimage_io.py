@@ -724,8 +724,8 @@ def test_writing_into_an_occupied_group_is_refused() -> None:
 def test_bad_targets(tmp_path: pathlib.Path) -> None:
     with pytest.raises(TypeError, match=r"h5file must be"):
         fio.write_image(42, {"raw": np.ones((2, 2))})  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"h5file must be"):
-        fio.read_image(b"bytes.h5")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match=r"no such file: bytes.h5"):  # bytes name a path
+        fio.read_image(b"bytes.h5")
     with pytest.raises(FileNotFoundError, match=r"does not exist"):
         fio.write_image(tmp_path / "missing" / "x.h5", {"raw": np.ones((2, 2))})
     with pytest.raises(IsADirectoryError):
@@ -2823,6 +2823,27 @@ def test_cli_demo_keeps_the_file_at_path(tmp_path: pathlib.Path, capsys: pytest.
         assert image["bg_data"]["data"].dtype == np.uint16 and (image["bg_data"]["data"] == 100).all()
         assert image["meta"]["identifier"] == f"frame {t}" and image["meta"]["time"] == 0.5 * t
     assert cli.main(["check", str(path)]) == 0
+
+
+def test_cli_demo_never_replaces_a_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mine.h5"
+    fio.write_image(path, np.eye(3))
+    before = path.read_bytes()
+    assert cli.main(["demo", str(path)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"python -m flimage_io: error: {path} exists; name a new file for the sample series\n"
+    )
+    assert path.read_bytes() == before
+
+
+def test_no_merge_conflict_markers_in_the_project() -> None:
+    root = pathlib.Path(fio.__file__).parent
+    for name in ("README.md", "flimage_io.py", "flimage_io_cli.py", "pyproject.toml", "bench_flimage_io.py"):
+        if (root / name).exists():
+            lines = (root / name).read_text(encoding="utf-8").splitlines()
+            marked = [n + 1 for n, line in enumerate(lines) if line.startswith(("<<<<<<< ", ">>>>>>> "))]
+            assert marked == [], f"{name} has merge conflict markers on lines {marked}"
 
 
 # ---------------------------------------------------------------------------
