@@ -2482,7 +2482,10 @@ class _LazyImages(Sequence[Image]):
         elif isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
             slot = int(index) + len(self) if index < 0 else int(index)
             if not 0 <= slot < len(self):
-                raise ImageNotFoundError(f"the series has {len(self)} images; index {index} is out of range")
+                message = (
+                    f"{self._label()}: the lazy series has {len(self)} images; index {index} is out of range"
+                )
+                raise ImageNotFoundError(message)
         else:
             raise TypeError(
                 f"images are indexed by position (int), identifier (str) or slice, not {type(index).__name__}"

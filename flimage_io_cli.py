@@ -272,18 +272,29 @@ _CHECK_BLOCK_SECONDS = 0.1
 
 
 def _check_file(spec: str, progress: bool = False) -> list[str]:
-    """Every problem found in a file, through the readers' own code; [] when clean. Images that
-    are appended meanwhile may go unchecked."""
+    """Every problem found in a file, through the readers' own code; [] when clean. A file that
+    holds images or series in groups has each checked, as info lists them. Images that are
+    appended meanwhile may go unchecked."""
     problems: list[str] = []
     try:
+        inner: list[str] = []
+        numbers = None
         with _open_spec(spec) as (group, label):
-            numbers = None
-            if fio._layout_of(group, label) == "image":
+            try:
+                layout = fio._layout_of(group, label)
+            except fio.FormatError:  # neither an image nor a series: perhaps they are in groups
+                inner = [found.name for found in _layouts_in(group)]
+                if not inner:
+                    raise
+                layout = None
+            if layout == "image":
                 _check_one_image(group, label, problems)
-            else:
+            elif layout == "series":
                 numbers = _check_series_root(group, label, problems)
         if numbers is not None:
             _check_series_images(spec, label, numbers, problems, progress)
+        for name in inner:
+            problems += _check_file(f"{_split_spec(spec)[0]}:{name}", progress)
     except (OSError, ValueError) as exc:  # fio.FormatError, and ValueError for a FIFO or device
         problems.append(_message(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places

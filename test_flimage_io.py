@@ -1904,7 +1904,9 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
     lazy_assert_same(images[-1], full[4])
     lazy_assert_same(images[np.int64(-5)], full[0])
     for bad in (5, -6, 10**20):
-        with pytest.raises(fio.ImageNotFoundError, match=rf"has 5 images; index {bad} is out of range"):
+        with pytest.raises(
+            fio.ImageNotFoundError, match=rf"s.h5: the lazy series has 5 images; index {bad} is out"
+        ):
             images[bad]
     with pytest.raises(IndexError):
         images[5]
@@ -6834,6 +6836,24 @@ def test_bench_info_lists_what_a_file_holds_in_groups(
     assert capsys.readouterr().out.startswith(f"{path}:/day2: 2 FLSeries in groups; ")
     assert cli.main(["info", f"{path}:misc"]) == 1
     assert "holds neither an FLImage" in capsys.readouterr().err
+
+
+def test_check_checks_what_a_file_holds_in_groups(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "experiment.h5"
+    bench_experiment(path)
+    assert cli.main(["check", str(path)]) == 0  # as info lists them: each image and series
+    assert capsys.readouterr().out == f"{path}: ok\n"
+    with h5py.File(path, "r+") as h5:
+        h5["day2/deep/run"].attrs["operator"] = "kim"
+        del h5["day1/ref/fluorescence/bg_data"]
+    assert cli.main(["check", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: 2 problem(s)",
+        f"  - {path}:/day1/ref/fluorescence has no 'bg_data' group: flimage cannot open it read-only",
+        f"  - {path}:/day2/deep/run has the attribute 'operator'; a series root holds only 'identifier'",
+    ]
 
 
 def test_bench_group_without_a_leading_slash_everywhere(
