@@ -62,7 +62,7 @@ __version__ = "0.2.0"
 
 __all__ = ["META_KEYS", "NUMBER_KEYS", "SEQUENCE_KEYS", "TEXT_KEYS", "FormatError", "Image"]
 __all__ += ["ImageNotFoundError", "MetaValue", "Series", "Target", "UnknownMetaWarning"]
-__all__ += ["read_image", "read_series", "write_image", "write_series"]
+__all__ += ["check", "read_image", "read_series", "write_image", "write_series"]
 
 # 1. public API ----------------------------------------------------------------------------------------------
 
@@ -2603,6 +2603,202 @@ class _LazyImages(Sequence[Image]):
 # them by their qualified names, which stay
 _LazyImages.__name__ = "lazy series"
 _LazyImage.__name__ = "lazy image"
+
+
+# 8. check: everything the readers and flimage would refuse ----------------------------------------------
+
+# The file is locked while it is open: a check opens it for a block of images at a time, so that
+# an append waits for one block at most.
+_CHECK_BLOCK_SECONDS = 0.1
+
+
+def check(h5file: Target) -> list[str]:
+    """Every problem that keeps a file, image or series from reading back exactly here or from
+    opening in ``flimage``: what the readers refuse (damaged chunks and meta data, wrong shapes
+    or types, gaps in ``fli_N``) and what ``flimage`` needs beyond that (no unknown meta keys,
+    members or attributes, unique identifiers, ``bg_data`` and both version attributes). A
+    file that holds images or series in groups has each of them checked.
+
+    Parameters
+    ----------
+    h5file
+        As for :func:`read_image`. A path is opened anew for each tenth of a second of reading,
+        so that an append to it waits that long at most.
+
+    Returns
+    -------
+    list of str
+        The problems, each naming where it is; ``[]`` for a sound file.
+
+    Raises
+    ------
+    TypeError
+        ``h5file`` is no path, file object or ``h5py.Group``.
+
+    A damaged global heap can make HDF5 itself loop forever: the command line's ``check``
+    runs this in a child process that it stops after a time limit.
+
+    Examples
+    --------
+    >>> import numpy as np, io
+    >>> memory = io.BytesIO()
+    >>> write_image(memory, np.ones((4, 4)))
+    >>> check(memory)
+    []
+    """
+    return _check(functools.partial(_open_read, h5file))
+
+
+_Opener = Callable[
+    [], contextlib.AbstractContextManager[tuple[h5py.Group, str]]
+]  # opens the file anew: (group, label)
+_Progress = Callable[[str, int, int], None]  # (label, images checked, images in all)
+
+
+def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
+    """Every problem found in what ``opener`` opens, through the readers' own code; [] when clean.
+    A group that holds images or series in groups below it has each checked. Images that are
+    appended meanwhile may go unchecked."""
+    problems: list[str] = []
+    try:
+        inner: list[str] = []
+        numbers = None
+        with opener() as (group, label):
+            try:
+                layout = _layout_of(group, label)
+            except FormatError:  # neither an image nor a series: perhaps they are in groups
+                inner = [found.name for found in _layouts_in(group)]
+                if not inner:
+                    raise
+                layout = None
+            if layout == "image":
+                _check_one_image(group, label, problems)
+            elif layout == "series":
+                numbers = _check_series_root(group, label, problems)
+        if numbers is not None:
+            _check_series_images(opener, label, numbers, problems, progress)
+        for name in inner:
+            problems += _check(functools.partial(_open_below, opener, name), progress)
+    except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+        problems.append(_message(exc))
+    return list(dict.fromkeys(problems))  # one damage can surface in several places
+
+
+def _check_series_root(group: Any, label: str, problems: list[str]) -> list[int]:
+    """What readers do not check of a series root: stray members and attributes; the image numbers."""
+    for key in group.attrs:
+        if key != "identifier":
+            problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
+    if "identifier" in group.attrs:
+        try:
+            _text_attr(group, "identifier", label)
+        except FormatError as exc:
+            problems.append(str(exc))
+    for name in _names(group):
+        if not name.startswith("fli_"):
+            problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
+    numbers, numbering = _scan_series(group, label)
+    problems += numbering
+    return numbers
+
+
+@contextlib.contextmanager
+def _open_below(opener: _Opener, name: str) -> Iterator[tuple[h5py.Group, str]]:
+    """The group ``name`` (absolute) in what ``opener`` opens."""
+    with opener() as (group, label):
+        below = _child(group.file, name, label, h5py.Group)
+        yield below, _at(label, below)
+
+
+def _check_series_images(
+    opener: _Opener, label: str, numbers: list[int], problems: list[str], progress: _Progress | None
+) -> None:
+    """Check the images ``numbers`` of a series, opening the file anew for each block; then duplicates."""
+    owners: dict[str, list[str]] = {}
+    checked = 0
+    last_progress = time.monotonic()
+    while checked < len(numbers):
+        with opener() as (group, _):
+            opened = time.monotonic()
+            while checked < len(numbers) and time.monotonic() - opened < _CHECK_BLOCK_SECONDS:
+                name = f"fli_{numbers[checked]}"
+                identifier = _check_one_image(group, label, problems, name)
+                if identifier is not None:
+                    owners.setdefault(identifier, []).append(name)
+                checked += 1
+                if progress is not None and time.monotonic() - last_progress > 0.5:
+                    last_progress = time.monotonic()
+                    progress(label, checked, len(numbers))
+    if progress is not None:
+        progress(label, len(numbers), len(numbers))  # done: a display of it may go
+    for identifier, owner in owners.items():
+        if len(owner) > 1:
+            problems.append(f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}")
+
+
+def _check_one_image(parent: Any, label: str, problems: list[str], name: str | None = None) -> str | None:
+    """Read one image as the readers do, then what flimage needs beyond that; its identifier."""
+    try:
+        group = parent if name is None else _child(parent, name, label, h5py.Group)
+        where = _at(label, group)
+        for key in ("flimage version", "qpimage version"):
+            if key not in group.attrs:
+                problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
+        fluorescence = _child(group, "fluorescence", label, h5py.Group)
+        inner = _at(label, fluorescence)
+        if len(fluorescence.attrs):
+            problems.append(f"{inner} has attributes {sorted(fluorescence.attrs)}; it should have none")
+        if "bg_data" not in fluorescence:
+            problems.append(f"{inner} has no 'bg_data' group: flimage cannot open it read-only")
+        kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
+        if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
+            problems.append(
+                f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
+            )
+        unknown: list[tuple[str, str]] = []
+        (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
+        problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
+            f"{place} has the attribute {key!r}, which is no meta data key (flimage refuses it)"
+            for key, place in unknown
+            if place == where
+        ]
+        identifier = image["meta"].get("identifier")
+        return identifier if isinstance(identifier, str) else None
+    except (FormatError, OSError) as exc:
+        problems.append(str(exc))
+        return None
+
+
+_WALK_LIMIT = 10_000  # groups looked into for the images and series of a file
+
+
+def _layouts_in(group: Any) -> list[Any]:
+    """The groups below ``group`` that hold an FLImage or FLSeries, depth first in name order; through
+    hard links only (soft links may loop, external ones lead to other files), each group once."""
+    found: list[Any] = []
+    seen = {group.id}
+    pending = [group]
+    while pending and len(seen) < _WALK_LIMIT:
+        node = pending.pop()
+        names = _names(node)
+        if node is not group and ("fluorescence" in names or any(n.startswith("fli_") for n in names)):
+            found.append(node)
+            continue
+        hard = [
+            n for n in names if n in node and node.id.links.get_info(n.encode()).type == h5py.h5l.TYPE_HARD
+        ]
+        groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
+        fresh = [member for member in groups if member.id not in seen]
+        seen.update(member.id for member in fresh)
+        pending += reversed(fresh)
+    return found
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the user: an OSError without its '[Errno N]' prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":  # the command line lives beside this file, in flimage_io_cli.py

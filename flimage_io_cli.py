@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import functools
 import importlib
 import math
 import os
@@ -18,7 +19,6 @@ import re
 import signal
 import struct
 import sys
-import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -266,116 +266,16 @@ def _open_spec(spec: str) -> Iterator[tuple[Any, str]]:
             raise fio.FormatError(f"{path} has no group {inner}")
 
 
-# The file is locked while it is open: a check opens it for a block of images at a time, so that
-# an append waits for one block at most.
-_CHECK_BLOCK_SECONDS = 0.1
-
-
 def _check_file(spec: str, progress: bool = False) -> list[str]:
-    """Every problem found in a file, through the readers' own code; [] when clean. A file that
-    holds images or series in groups has each checked, as info lists them. Images that are
-    appended meanwhile may go unchecked."""
-    problems: list[str] = []
-    try:
-        inner: list[str] = []
-        numbers = None
-        with _open_spec(spec) as (group, label):
-            try:
-                layout = fio._layout_of(group, label)
-            except fio.FormatError:  # neither an image nor a series: perhaps they are in groups
-                inner = [found.name for found in _layouts_in(group)]
-                if not inner:
-                    raise
-                layout = None
-            if layout == "image":
-                _check_one_image(group, label, problems)
-            elif layout == "series":
-                numbers = _check_series_root(group, label, problems)
-        if numbers is not None:
-            _check_series_images(spec, label, numbers, problems, progress)
-        for name in inner:
-            problems += _check_file(f"{_split_spec(spec)[0]}:{name}", progress)
-    except (OSError, ValueError) as exc:  # fio.FormatError, and ValueError for a FIFO or device
-        problems.append(_message(exc))
-    return list(dict.fromkeys(problems))  # one damage can surface in several places
+    """The library's check of ``FILE`` or ``FILE:/group``, showing its progress on stderr."""
+    return fio._check(functools.partial(_open_spec, spec), _show_progress if progress else None)
 
 
-def _check_series_root(group: Any, label: str, problems: list[str]) -> list[int]:
-    """What readers do not check of a series root: stray members and attributes; the image numbers."""
-    for key in group.attrs:
-        if key != "identifier":
-            problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
-    if "identifier" in group.attrs:
-        try:
-            fio._text_attr(group, "identifier", label)
-        except fio.FormatError as exc:
-            problems.append(str(exc))
-    for name in fio._names(group):
-        if not name.startswith("fli_"):
-            problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
-    numbers, numbering = fio._scan_series(group, label)
-    problems += numbering
-    return numbers
-
-
-def _check_series_images(
-    spec: str, label: str, numbers: list[int], problems: list[str], progress: bool
-) -> None:
-    """Check the images ``numbers`` of a series, opening the file anew for each block; then duplicates."""
-    owners: dict[str, list[str]] = {}
-    checked = 0
-    last_progress = time.monotonic()
-    while checked < len(numbers):
-        with _open_spec(spec) as (group, _):
-            opened = time.monotonic()
-            while checked < len(numbers) and time.monotonic() - opened < _CHECK_BLOCK_SECONDS:
-                name = f"fli_{numbers[checked]}"
-                identifier = _check_one_image(group, label, problems, name)
-                if identifier is not None:
-                    owners.setdefault(identifier, []).append(name)
-                checked += 1
-                if progress and time.monotonic() - last_progress > 0.5:
-                    last_progress = time.monotonic()
-                    count = f"{checked} of {len(numbers)}"
-                    print(f"\r{label}: checked {count} images", end="", file=sys.stderr, flush=True)
-    if progress:
+def _show_progress(label: str, checked: int, total: int) -> None:
+    if checked < total:
+        print(f"\r{label}: checked {checked} of {total} images", end="", file=sys.stderr, flush=True)
+    else:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
-    for identifier, owner in owners.items():
-        if len(owner) > 1:
-            problems.append(f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}")
-
-
-def _check_one_image(parent: Any, label: str, problems: list[str], name: str | None = None) -> str | None:
-    """Read one image as the readers do, then what flimage needs beyond that; its identifier."""
-    try:
-        group = parent if name is None else fio._child(parent, name, label, h5py.Group)
-        where = fio._at(label, group)
-        for key in ("flimage version", "qpimage version"):
-            if key not in group.attrs:
-                problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
-        fluorescence = fio._child(group, "fluorescence", label, h5py.Group)
-        inner = fio._at(label, fluorescence)
-        if len(fluorescence.attrs):
-            problems.append(f"{inner} has attributes {sorted(fluorescence.attrs)}; it should have none")
-        if "bg_data" not in fluorescence:
-            problems.append(f"{inner} has no 'bg_data' group: flimage cannot open it read-only")
-        kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
-        if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
-            problems.append(
-                f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
-            )
-        unknown: list[tuple[str, str]] = []
-        (image,) = fio._load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
-        problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
-            f"{place} has the attribute {key!r}, which is no meta data key (flimage refuses it)"
-            for key, place in unknown
-            if place == where
-        ]
-        identifier = image["meta"].get("identifier")
-        return identifier if isinstance(identifier, str) else None
-    except (fio.FormatError, OSError) as exc:
-        problems.append(str(exc))
-        return None
 
 
 # A damaged global heap (where HDF5 keeps text) can make the HDF5 library loop
@@ -546,7 +446,7 @@ def _info(spec: str) -> str:
             try:
                 fio._layout_of(group, label)
             except fio.FormatError:  # neither an image nor a series
-                found = _layouts_in(group)
+                found = fio._layouts_in(group)
                 if not found:
                     raise
                 images = sum("fluorescence" in g for g in found)
@@ -555,31 +455,6 @@ def _info(spec: str) -> str:
                 head = f"{label}: {held} in groups; file size {_size(size)}"
                 return "\n".join([head] + [_summary(g, fio._at(label, g), None) for g in found])
             return _summary(group, label, size)
-
-
-_WALK_LIMIT = 10_000  # groups looked into for the images and series of a file
-
-
-def _layouts_in(group: Any) -> list[Any]:
-    """The groups below ``group`` that hold an FLImage or FLSeries, depth first in name order; through
-    hard links only (soft links may loop, external ones lead to other files), each group once."""
-    found: list[Any] = []
-    seen = {group.id}
-    pending = [group]
-    while pending and len(seen) < _WALK_LIMIT:
-        node = pending.pop()
-        names = fio._names(node)
-        if node is not group and ("fluorescence" in names or any(n.startswith("fli_") for n in names)):
-            found.append(node)
-            continue
-        hard = [
-            n for n in names if n in node and node.id.links.get_info(n.encode()).type == h5py.h5l.TYPE_HARD
-        ]
-        groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
-        fresh = [member for member in groups if member.id not in seen]
-        seen.update(member.id for member in fresh)
-        pending += reversed(fresh)
-    return found
 
 
 def _label(meta: Mapping[str, Any], position: int | None) -> str:
@@ -619,13 +494,6 @@ def _frame_count(text: str) -> int:
     if not text.lstrip("-").isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return int(text)
-
-
-def _message(exc: BaseException) -> str:
-    """One line for the user: an OSError without its '[Errno N]' prefix."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
-    return str(exc)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") -> int:
@@ -677,7 +545,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
                 try:
                     summary = _info(spec)
                 except (OSError, ValueError) as exc:  # fio.FormatError, and ValueError for a FIFO or device
-                    failed, message = True, _message(exc)
+                    failed, message = True, fio._message(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
                     print(named, file=sys.stderr)
                 else:
@@ -687,7 +555,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
-        print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {fio._message(exc)}", file=sys.stderr)
         return 1
 
 

@@ -1522,6 +1522,7 @@ assert fio.__name__ == "yourpkg._vendor.flimage_io", fio.__name__
 fio.write_series("v.h5", {"identifier": "v", "images": [{"raw": np.eye(3), "meta": {"time": 1.0}}]})
 image = fio.read_image("v.h5", index=0)
 assert image["raw"].trace() == 3 and image["meta"]["time"] == 1.0
+assert fio.check("v.h5") == []
 print("ok")
 """
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
@@ -2671,9 +2672,8 @@ def test_cli_whole_file_names_the_group_to_use(
     hint = re.compile(
         r"holds neither an FLImage .* nor an FLSeries .*in /flseries: name one as FILE:/flseries"
     )
-    assert cli.main(["check", str(path)]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith(f"{path}: 1 problem(s)\n  - ") and hint.search(out), out
+    assert cli.main(["check", str(path)]) == 0  # check checks what the groups hold
+    assert capsys.readouterr().out == f"{path}: ok\n"
     assert cli.main(["info", str(path)]) == 0  # info lists what the groups hold
     assert capsys.readouterr().out.startswith(f"{path}: 1 FLSeries in groups; file size ")
     assert cli.main(["preview", str(path)]) == 1
@@ -7196,3 +7196,27 @@ def test_ctrl_c_inside_hdf5s_call_of_our_writer_is_a_keyboard_interrupt(tmp_path
         assert path.read_bytes() == before  # rolled back
     assert interrupted > 5
     assert len(fio.read_series(path)["images"]) == 4
+
+
+def test_check_is_public_and_takes_every_kind_of_target(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": "run", "images": [np.ones((4, 4)), np.zeros((4, 4))]})
+    assert fio.check(path) == [] and fio.check(str(path)) == [] and fio.check(os.fsencode(path)) == []
+    with open(path, "rb") as handle:
+        assert fio.check(handle) == []
+    with h5py.File(path, "r+") as h5:
+        assert fio.check(h5) == []
+        h5.attrs["operator"] = "kim"
+        h5["fli_1"].attrs["wavelength"] = 5.5e-7
+        problems = fio.check(h5["/"])
+    assert (
+        fio.check(path)
+        == problems
+        == [
+            f"{path} has the attribute 'operator'; a series root holds only 'identifier'",
+            f"{path}:/fli_1 has the attribute 'wavelength', which is no meta data key (flimage refuses it)",
+        ]
+    )
+    assert fio.check(tmp_path / "missing.h5") == [f"no such file: {tmp_path / 'missing.h5'}"]
+    with pytest.raises(TypeError, match="h5file must be"):
+        fio.check(42)  # type: ignore[arg-type]
