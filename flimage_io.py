@@ -8,13 +8,14 @@ The command line (``python -m flimage_io``) is in ``flimage_io_cli.py`` beside t
 reads through this module's private helpers, so keep their signatures in step.
 
 Sections, in order:
-1. Public API: the types, the errors and the four functions.
+1. Public API: the types, the errors and the four functions (``check`` is in section 8).
 2. Argument checks: turn what the caller passes into what is stored, or refuse it.
 3. Opening: ``_open_read`` and ``_open_write`` for paths, file objects and groups; locks.
 4. Layout: find the images of a series and read their meta data.
 5. Chunks: HDF5's shuffle, deflate and fletcher32 filters, and the ordered thread pipeline.
 6. Storing and loading: images to and from HDF5 groups through that pipeline.
 7. Lazy series: a sequence of images that reads on access.
+8. Check: every problem the readers or ``flimage`` would have with a file.
 """
 
 from __future__ import annotations
@@ -2607,7 +2608,9 @@ _LazyImage.__name__ = "lazy image"
 
 # 8. check: everything the readers and flimage would refuse ----------------------------------------------
 
-# The file is locked while it is open: a check opens it for a block of images at a time, so that
+# A scientist handed a file wants to know before an analysis whether it reads back exactly and opens in
+# flimage: check reads every image as the readers do and adds what flimage needs beyond that, naming
+# each problem's place. The file is locked while it is open: a check opens it for a block of images at a time, so that
 # an append waits for one block at most.
 _CHECK_BLOCK_SECONDS = 0.1
 
