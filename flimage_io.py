@@ -2610,8 +2610,8 @@ _LazyImage.__name__ = "lazy image"
 
 # A scientist handed a file wants to know before an analysis whether it reads back exactly and opens in
 # flimage: check reads every image as the readers do and adds what flimage needs beyond that, naming
-# each problem's place. The file is locked while it is open: a check opens it for a block of images at a time, so that
-# an append waits for one block at most.
+# each problem's place. The file is locked while it is open: a check opens it for a block of images at
+# a time, so that an append waits for one block at most.
 _CHECK_BLOCK_SECONDS = 0.1
 
 
