@@ -1124,6 +1124,27 @@ def _append_in_process(shown: str, handle: IO[bytes]) -> Iterator[None]:
             _IN_PROCESS.notify_all()
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _keeps_interrupts(method: _Method) -> _Method:
+    """For the methods HDF5 calls: a Ctrl-C that lands in one is noted, and the method runs again
+    from where it began; check() raises it, outside HDF5's call. HDF5 1.12.0 crashed after a call
+    that failed so, and h5py reports one as SystemError."""
+
+    @functools.wraps(method)
+    def run_whole(self: _HeldWrites, *args: Any) -> Any:
+        position = self._position
+        try:
+            return method(self, *args)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self._position = position
+            return method(self, *args)
+
+    return run_whole  # type: ignore[return-value]
+
+
 class _HeldWrites:
     """The file object HDF5 writes through, so that a failed write changes nothing: bytes past
     the old end go to the file at once, writes over old bytes wait in memory for ``commit``
@@ -1145,8 +1166,10 @@ class _HeldWrites:
         self._journal: list[tuple[int, bytes]] | None = None  # the old bytes, once the write-back began
         self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
+        self.interrupted = False  # a Ctrl-C landed in a write, raised by check() outside HDF5's call
         self.closed = False
 
+    @_keeps_interrupts
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
         self._position = offset + (self._handle.seek(0, os.SEEK_END) if base is None else base)
@@ -1155,6 +1178,7 @@ class _HeldWrites:
     def tell(self) -> int:
         return self._position
 
+    @_keeps_interrupts
     def readinto(self, buffer: Any) -> int:
         view, start = memoryview(buffer).cast("B"), self._position
         self._handle.seek(start)
@@ -1171,6 +1195,7 @@ class _HeldWrites:
         buffer = bytearray(max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size)
         return bytes(buffer[: self.readinto(buffer)])
 
+    @_keeps_interrupts
     def write(self, data: Any) -> int:
         if self.closed:
             raise OSError(errno.EBADF, "the write was rolled back")
@@ -1195,6 +1220,7 @@ class _HeldWrites:
         self._held.pop(offset, None)  # to the end of the write order: the latest write wins
         self._held[offset] = bytes(data)
 
+    @_keeps_interrupts
     def truncate(self, size: int | None = None) -> int:
         size = self._position if size is None else size
         if not self._wrote and size < self._old_size:
@@ -1206,10 +1232,13 @@ class _HeldWrites:
         # never below the old end before the commit; HDF5 only grows a file here
         return int(self._handle.truncate(max(self._old_size, size)))
 
+    @_keeps_interrupts
     def flush(self) -> None:
         self._handle.flush()
 
     def check(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self.error is not None:  # a new exception: one stored with a traceback would form a cycle
             raise OSError(self.error.errno, self.error.strerror)
 
@@ -1217,8 +1246,8 @@ class _HeldWrites:
         """Make the new bytes durable, then the held ones through the journal (see the class)."""
         self.check()
         self._sync()
+        end = self._handle.seek(0, os.SEEK_END)  # the new length, which a later rollback returns to
         if self._held:
-            end = self._handle.seek(0, os.SEEK_END)
             journal = []
             for offset, data in self._held.items():
                 self._handle.seek(offset)
@@ -1233,8 +1262,8 @@ class _HeldWrites:
             self._sync()
             self._held.clear()
             self._journal = None
-        # what is on disk now is the file a later rollback returns to
-        self._old_size = self._handle.seek(0, os.SEEK_END)
+        # nothing between the commit point and here may fail: a rollback would cut the committed file
+        self._old_size = end
 
     def rollback(self) -> None:
         """Undo the call: restore what the write-back overwrote, then cut the file to its old
