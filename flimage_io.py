@@ -510,7 +510,8 @@ def _array_view(
         source = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not an array: {exc}") from None
-    _refuse_layout(source.shape, source.dtype, storage, what, shape)
+    if source is not value:  # what it became: a list has no declared shape, an array-like may differ
+        _refuse_layout(source.shape, source.dtype, storage, what, shape)
     return source
 
 
@@ -1166,7 +1167,7 @@ class _HeldWrites:
         self._journal: list[tuple[int, bytes]] | None = None  # the old bytes, once the write-back began
         self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
-        self.interrupted = False  # a Ctrl-C landed in a write, raised by check() outside HDF5's call
+        self.interrupted = False  # a Ctrl-C landed in a method HDF5 called: check() raises it
         self.closed = False
 
     @_keeps_interrupts
@@ -2005,6 +2006,13 @@ def _numbered(
         yield f"fli_{start + offset}", checked
 
 
+# The attributes with which HDFView shows a dataset as a grayscale picture: every writer (ours,
+# flimage) sets them, so the readers leave them out without a warning.
+_IMAGE_ATTRIBUTES = types.MappingProxyType(
+    {"CLASS": "IMAGE", "IMAGE_VERSION": "1.2", "IMAGE_SUBCLASS": "IMAGE_GRAYSCALE"}
+)
+
+
 def _store_images(
     writing: _Writing,
     images: Iterable[tuple[str | None, _CheckedImage]],
@@ -2153,10 +2161,8 @@ def _store_run(
                 rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
                 chunks = (rows, array.shape[1])
                 dataset = parent.create_dataset(key, array.shape, array.dtype, chunks=chunks, **filters)
-                # HDFView shows the dataset as a grayscale image
-                dataset.attrs.create("CLASS", np.bytes_("IMAGE"))
-                dataset.attrs.create("IMAGE_VERSION", np.bytes_("1.2"))
-                dataset.attrs.create("IMAGE_SUBCLASS", np.bytes_("IMAGE_GRAYSCALE"))
+                for key, value in _IMAGE_ATTRIBUTES.items():
+                    dataset.attrs.create(key, np.bytes_(value))
                 for start in range(0, array.shape[0], rows):
                     block = array[start : start + rows]
                     if len(block) < rows:  # HDF5 stores edge chunks at full size
@@ -2180,10 +2186,6 @@ def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
             other = f"the series in {label} is {existing!r}"
             raise ValueError(f"series['identifier'] is {identifier!r}, but {other}; pass None to keep it")
     return count
-
-
-# The attributes with which HDFView shows a dataset as a picture: every writer (ours, flimage) sets them.
-_IMAGE_ATTRIBUTES = ("CLASS", "IMAGE_VERSION", "IMAGE_SUBCLASS")
 
 
 def _load_images(
@@ -2307,19 +2309,14 @@ def _load_stack(
     its size. An image of another shape or dtype than the first raises ValueError naming both."""
     if not positions:
         return np.empty((0, 0, 0), dtype=np.float64 if dtype is None else dtype)
-
-    def raw_of(position: int) -> Any:
-        image = _child(group, f"fli_{position}", label, h5py.Group)
-        return _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
-
-    first = raw_of(positions[0])
+    first = _raw_of(group, label, positions[0])
     _check_dataset(first, label, None)  # before the array is allocated
     kind = first.dtype.newbyteorder("=")  # the byte order a file stores does not matter
     out = np.empty((len(positions), *first.shape), dtype=kind if dtype is None else dtype)
 
     def decode_jobs() -> Iterator[tuple[Callable[[], None], None]]:
         for slot, position in enumerate(positions):
-            raw = first if slot == 0 else raw_of(position)
+            raw = first if slot == 0 else _raw_of(group, label, position)
             if raw.shape != first.shape or raw.dtype.newbyteorder("=") != kind:
                 odd = f"{_image_name(group, label, slot, position)} has shape {raw.shape} and dtype "
                 odd += f"{raw.dtype.newbyteorder('=')}, but {_image_name(group, label, 0, positions[0])} "
@@ -2332,6 +2329,12 @@ def _load_stack(
     for _ in _in_order(workers, decode_jobs()):
         pass
     return out
+
+
+def _raw_of(group: Any, label: str, position: int) -> Any:
+    """The raw dataset of image ``fli_{position}`` of a series, unread."""
+    image = _child(group, f"fli_{position}", label, h5py.Group)
+    return _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
 
 
 def _image_name(group: Any, label: str, slot: int, position: int) -> str:
@@ -2490,9 +2493,7 @@ class _LazyImages(Sequence[Image]):
         if count:
             try:
                 with self._open() as (group, label):
-                    image = _child(group, f"fli_{self._positions[0]}", label, h5py.Group)
-                    fluorescence = _child(image, "fluorescence", label, h5py.Group)
-                    raw = _child(fluorescence, "raw", label, h5py.Dataset)
+                    raw = _raw_of(group, label, self._positions[0])
                     what += f", the first {raw.shape} {raw.dtype.newbyteorder('=')}"
             except Exception as exc:  # a repr shows what it can
                 what += f" (the first cannot be read now: {type(exc).__name__})"
@@ -2681,9 +2682,8 @@ def check(h5file: Target) -> list[str]:
     return _check(functools.partial(_open_read, h5file))
 
 
-_Opener = Callable[
-    [], contextlib.AbstractContextManager[tuple[h5py.Group, str]]
-]  # opens the file anew: (group, label)
+# opens the file anew, yielding (group, label)
+_Opener = Callable[[], contextlib.AbstractContextManager[tuple[h5py.Group, str]]]
 _Progress = Callable[[str, int, int], None]  # (label, images checked, images in all)
 
 
@@ -2694,7 +2694,7 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
     problems: list[str] = []
     try:
         inner: list[str] = []
-        numbers = None
+        series_numbers = None
         with opener() as (group, label):
             try:
                 layout = _layout_of(group, label)
@@ -2706,9 +2706,9 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
             if layout == "image":
                 _check_one_image(group, label, problems)
             elif layout == "series":
-                numbers = _check_series_root(group, label, problems)
-        if numbers is not None:
-            _check_series_images(opener, label, numbers, problems, progress)
+                series_numbers = _check_series_root(group, label, problems)
+        if series_numbers is not None:
+            _check_series_images(opener, label, series_numbers, problems, progress)
         for name in inner:
             problems += _check(functools.partial(_open_below, opener, name), progress)
     except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
