@@ -67,6 +67,9 @@ __all__ += ["check", "read_image", "read_series", "write_image", "write_series"]
 
 # 1. public API ----------------------------------------------------------------------------------------------
 
+# What a user imports: the meta data keys of the layout, the types of the dicts that go in and come out,
+# the errors to catch, and the functions, each checking its arguments before anything touches the disk.
+
 #: Meta data keys that hold real numbers (stored as float64), with their unit (read-only).
 NUMBER_KEYS: Mapping[str, str] = types.MappingProxyType(
     {
@@ -410,6 +413,9 @@ def read_series(
 
 
 # 2. argument checks -----------------------------------------------------------------------------------------
+
+# Every mistake in what a caller passes is refused here, with a message naming the key, shape or value,
+# before a file is touched; what passes becomes exactly what is stored (a private copy in the stored dtype).
 
 
 class _Options(NamedTuple):
@@ -1632,6 +1638,9 @@ def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
 
 # 4. layout --------------------------------------------------------------------------------------------------
 
+# The FLImage / FLSeries layout as found in a file, whichever flimage version or tool wrote it: which kind
+# a group holds, where its images are, and their meta data, each odd finding a FormatError naming its place.
+
 _SERIES_NAME = re.compile(r"fli_(0|[1-9][0-9]*)\Z")
 
 
@@ -1859,6 +1868,9 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
 
 # 5. chunks: HDF5's filters and the ordered thread pipeline --------------------------------------------------
 
+# HDF5 runs its filters in the calling thread, one chunk at a time; encoding and decoding the chunks
+# ourselves (bytes HDF5 reads and checks as its own) lets every core work, in the order HDF5 needs them.
+
 _FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter ids
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
 _TINY_CHUNK_BYTES = 8 << 10  # other writers' chunks below this go through HDF5's own reader
@@ -1985,6 +1997,9 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
 
 
 # 6. storing and loading images ------------------------------------------------------------------------------
+
+# Images to and from their HDF5 groups through that pipeline: this thread makes the HDF5 calls, the
+# workers the codec work; a streaming append commits between runs of images.
 
 
 def _numbered(
