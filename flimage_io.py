@@ -492,33 +492,33 @@ def _storable(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "biuf" and dtype.itemsize <= 8
 
 
-def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], what: str, hint: str) -> None:
+def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], label: str, hint: str) -> None:
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
             guess = f"; did you mean {close[0]!r}?" if close else ""
-            raise KeyError(f"{what} has the unknown key {key!r}{guess} ({hint})")
+            raise KeyError(f"{label} has the unknown key {key!r}{guess} ({hint})")
 
 
 def _array_view(
-    value: Any, storage: np.dtype[Any] | None, what: str, shape: tuple[int, ...] | None
+    value: Any, storage: np.dtype[Any] | None, label: str, shape: tuple[int, ...] | None
 ) -> npt.NDArray[Any]:
     """``value`` as an array without a copy where it is one, refused for its type, dtype or shape
     first: a 3-D stack passed as an image is refused, never copied."""
     if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{what} must be a 2-D numeric array, not {type(value).__name__}")
+        raise TypeError(f"{label} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(f"{what} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)")
+        raise TypeError(f"{label} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)")
     declared = (getattr(value, "shape", None), getattr(value, "dtype", None))
     if isinstance(declared[0], tuple) and isinstance(declared[1], np.dtype):
         # an array, or an array-like that computes or reads its values (dask, h5py): refused unread
-        _refuse_layout(declared[0], declared[1], storage, what, shape)
+        _refuse_layout(declared[0], declared[1], storage, label, shape)
     try:
         source = np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not an array: {exc}") from None
+        raise TypeError(f"{label} is not an array: {exc}") from None
     if source is not value:  # what it became: a list has no declared shape, an array-like may differ
-        _refuse_layout(source.shape, source.dtype, storage, what, shape)
+        _refuse_layout(source.shape, source.dtype, storage, label, shape)
     return source
 
 
@@ -526,20 +526,20 @@ def _refuse_layout(
     found: tuple[int, ...],
     dtype: np.dtype[Any],
     storage: np.dtype[Any] | None,
-    what: str,
+    label: str,
     shape: tuple[int, ...] | None,
 ) -> None:
     if not _storable(dtype):
-        raise TypeError(f"{what} must hold real numbers or bools, but has dtype {dtype}")
+        raise TypeError(f"{label} must hold real numbers or bools, but has dtype {dtype}")
     if shape is None:
         if len(found) != 2:
-            raise ValueError(f"{what} must be 2-D, but has shape {found}")
+            raise ValueError(f"{label} must be 2-D, but has shape {found}")
         if 0 in found:
-            raise ValueError(f"{what} must not be empty, but has shape {found}")
+            raise ValueError(f"{label} must not be empty, but has shape {found}")
     elif found != shape:
-        raise ValueError(f"{what} must have the shape of raw {shape}, but has shape {found}")
+        raise ValueError(f"{label} must have the shape of raw {shape}, but has shape {found}")
     if found[-1] * _stored_dtype(dtype, storage).itemsize > _MAX_CHUNK_BYTES:
-        raise ValueError(f"{what} has rows of over 4 GiB, HDF5's chunk limit (shape {found})")
+        raise ValueError(f"{label} has rows of over 4 GiB, HDF5's chunk limit (shape {found})")
 
 
 def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dtype[Any]:
@@ -548,14 +548,14 @@ def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dty
     return target.newbyteorder("<") if target.itemsize > 1 else target
 
 
-def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, what: str) -> npt.NDArray[Any]:
+def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, label: str) -> npt.NDArray[Any]:
     """A private copy of a checked array in its storage dtype, made while the caller waits (a camera
     may refill its buffer when the next image is asked for), or a clear error."""
     target = _stored_dtype(source.dtype, storage)
     if target == source.dtype:
         return np.array(source, copy=True)
     if target.kind in "iu" and source.dtype.kind == "f":
-        raise TypeError(f"{what} holds {source.dtype} values, which {target} storage would truncate")
+        raise TypeError(f"{label} holds {source.dtype} values, which {target} storage would truncate")
     with np.errstate(over="ignore", invalid="ignore"):
         stored = source.astype(target)
         # rounding fractions is what float storage means; losing integers or finite values is not
@@ -565,97 +565,99 @@ def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, what: 
             lost = stored.astype(source.dtype) != source
     if lost.any():
         raise ValueError(
-            f"{what} holds {source[lost][0].item()!r}, which {target} cannot hold (values from "
+            f"{label} holds {source[lost][0].item()!r}, which {target} cannot hold (values from "
             f"{source.min()} to {source.max()}): pass dtype=None to store every value as it is"
         )
     return stored
 
 
-def _check_meta(meta: Any, what: str) -> dict[str, Any]:
+def _check_meta(meta: Any, label: str) -> dict[str, Any]:
     """Validate meta data and convert it to the values that are stored."""
     meta = {} if meta is None else meta
     if not isinstance(meta, Mapping):
-        raise TypeError(f"{what} must be a dict of meta data, not {type(meta).__name__}")
+        raise TypeError(f"{label} must be a dict of meta data, not {type(meta).__name__}")
     checked: dict[str, Any] = {}
     for key, value in meta.items():
         if not isinstance(key, str):
-            raise TypeError(f"{what} keys must be str, not {type(key).__name__} ({key!r})")
+            raise TypeError(f"{label} keys must be str, not {type(key).__name__} ({key!r})")
         key = str(key)
-        where = f"{what}[{key!r}]"
-        _refuse_unknown([key], META_KEYS, what, f"valid keys: {', '.join(sorted(META_KEYS))}")
+        key_label = f"{label}[{key!r}]"
+        _refuse_unknown([key], META_KEYS, label, f"valid keys: {', '.join(sorted(META_KEYS))}")
         if key in NUMBER_KEYS:
-            checked[key] = _check_number(value, where)
+            checked[key] = _check_number(value, key_label)
         elif key in TEXT_KEYS:
             expected = "a str"
             if key == "date":
                 expected = "a str, datetime.date or datetime.datetime"
                 if isinstance(value, datetime.date):  # and datetime: ISO 8601, 'YYYY-MM-DD' first
                     value = value.isoformat()
-            checked[key] = _check_text(value, where, expected)
+            checked[key] = _check_text(value, key_label, expected)
         else:
             if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
                 raise TypeError(
-                    f"{where} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
+                    f"{key_label} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
                 )
             if isinstance(value, np.ndarray) and value.ndim != 1:
-                raise TypeError(f"{where} must be a flat sequence of numbers, but has shape {value.shape}")
-            checked[key] = np.array([_check_number(v, where) for v in value], dtype=np.float64)
+                message = f"{key_label} must be a flat sequence of numbers, but has shape {value.shape}"
+                raise TypeError(message)
+            checked[key] = np.array([_check_number(v, key_label) for v in value], dtype=np.float64)
     checked.setdefault("flimage version", f"flimage_io {__version__}")
     checked.setdefault("qpimage version", f"flimage_io {__version__}")
     return checked
 
 
-def _check_number(value: Any, what: str) -> float:
+def _check_number(value: Any, label: str) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_, np.timedelta64)):
-        raise TypeError(f"{what} must be a real number, not {type(value).__name__} ({value!r})")
+        raise TypeError(f"{label} must be a real number, not {type(value).__name__} ({value!r})")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if math.isinf(number) and not (isinstance(value, (float, np.floating)) and np.isinf(value)):
-        raise ValueError(f"{what} is {value!r}, too large for a float64")
+        raise ValueError(f"{label} is {value!r}, too large for a float64")
     return number
 
 
-def _check_text(value: Any, what: str, expected: str = "a str") -> str:
+def _check_text(value: Any, label: str, expected: str = "a str") -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be {expected}, not {type(value).__name__} ({value!r})")
+        raise TypeError(f"{label} must be {expected}, not {type(value).__name__} ({value!r})")
     text = str(value)  # numpy's str_ too
     if "\x00" in text:
-        raise ValueError(f"{what} contains a NUL character, which HDF5 strings cannot hold: {text!r}")
+        raise ValueError(f"{label} contains a NUL character, which HDF5 strings cannot hold: {text!r}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode text ({exc}): {text!r}") from None
+        raise ValueError(f"{label} is not valid Unicode text ({exc}): {text!r}") from None
     return text
 
 
-def _check_image(image: Any, storage: np.dtype[Any] | None, what: str) -> _CheckedImage:
+def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _CheckedImage:
     """Every array's shape and dtype and the meta data are checked before any array is copied."""
     if isinstance(image, np.ndarray):
         image = {"raw": image}
     if not isinstance(image, Mapping):
-        raise TypeError(f"{what} must be a dict with 'raw', 'bg_data', 'meta' or an array, not {type(image)}")
-    _refuse_unknown(image, ("raw", "bg_data", "meta"), what, "an image has 'raw', 'bg_data' and 'meta'")
+        expected = "a dict with 'raw', 'bg_data', 'meta' or an array"
+        raise TypeError(f"{label} must be {expected}, not {type(image)}")
+    _refuse_unknown(image, ("raw", "bg_data", "meta"), label, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
-        raise KeyError(f"{what} has no 'raw' image")
-    raw = _array_view(image["raw"], storage, f"{what}['raw']", None)
+        raise KeyError(f"{label} has no 'raw' image")
+    raw = _array_view(image["raw"], storage, f"{label}['raw']", None)
     bg_value = image.get("bg_data")
-    views: dict[str, tuple[npt.NDArray[Any], str]] = {}  # name -> (array, what)
+    views: dict[str, tuple[npt.NDArray[Any], str]] = {}  # name -> (array, label)
     if isinstance(bg_value, Mapping):
         for name, array in bg_value.items():
-            label = f"{what}['bg_data'] name {name!r}"
-            name = _check_text(name, label)
+            name_label = f"{label}['bg_data'] name {name!r}"
+            name = _check_text(name, name_label)
             if not name or "/" in name or name == ".":
-                raise ValueError(f"{label} is no valid dataset name (empty, '.' or with '/')")
-            where = f"{what}['bg_data'][{name!r}]"
-            views[name] = (_array_view(array, storage, where, raw.shape), where)
+                raise ValueError(f"{name_label} is no valid dataset name (empty, '.' or with '/')")
+            bg_label = f"{label}['bg_data'][{name!r}]"
+            views[name] = (_array_view(array, storage, bg_label, raw.shape), bg_label)
     elif bg_value is not None:
-        where = f"{what}['bg_data']"
-        views["data"] = (_array_view(bg_value, storage, where, raw.shape), where)
-    meta = _check_meta(image.get("meta"), f"{what}['meta']")
-    bg_data = {name: _stored_copy(view, storage, where) for name, (view, where) in views.items()}
-    return _CheckedImage(_stored_copy(raw, storage, f"{what}['raw']"), bg_data, meta)
+        bg_label = f"{label}['bg_data']"
+        views["data"] = (_array_view(bg_value, storage, bg_label, raw.shape), bg_label)
+    meta = _check_meta(image.get("meta"), f"{label}['meta']")
+    bg_data = {name: _stored_copy(view, storage, bg_label) for name, (view, bg_label) in views.items()}
+    return _CheckedImage(_stored_copy(raw, storage, f"{label}['raw']"), bg_data, meta)
 
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
@@ -730,16 +732,16 @@ _LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks ar
 class _LockHandle(io.FileIO):
     """An unbuffered file that carries our advisory lock; a forked child closes its copy."""
 
-    def __init__(self, path: str, mode: str, shown: str | None = None) -> None:
+    def __init__(self, path: str, mode: str, label: str | None = None) -> None:
         with _FORK_GUARD:
             super().__init__(path, mode)
             _LOCK_HANDLES.add(self)
-        self._shown = path if shown is None else shown
+        self._label = path if label is None else label
 
     def __repr__(self) -> str:
         # h5py names a file it reads through a file object by its repr: the groups of a path that
         # _open_read yields then say the path as given, as their file name, in messages
-        return self._shown
+        return self._label
 
     def close(self) -> None:
         with _FORK_GUARD:
@@ -798,29 +800,29 @@ def _fileobj_name(handle: Any) -> str:
 
 def _real_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
     """(path as given, real path, its stat or None): symlinks followed, non-files refused."""
-    shown = os.fsdecode(os.fspath(h5file))
-    real = os.path.realpath(shown)
+    label = os.fsdecode(os.fspath(h5file))
+    real = os.path.realpath(label)
     try:
         info: os.stat_result | None = os.stat(real)
     except FileNotFoundError:
         if not write:
-            raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
         info = None
     if info is not None and stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(errno.EISDIR, f"{shown} is a directory, not an HDF5 file")
+        raise IsADirectoryError(errno.EISDIR, f"{label} is a directory, not an HDF5 file")
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
-        raise ValueError(f"{shown} is {kind}, not a regular file; flimage_io reads and writes only files")
-    return shown, real, info
+        raise ValueError(f"{label} is {kind}, not a regular file; flimage_io reads and writes only files")
+    return label, real, info
 
 
-def _in_use(shown: str) -> BlockingIOError:
-    message = f"{shown} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again later"
+def _in_use(label: str) -> BlockingIOError:
+    message = f"{label} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again later"
     return BlockingIOError(errno.EWOULDBLOCK, message)
 
 
 def _lock(
-    shown: str, real: str, *, exclusive: bool, writer: bool = False, create: bool = False
+    label: str, real: str, *, exclusive: bool, writer: bool = False, create: bool = False
 ) -> tuple[IO[bytes], bool]:
     """Open ``real`` under our advisory locks: flock, shared or ``exclusive``, keeps readers and commits
     apart, whatever HDF5's own locking does; a ``writer`` also takes the writer lock, which keeps writers
@@ -833,7 +835,7 @@ def _lock(
             if fresh is not None:
                 return fresh, True
         try:
-            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", shown)
+            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", label)
         except FileNotFoundError:
             if not create:
                 raise
@@ -847,18 +849,18 @@ def _lock(
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
             if writer:
-                _retry(functools.partial(_writer_lock, handle), deadline, shown)
+                _retry(functools.partial(_writer_lock, handle), deadline, label)
             # flock is the lock (HDF5 takes the same); a POSIX lock on byte 0 is a turnstile
             # that a waiting writer holds, so that readers in a loop cannot starve it
-            if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, shown):
-                _retry(functools.partial(_fcntl.flock, handle, kind), deadline, shown)
+            if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, label):
+                _retry(functools.partial(_fcntl.flock, handle, kind), deadline, label)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
             held, now = os.fstat(handle.fileno()), os.stat(real)
             if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
                 return handle, created
         except FileNotFoundError:
             if not create:
-                raise FileNotFoundError(errno.ENOENT, f"no such file: {shown}") from None
+                raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
         except BaseException:
             handle.close()
             raise
@@ -923,9 +925,9 @@ class _ReaderGate:
 
     _ROUND = 0.05  # seconds the turnstile stays closed to new readers while a commit waits
 
-    def __init__(self, handle: IO[bytes], shown: str, *, alone: bool) -> None:
+    def __init__(self, handle: IO[bytes], label: str, *, alone: bool) -> None:
         self._handle = handle
-        self._shown = shown
+        self._label = label
         self.alone_now = alone
 
     def alone(self, wait: float | None) -> bool:
@@ -963,7 +965,7 @@ class _ReaderGate:
             if wait is None and not warned and waited > _LOCK_WAIT:
                 warned = True
                 message = (
-                    f"{self._shown}: the images taken since the last commit wait for another process "
+                    f"{self._label}: the images taken since the last commit wait for another process "
                     "that holds the file open (h5py, HDFView, napari) to close it"
                 )
                 warnings.warn(message, ResourceWarning, stacklevel=2)
@@ -976,7 +978,7 @@ class _ReaderGate:
             self.alone_now = False
 
 
-def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
+def _retry(lock: Callable[[], Any], deadline: float, label: str) -> bool:
     """Take a lock, retrying until the deadline; False on a file system without locks."""
     while True:
         try:
@@ -986,7 +988,7 @@ def _retry(lock: Callable[[], Any], deadline: float, shown: str) -> bool:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 return False  # e.g. some network mounts: go on without
             if time.monotonic() > deadline:
-                raise _in_use(shown) from None
+                raise _in_use(label) from None
             time.sleep(0.005)
 
 
@@ -998,16 +1000,16 @@ def _too_new(label: str, text: str) -> str | None:
     return f"{label} needs a newer HDF5 than the installed {version}: {text}"
 
 
-def _h5_open(target: Any, mode: str, shown: str) -> Any:
+def _h5_open(target: Any, mode: str, label: str) -> Any:
     try:
         return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
     except (OSError, RuntimeError, ValueError) as exc:
         if "unable to lock file" in str(exc):
-            raise _in_use(shown) from None
-        damaged = f"{shown} is not a readable HDF5 file (empty, truncated or another format): {exc}"
+            raise _in_use(label) from None
+        damaged = f"{label} is not a readable HDF5 file (empty, truncated or another format): {exc}"
         if mode == "r+":
-            damaged = f"{shown} cannot be opened to append to it (not HDF5, or damaged)"
-        raise FormatError(_too_new(shown, str(exc)) or damaged) from None
+            damaged = f"{label} cannot be opened to append to it (not HDF5, or damaged)"
+        raise FormatError(_too_new(label, str(exc)) or damaged) from None
 
 
 @contextlib.contextmanager
@@ -1051,25 +1053,25 @@ def _open_read(
             raise FormatError(message) from exc
 
 
-def _lock_to_read(shown: str, real: str) -> IO[bytes]:
+def _lock_to_read(label: str, real: str) -> IO[bytes]:
     """The shared lock on ``real``, after rolling back a commit that a kill or power loss cut short
     (which needs the file alone, and write permission)."""
-    handle = _lock(shown, real, exclusive=False)[0]
+    handle = _lock(label, real, exclusive=False)[0]
     if _read_journal(handle) is None:
         return handle
     handle.close()
     try:
-        writer = _lock(shown, real, exclusive=True, writer=True)[0]
+        writer = _lock(label, real, exclusive=True, writer=True)[0]
     except PermissionError:
-        raise _interrupted(shown) from None
+        raise _interrupted(label) from None
     with writer:
         _roll_back(writer)
-    return _lock(shown, real, exclusive=False)[0]
+    return _lock(label, real, exclusive=False)[0]
 
 
-def _interrupted(shown: str) -> PermissionError:
+def _interrupted(label: str) -> PermissionError:
     message = (
-        f"{shown} holds an append that a kill or power loss cut short; the next call that may write "
+        f"{label} holds an append that a kill or power loss cut short; the next call that may write "
         "the file rolls it back, and this one may not (the file or its handle is read-only)"
     )
     return PermissionError(errno.EACCES, message)
@@ -1086,7 +1088,7 @@ _READING: collections.Counter[tuple[int, int]] = collections.Counter()
 
 
 @contextlib.contextmanager
-def _read_in_process(shown: str, real: str) -> Iterator[None]:
+def _read_in_process(label: str, real: str) -> Iterator[None]:
     try:
         info = os.stat(real)
     except OSError:
@@ -1097,12 +1099,12 @@ def _read_in_process(shown: str, real: str) -> Iterator[None]:
         reader = threading.current_thread()
         if _APPENDING.get(key) == (reader.caller if isinstance(reader, _Feed) else reader.ident):
             raise ValueError(
-                f"{shown} is being appended to by this very call, which cannot read from it: "
+                f"{label} is being appended to by this very call, which cannot read from it: "
                 "read the images with lazy=False first"
             )
         if not _IN_PROCESS.wait_for(lambda: key not in _APPENDING, _LOCK_WAIT):
             message = (
-                f"{shown} is being appended to by another thread of this process for over {_LOCK_WAIT:g} s"
+                f"{label} is being appended to by another thread of this process for over {_LOCK_WAIT:g} s"
             )
             raise BlockingIOError(errno.EWOULDBLOCK, f"{message}; read it from another process")
         _READING[key] += 1
@@ -1117,12 +1119,12 @@ def _read_in_process(shown: str, real: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _append_in_process(shown: str, handle: IO[bytes]) -> Iterator[None]:
+def _append_in_process(label: str, handle: IO[bytes]) -> Iterator[None]:
     info = os.fstat(handle.fileno())
     key = (info.st_dev, info.st_ino)
     with _IN_PROCESS:
         if not _IN_PROCESS.wait_for(lambda: not _READING[key], _LOCK_WAIT):
-            raise _in_use(shown)
+            raise _in_use(label)
         _APPENDING[key] = threading.get_ident()
     try:
         yield
@@ -1430,9 +1432,9 @@ def _open_write(h5file: Any, *, append: bool, streaming: bool = False) -> Iterat
                 del h5file.attrs[name]
             raise
     elif isinstance(h5file, _PATHS):
-        shown, real, info = _real_path(h5file, write=True)
-        _check_writable(shown, real, info, append=append)
-        with _append_path(shown, real, streaming) if append else _replace_path(shown, real, info) as writing:
+        label, real, info = _real_path(h5file, write=True)
+        _check_writable(label, real, info, append=append)
+        with _append_path(label, real, streaming) if append else _replace_path(label, real, info) as writing:
             yield writing
     else:
         label = _fileobj_label(h5file, write=True, read=append)
@@ -1459,12 +1461,12 @@ class _Writing(NamedTuple):
 
 @contextlib.contextmanager
 def _held_writes(
-    handle: Any, size: int, shown: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
+    handle: Any, size: int, label: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
 ) -> Iterator[_Writing]:
     """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
     ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
     held = _HeldWrites(handle, size)
-    opened = _h5_open(held, "r+" if size else "w", shown)
+    opened = _h5_open(held, "r+" if size else "w", label)
 
     ended: list[bool] = []  # gets an item at the end of the last commit
 
@@ -1494,59 +1496,59 @@ def _held_writes(
                 # HDF5 cuts the file to its end of allocation at a flush, before it has written
                 # anything: bytes a killed append left past it go then (see _HeldWrites.truncate)
                 opened.flush()
-            yield _Writing(opened, shown, held.check, commit)
+            yield _Writing(opened, label, held.check, commit)
         finally:
             opened.close()
         if gate is not None and not gate.alone(final_wait):
-            raise _in_use(shown)
+            raise _in_use(label)
         write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
         if not ended:
             with contextlib.suppress(OSError), _signals_deferred():
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
-            raise OSError(held.error.errno, f"cannot write {shown}: {held.error.strerror}") from exc
+            raise OSError(held.error.errno, f"cannot write {label}: {held.error.strerror}") from exc
         if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
             # a Ctrl-C that landed in one of our methods while HDF5 called it: h5py reports it so
             raise exc.__cause__ from None
         raise
 
 
-def _check_writable(shown: str, real: str, info: os.stat_result | None, *, append: bool) -> None:
+def _check_writable(label: str, real: str, info: os.stat_result | None, *, append: bool) -> None:
     """Refuse what would only fail at the end (write protection, the final rename)."""
     directory = os.path.dirname(real)
     if not os.path.isdir(directory):
-        message = f"cannot write {shown}: the directory {directory} does not exist"
+        message = f"cannot write {label}: the directory {directory} does not exist"
         raise FileNotFoundError(errno.ENOENT, message)
     # an append writes in place, its journal included: only a new file needs a writable directory
     if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"cannot write {shown}: {directory} is not writable")
+        raise PermissionError(errno.EACCES, f"cannot write {label}: {directory} is not writable")
     if info is None:
         return
     if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
         mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-        raise PermissionError(errno.EACCES, f"{shown} is write-protected ({mode}): make it writable first")
+        raise PermissionError(errno.EACCES, f"{label} is write-protected ({mode}): make it writable first")
     folder = os.stat(directory)
     if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
-        message = f"cannot replace {shown}: another user's file in a sticky directory"
+        message = f"cannot replace {label}: another user's file in a sticky directory"
         raise PermissionError(errno.EPERM, message)
 
 
 @contextlib.contextmanager
-def _append_path(shown: str, real: str, streaming: bool) -> Iterator[_Writing]:
-    handle, created = _lock(shown, real, exclusive=False, writer=True, create=True)
-    gate = _ReaderGate(handle, shown, alone=created)
-    with handle, _append_in_process(shown, handle):
+def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
+    handle, created = _lock(label, real, exclusive=False, writer=True, create=True)
+    gate = _ReaderGate(handle, label, alone=created)
+    with handle, _append_in_process(label, handle):
         try:
             if _read_journal(handle) is not None:
                 if not gate.alone(_LOCK_WAIT):
-                    raise _in_use(shown)
+                    raise _in_use(label)
                 _roll_back(handle)
                 if not created:
                     gate.shared()
             size = handle.seek(0, os.SEEK_END)
             final_wait = None if streaming else _LOCK_WAIT
-            with _held_writes(handle, size, shown, gate, final_wait) as writing:
+            with _held_writes(handle, size, label, gate, final_wait) as writing:
                 yield writing
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
@@ -1557,13 +1559,13 @@ def _append_path(shown: str, real: str, streaming: bool) -> Iterator[_Writing]:
 
 
 @contextlib.contextmanager
-def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterator[Any]:
+def _replace_path(label: str, real: str, info: os.stat_result | None) -> Iterator[Any]:
     directory, base = os.path.split(real)
     with contextlib.ExitStack() as stack:
         if info is not None:
             # Alone on the old file proves that nobody holds it open; sharing it
             # then lets readers in while appenders (who would be lost) wait.
-            old = stack.enter_context(_lock(shown, real, exclusive=True, writer=True)[0])
+            old = stack.enter_context(_lock(label, real, exclusive=True, writer=True)[0])
             if _fcntl is not None:
                 _fcntl.flock(old, _fcntl.LOCK_SH)
         _remove_stale_temporaries(directory, base)
@@ -1572,7 +1574,7 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
             # the umask applies; a forked child closes its copy
             handle = stack.enter_context(_LockHandle(temp, "x+b"))
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
-            raise OSError(exc.errno, f"cannot write {shown}: {exc.strerror}") from None
+            raise OSError(exc.errno, f"cannot write {label}: {exc.strerror}") from None
         try:
             if _fcntl is not None:
                 _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
@@ -1582,7 +1584,7 @@ def _replace_path(shown: str, real: str, info: os.stat_result | None) -> Iterato
                     with contextlib.suppress(OSError):
                         os.fchown(handle.fileno(), *owner)
                         break
-            with _held_writes(handle, 0, shown) as opened:
+            with _held_writes(handle, 0, label) as opened:
                 yield opened
             os.replace(temp, real)
         except BaseException:
@@ -1633,8 +1635,8 @@ def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
     holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
-        what = "a series" if series else "an image"
-        raise ValueError(f"{label} already holds {found}; write {what} into a new, empty group or a path")
+        kind = "a series" if series else "an image"
+        raise ValueError(f"{label} already holds {found}; write {kind} into a new, empty group or a path")
 
 
 # 4. layout --------------------------------------------------------------------------------------------------
@@ -1665,10 +1667,10 @@ def _layout_of(group: Any, label: str) -> str:
                 "fluorescence" in member or any(n.startswith("fli_") for n in _names(member))
             ):
                 nested.append(member.name)
-    where = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
+    hint = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
         f"{label} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
-        f"(no 'fli_' groups){where}; found members {sorted(names)[:10]}"
+        f"(no 'fli_' groups){hint}; found members {sorted(names)[:10]}"
     )
 
 
@@ -1679,12 +1681,12 @@ def _child(group: Any, name: str, label: str, kind: type, *, required: bool = Tr
     member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind) or (link is None and not required):
         return member
-    where = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # built only for an error
+    member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # built only for an error
     if link is None:
-        raise FormatError(f"{where} is missing")
+        raise FormatError(f"{member_label} is missing")
     if member is None:
-        raise FormatError(f"{where} is a link to another file, which flimage_io does not follow")
-    raise FormatError(f"{where} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
+        raise FormatError(f"{member_label} is a link to another file, which flimage_io does not follow")
+    raise FormatError(f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
 
 
 def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
@@ -1831,13 +1833,13 @@ def _read_meta(
             elif key in TEXT_KEYS:
                 meta[key] = _text_attr(group, key, label)
             else:
-                value, where = np.asarray(group.attrs[key]), f"{_at(label, group)} attribute {key!r}"
+                value, key_label = np.asarray(group.attrs[key]), f"{_at(label, group)} attribute {key!r}"
                 if value.dtype.kind not in "iuf":
-                    raise FormatError(f"{where} must hold numbers, but holds {value.dtype}")
+                    raise FormatError(f"{key_label} must hold numbers, but holds {value.dtype}")
                 if key in SEQUENCE_KEYS:
                     meta[key] = tuple(float(v) for v in value.ravel())
                 elif value.size != 1 or value.ndim > 1:
-                    raise FormatError(f"{where} must be one number, but has shape {value.shape}")
+                    raise FormatError(f"{key_label} must be one number, but has shape {value.shape}")
                 else:
                     meta[key] = float(value.reshape(()))
         except FormatError as exc:
@@ -1852,11 +1854,11 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
     if not unknown:
         return
     places: dict[str, list[str]] = {}
-    for key, where in unknown:
-        places.setdefault(key, []).append(where)
+    for key, label in unknown:
+        places.setdefault(key, []).append(label)
     parts = [
-        f"{key!r} on {', '.join(where[:3])}" + (f" and {len(where) - 3} more" if len(where) > 3 else "")
-        for key, where in places.items()
+        f"{key!r} on {', '.join(labels[:3])}" + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+        for key, labels in places.items()
     ]
     message = "left out attributes that are no meta data of the layout (a copy drops them): " + "; ".join(
         parts
@@ -1926,7 +1928,7 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
 
 
 def _decode_chunk(
-    where: str, stored: bytes, mask: int, codes: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
+    label: str, stored: bytes, mask: int, codes: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
 ) -> None:
     """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image
     (in ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
@@ -1937,21 +1939,21 @@ def _decode_chunk(
         # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
         # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
         if skipped and code != _FILTER_DEFLATE:
-            raise FormatError(f"{where}: a chunk is marked as stored without a filter that cannot be skipped")
+            raise FormatError(f"{label}: a chunk is marked as stored without a filter that cannot be skipped")
         if code == _FILTER_FLETCHER32:
             data, checksum = memoryview(data)[:-4], bytes(data[-4:])
             if checksum != _fletcher32(data).to_bytes(4, "little"):
                 raise FormatError(
-                    f"{where}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
+                    f"{label}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
                 )
         elif code == _FILTER_DEFLATE and not skipped:
             try:
                 data = _zlib().decompress(data, 15, expected)
             except Exception as exc:  # zlib.error, or zlib-ng's own error class
-                raise FormatError(f"{where}: a chunk does not inflate ({exc}); the file is damaged") from None
+                raise FormatError(f"{label}: a chunk does not inflate ({exc}); the file is damaged") from None
     if len(data) != expected:
         raise FormatError(
-            f"{where}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
+            f"{label}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
         )
     rows, cols = out.shape
     if _FILTER_SHUFFLE not in codes or dtype.itemsize == 1:
@@ -2009,15 +2011,17 @@ def _numbered(
     """("fli_N", checked image) for a series, with identifiers kept unique."""
     seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
     for offset, image in enumerate(itertools.chain(first, images)):
-        what = f"series['images'][{offset}]"
-        checked = image if isinstance(image, _CheckedImage) else _check_image(image, options.dtype, what)
+        image_label = f"series['images'][{offset}]"
+        if not isinstance(image, _CheckedImage):
+            image = _check_image(image, options.dtype, image_label)
+        checked = image
         identifier = checked.meta.get("identifier")
         if isinstance(identifier, str):
             if seen is None:
                 seen = _identifiers(group, label, start)
             if identifier in seen:
                 used = f"fli_{seen[identifier]}" if seen[identifier] >= 0 else "several images"
-                raise ValueError(f"{what} has identifier {identifier!r}, already used by {used}")
+                raise ValueError(f"{image_label} has identifier {identifier!r}, already used by {used}")
             seen[identifier] = start + offset
         yield f"fli_{start + offset}", checked
 
@@ -2245,14 +2249,15 @@ def _load_images(
 def _check_dataset(dataset: Any, label: str, shape: tuple[int, ...] | None) -> str:
     """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``;
     return where it is."""
-    where, dtype = _at(label, dataset), dataset.dtype
+    label = _at(label, dataset)  # the dataset's, from here on
+    dtype = dataset.dtype
     if not _storable(dtype):
-        raise FormatError(f"{where} must hold real numbers or bools, but has dtype {dtype}")
+        raise FormatError(f"{label} must hold real numbers or bools, but has dtype {dtype}")
     if shape is None and (dataset.ndim != 2 or dataset.size == 0):
-        raise FormatError(f"{where} must be a non-empty 2-D image, but has shape {dataset.shape}")
+        raise FormatError(f"{label} must be a non-empty 2-D image, but has shape {dataset.shape}")
     if shape is not None and dataset.shape != shape:
-        raise FormatError(f"{where} has shape {dataset.shape}, but raw has shape {shape}")
-    return where
+        raise FormatError(f"{label} has shape {dataset.shape}, but raw has shape {shape}")
+    return label
 
 
 def _dataset_jobs(
@@ -2261,14 +2266,15 @@ def _dataset_jobs(
     """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it); with
     ``out``, of the dataset's shape, into that array, cast to its dtype as numpy casts. Storage never
     written or outside the file is an error: our writers store every chunk; fill is no data."""
-    where, dtype = _check_dataset(dataset, label, shape), dataset.dtype
+    label = _check_dataset(dataset, label, shape)  # the dataset's, from here on
+    dtype = dataset.dtype
     native = dtype.newbyteorder("=")
     plist = dataset.id.get_create_plist()
     layout = plist.get_layout()
     if layout == h5py.h5d.VIRTUAL:
-        raise FormatError(f"{where} is a virtual dataset, which reads other files; flimage_io does not")
+        raise FormatError(f"{label} is a virtual dataset, which reads other files; flimage_io does not")
     if plist.get_external_count():
-        raise FormatError(f"{where} keeps its data in external files, which flimage_io does not read")
+        raise FormatError(f"{label} keeps its data in external files, which flimage_io does not read")
     if layout == h5py.h5d.CHUNKED:
         # every check before the array is allocated: a small file may declare a huge image
         chunk = tuple(dataset.chunks)
@@ -2279,10 +2285,10 @@ def _dataset_jobs(
             lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
             missing = next((o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None)
             raise FormatError(
-                f"{where}: the chunk at {missing} was never written ({total - written} of its {total} "
+                f"{label}: the chunk at {missing} was never written ({total - written} of its {total} "
                 "chunks are missing)"
                 if missing is not None
-                else f"{where} lists {written} chunks, but has room for {total}; the file is damaged"
+                else f"{label} lists {written} chunks, but has room for {total}; the file is damaged"
             )
         codes = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
         # our decoder takes the stored bytes as numpy's dtype; odd HDF5 types (12-bit words,
@@ -2298,19 +2304,19 @@ def _dataset_jobs(
                     mask, stored = dataset.id.read_direct_chunk(offset)
                 except (OSError, RuntimeError, KeyError, ValueError) as exc:
                     raise FormatError(
-                        f"{where}: the chunk at {offset} was never written or is damaged ({exc})"
+                        f"{label}: the chunk at {offset} was never written or is damaged ({exc})"
                     ) from None
                 part = out[tuple(slice(o, o + c) for o, c in zip(offset, chunk))]
-                jobs.append(functools.partial(_decode_chunk, where, stored, mask, codes, dtype, chunk, part))
+                jobs.append(functools.partial(_decode_chunk, label, stored, mask, codes, dtype, chunk, part))
             return out, jobs
     elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
-        raise FormatError(f"{where} was never written (it has no storage)")
+        raise FormatError(f"{label} was never written (it has no storage)")
     # another dtype is cast by numpy, not converted by HDF5 (whose rules differ), from a copy of the image
     read = np.empty(dataset.shape, dtype=native) if out is None or out.dtype != native else out
     try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
         dataset.read_direct(read)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise FormatError(f"{where} cannot be read ({exc}); the file is damaged") from None
+        raise FormatError(f"{label} cannot be read ({exc}); the file is damaged") from None
     if out is None:
         return read, []
     out[...] = read
@@ -2503,17 +2509,17 @@ class _LazyImages(Sequence[Image]):
     def __repr__(self) -> str:
         """The file, the number of images and the first one's shape and dtype, read without pixels."""
         count = len(self)
-        what = f"{count} {'image' if count == 1 else 'images'}"
+        text = f"{count} {'image' if count == 1 else 'images'}"
         if any(slot != position for slot, position in enumerate(self._positions)):
-            what += " (a selection)"
+            text += " (a selection)"
         if count:
             try:
                 with self._open() as (group, label):
                     raw = _raw_of(group, label, self._positions[0])
-                    what += f", the first {raw.shape} {raw.dtype.newbyteorder('=')}"
+                    text += f", the first {raw.shape} {raw.dtype.newbyteorder('=')}"
             except Exception as exc:  # a repr shows what it can
-                what += f" (the first cannot be read now: {type(exc).__name__})"
-        return f"<lazy series {self._label()}: {what}>"
+                text += f" (the first cannot be read now: {type(exc).__name__})"
+        return f"<lazy series {self._label()}: {text}>"
 
     def __len__(self) -> int:
         return len(self._positions)
@@ -2594,7 +2600,7 @@ class _LazyImages(Sequence[Image]):
 
     def _warn_once(self, unknown: list[tuple[str, str]]) -> None:
         """Warn about the attributes not yet warned about: a loop warns once, not at every block."""
-        _warn_unknown([(key, where) for key, where in unknown if key not in self._warned])
+        _warn_unknown([(key, label) for key, label in unknown if key not in self._warned])
         self._warned.update(key for key, _ in unknown)
 
     def _pixels(self, slot: int, meta: dict[str, MetaValue] | None) -> Image:
@@ -2793,27 +2799,28 @@ def _check_one_image(parent: Any, label: str, problems: list[str], name: str | N
     """Read one image as the readers do, then what flimage needs beyond that; its identifier."""
     try:
         group = parent if name is None else _child(parent, name, label, h5py.Group)
-        where = _at(label, group)
+        image_label = _at(label, group)
         for key in ("flimage version", "qpimage version"):
             if key not in group.attrs:
-                problems.append(f"{where} lacks the attribute {key!r}: flimage cannot open it read-only")
+                lacks = f"{image_label} lacks the attribute {key!r}"
+                problems.append(f"{lacks}: flimage cannot open it read-only")
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
-        inner = _at(label, fluorescence)
+        inner_label = _at(label, fluorescence)
         if len(fluorescence.attrs):
-            problems.append(f"{inner} has attributes {sorted(fluorescence.attrs)}; it should have none")
+            problems.append(f"{inner_label} has attributes {sorted(fluorescence.attrs)}; it should have none")
         if "bg_data" not in fluorescence:
-            problems.append(f"{inner} has no 'bg_data' group: flimage cannot open it read-only")
+            problems.append(f"{inner_label} has no 'bg_data' group: flimage cannot open it read-only")
         kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
             problems.append(
-                f"{where} stores its identifier as fixed-length bytes: flimage cannot find it by it"
+                f"{image_label} stores its identifier as fixed-length bytes: flimage cannot find it by it"
             )
         unknown: list[tuple[str, str]] = []
         (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
         problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
             f"{place} has the attribute {key!r}, which is no meta data key (flimage refuses it)"
             for key, place in unknown
-            if place == where
+            if place == image_label
         ]
         identifier = image["meta"].get("identifier")
         return identifier if isinstance(identifier, str) else None
