@@ -48,7 +48,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import IO, Any, NamedTuple, TypedDict, TypeVar, Union
+from typing import IO, Any, NamedTuple, TypedDict, TypeVar, Union, cast, overload
 
 import h5py
 import numpy as np
@@ -181,7 +181,7 @@ def write_image(
     """
     options = _check_options(dtype, compression, level, shuffle, workers)
     checked = _check_image(image, options.dtype, "image")
-    with _open_write(h5file, append=False) as writing:
+    with _open_write(_resolve_to_write(h5file, append=False), append=False) as writing:
         _refuse_occupied(writing.group, writing.label, series=False)
         _store_images(writing, [(None, checked)], options)
 
@@ -312,14 +312,11 @@ def write_series(
     _check_commit_every(commit_every, append, h5file)
     identifier, images = _check_series(series)
     # what would fail at the end fails before the generator is advanced
-    if isinstance(h5file, _PATHS):
-        _check_writable(*_real_path(h5file, write=True), append=append)
-    elif not isinstance(h5file, h5py.Group):
-        _fileobj_label(h5file, write=True, read=append)
+    target = _resolve_to_write(h5file, append=append)
     # the first image is checked before the target is touched (a file object is truncated)
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
-    with _open_write(h5file, append=append, streaming=commit_every is not None) as writing:
+    with _open_write(target, append=append, streaming=commit_every is not None) as writing:
         group, label = writing.group, writing.label
         start = _prepare_append(group, label, identifier) if append else 0
         if not append:
@@ -327,12 +324,12 @@ def write_series(
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
         if commit_every is None:
-            _store_images(writing, _numbered(group, label, start, checked, images, options), options)
+            _store_images(writing, _numbered_unique(group, label, start, checked, images, options), options)
             return
         feed = _Feed(images, options.dtype, len(checked))
         feed.start()
         try:
-            numbered = _numbered(group, label, start, checked, iter(feed), options)
+            numbered = _numbered_unique(group, label, start, checked, iter(feed), options)
             _store_images(writing, numbered, options, commit_every, feed.ready)
         finally:
             feed.stop()
@@ -469,7 +466,7 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
     return _Options(storage, compression == "gzip", level, shuffle, _check_workers(workers))
 
 
-def _check_commit_every(commit_every: Any, append: bool, h5file: Any) -> None:
+def _check_commit_every(commit_every: Any, append: bool, h5file: Target) -> None:
     if commit_every is None:
         return
     if not isinstance(commit_every, numbers.Real) or isinstance(commit_every, (bool, np.bool_)):
@@ -571,7 +568,7 @@ def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, label:
     return stored
 
 
-def _check_meta(meta: Any, label: str) -> dict[str, Any]:
+def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
     """Validate meta data and convert it to the values that are stored."""
     meta = {} if meta is None else meta
     if not isinstance(meta, Mapping):
@@ -655,7 +652,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
     elif bg_value is not None:
         bg_label = f"{label}['bg_data']"
         views["data"] = (_array_view(bg_value, storage, bg_label, raw.shape), bg_label)
-    meta = _check_meta(image.get("meta"), f"{label}['meta']")
+    meta = _meta_to_store(image.get("meta"), f"{label}['meta']")
     bg_data = {name: _stored_copy(view, storage, bg_label) for name, (view, bg_label) in views.items()}
     return _CheckedImage(_stored_copy(raw, storage, f"{label}['raw']"), bg_data, meta)
 
@@ -798,7 +795,9 @@ def _fileobj_name(handle: Any) -> str:
     return name if isinstance(name, str) else f"<{type(handle).__name__}>"
 
 
-def _real_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | None]:
+def _real_path(
+    h5file: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, write: bool
+) -> tuple[str, str, os.stat_result | None]:
     """(path as given, real path, its stat or None): symlinks followed, non-files refused."""
     label = os.fsdecode(os.fspath(h5file))
     real = os.path.realpath(label)
@@ -816,7 +815,7 @@ def _real_path(h5file: Any, *, write: bool) -> tuple[str, str, os.stat_result | 
     return label, real, info
 
 
-def _in_use(label: str) -> BlockingIOError:
+def _in_use_error(label: str) -> BlockingIOError:
     message = f"{label} is in use by another process (locked for over {_LOCK_WAIT:g} s); try again later"
     return BlockingIOError(errno.EWOULDBLOCK, message)
 
@@ -988,11 +987,11 @@ def _retry(lock: Callable[[], Any], deadline: float, label: str) -> bool:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 return False  # e.g. some network mounts: go on without
             if time.monotonic() > deadline:
-                raise _in_use(label) from None
+                raise _in_use_error(label) from None
             time.sleep(0.005)
 
 
-def _too_new(label: str, text: str) -> str | None:
+def _too_new_message(label: str, text: str) -> str | None:
     """A message when HDF5 says that a part of the file has a format version it does not know."""
     if "version" not in text or ("bad" not in text and "not supported" not in text):
         return None
@@ -1000,22 +999,22 @@ def _too_new(label: str, text: str) -> str | None:
     return f"{label} needs a newer HDF5 than the installed {version}: {text}"
 
 
-def _h5_open(target: Any, mode: str, label: str) -> Any:
+def _h5_open(target: IO[bytes] | _HeldWrites, mode: str, label: str) -> h5py.File:
     try:
         return h5py.File(target, mode, libver=_LIBVER) if mode != "r" else h5py.File(target, "r")
     except (OSError, RuntimeError, ValueError) as exc:
         if "unable to lock file" in str(exc):
-            raise _in_use(label) from None
+            raise _in_use_error(label) from None
         damaged = f"{label} is not a readable HDF5 file (empty, truncated or another format): {exc}"
         if mode == "r+":
             damaged = f"{label} cannot be opened to append to it (not HDF5, or damaged)"
-        raise FormatError(_too_new(label, str(exc)) or damaged) from None
+        raise FormatError(_too_new_message(label, str(exc)) or damaged) from None
 
 
 @contextlib.contextmanager
 def _open_read(
-    h5file: Any, check: Callable[[os.stat_result], None] | None = None
-) -> Iterator[tuple[Any, str]]:
+    h5file: Target, check: Callable[[os.stat_result], None] | None = None
+) -> Iterator[tuple[h5py.Group, str]]:
     """Yield (group, label) for any target, closing only what it opened; errors that h5py
     raises on the file's bytes become FormatError naming the file. For a path, ``check`` gets the
     stat of the locked handle that HDF5 then reads through, and may raise to refuse that file."""
@@ -1036,7 +1035,7 @@ def _open_read(
             label = _fileobj_label(h5file, write=False)
             if _read_journal(h5file) is not None:
                 if not getattr(h5file, "writable", lambda: False)():
-                    raise _interrupted(label)
+                    raise _interrupted_error(label)
                 _roll_back(h5file)
             group = stack.enter_context(_h5_open(h5file, "r", label))
         try:
@@ -1049,7 +1048,8 @@ def _open_read(
             if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or module[:4] != "h5py":
                 raise
             # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
-            message = _too_new(label, str(exc)) or f"{label} cannot be read, the file is damaged: {exc}"
+            damaged = f"{label} cannot be read, the file is damaged: {exc}"
+            message = _too_new_message(label, str(exc)) or damaged
             raise FormatError(message) from exc
 
 
@@ -1063,13 +1063,13 @@ def _lock_to_read(label: str, real: str) -> IO[bytes]:
     try:
         writer = _lock(label, real, exclusive=True, writer=True)[0]
     except PermissionError:
-        raise _interrupted(label) from None
+        raise _interrupted_error(label) from None
     with writer:
         _roll_back(writer)
     return _lock(label, real, exclusive=False)[0]
 
 
-def _interrupted(label: str) -> PermissionError:
+def _interrupted_error(label: str) -> PermissionError:
     message = (
         f"{label} holds an append that a kill or power loss cut short; the next call that may write "
         "the file rolls it back, and this one may not (the file or its handle is read-only)"
@@ -1124,7 +1124,7 @@ def _append_in_process(label: str, handle: IO[bytes]) -> Iterator[None]:
     key = (info.st_dev, info.st_ino)
     with _IN_PROCESS:
         if not _IN_PROCESS.wait_for(lambda: not _READING[key], _LOCK_WAIT):
-            raise _in_use(label)
+            raise _in_use_error(label)
         _APPENDING[key] = threading.get_ident()
     try:
         yield
@@ -1213,7 +1213,7 @@ class _HeldWrites:
         view = memoryview(data).cast("B")
         split = min(len(view), max(0, self._old_size - self._position))
         if split:
-            self._hold(self._position, view[:split])
+            self._keep_in_memory(self._position, view[:split])
         try:
             if split < len(view) and self.error is None:
                 _write_at(self._handle, self._position + split, view[split:])
@@ -1222,11 +1222,11 @@ class _HeldWrites:
         if split < len(view) and self.error is not None:
             # HDF5 never sees a failed write (old HDF5 is unstable after one): the bytes are kept
             # here, readable, and check() fails the call at the next chunk or at the commit
-            self._hold(self._position + split, view[split:])
+            self._keep_in_memory(self._position + split, view[split:])
         self._position += len(view)
         return len(view)
 
-    def _hold(self, offset: int, data: memoryview) -> None:
+    def _keep_in_memory(self, offset: int, data: memoryview) -> None:
         self._held.pop(offset, None)  # to the end of the write order: the latest write wins
         self._held[offset] = bytes(data)
 
@@ -1234,7 +1234,7 @@ class _HeldWrites:
     def truncate(self, size: int | None = None) -> int:
         size = self._position if size is None else size
         if not self._wrote and size < self._old_size:
-            # HDF5's end of allocation, told before its first write (see _held_writes): what lies
+            # HDF5's end of allocation, told before its first write (see _transaction): what lies
             # past it is a killed append's leftovers, no part of the file; cut, they would be held
             self._handle.truncate(size)
             self._old_size = size
@@ -1308,7 +1308,7 @@ def _journal_bytes(start: int, old_size: int, regions: list[tuple[int, bytes]]) 
     return body + struct.pack("<I", zlib.crc32(body)) + _JOURNAL_MARK
 
 
-def _read_journal(handle: Any) -> tuple[int, list[tuple[int, bytes]]] | None:
+def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | None:
     """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
     None without one, or with one torn by a power loss (which the commit never acted on)."""
     size = handle.seek(0, os.SEEK_END)
@@ -1339,7 +1339,7 @@ def _read_journal(handle: Any) -> tuple[int, list[tuple[int, bytes]]] | None:
     return (old_size, regions) if position == len(body) else None
 
 
-def _roll_back(handle: Any) -> bool:
+def _roll_back(handle: IO[bytes]) -> bool:
     """Roll back the commit a kill, Ctrl-C or power loss interrupted, from the journal it left
     (see _HeldWrites); False when there is none. The caller holds the file alone."""
     journal = _read_journal(handle)
@@ -1355,7 +1355,7 @@ def _roll_back(handle: Any) -> bool:
     return True
 
 
-def _sync_file(handle: Any) -> None:
+def _sync_file(handle: IO[bytes]) -> None:
     """Flush and fsync; a file object without a file descriptor is only flushed."""
     handle.flush()
     with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
@@ -1373,7 +1373,7 @@ def _read_exactly(handle: Any, size: int) -> bytes:
     return bytes(data)
 
 
-def _write_at(handle: Any, offset: int, data: Any) -> None:
+def _write_at(handle: IO[bytes], offset: int, data: bytes | memoryview) -> None:
     """Write every byte: on a full disk a raw file takes what fits, raising ENOSPC on the next call."""
     handle.seek(offset)
     view = memoryview(data).cast("B")
@@ -1412,40 +1412,60 @@ def _signals_deferred() -> Iterator[None]:
             handlers[number](number, frame)
 
 
-@contextlib.contextmanager
-def _open_write(h5file: Any, *, append: bool, streaming: bool = False) -> Iterator[_Writing]:
-    """Yield what to write into (_Writing); a failure leaves the target as it was, or as its last
-    commit left it. A path is written to a temporary file beside its real target and moved into
-    place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
-    the members and attributes it had. A ``streaming`` append waits for readers at its end."""
+class _WriteTarget(NamedTuple):
+    """A target to write, resolved once: checked, named, and one of a group, a path's real path
+    (symlinks followed) or a file object."""
+
+    label: str
+    group: h5py.Group | None = None
+    real: str | None = None
+    handle: IO[bytes] | None = None
+
+
+def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
+    """Refuse a target that cannot be written before anything is read or written: a closed or
+    read-only group, a file object that cannot be read or written, a write-protected path."""
     if isinstance(h5file, h5py.Group):
         label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
             raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
-        members, attributes = set(h5file), set(h5file.attrs)
-        try:
-            yield _Writing(h5file, label, lambda: None, lambda: True)
-        except BaseException:
-            for name in set(h5file) - members:
-                del h5file[name]
-            for name in set(h5file.attrs) - attributes:
-                del h5file.attrs[name]
-            raise
-    elif isinstance(h5file, _PATHS):
+        return _WriteTarget(label, group=h5file)
+    if isinstance(h5file, _PATHS):
         label, real, info = _real_path(h5file, write=True)
         _check_writable(label, real, info, append=append)
-        with _append_path(label, real, streaming) if append else _replace_path(label, real, info) as writing:
+        return _WriteTarget(label, real=real)
+    return _WriteTarget(_fileobj_label(h5file, write=True, read=append), handle=h5file)
+
+
+@contextlib.contextmanager
+def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) -> Iterator[_Writing]:
+    """Yield what to write into (_Writing); a failure leaves the target as it was, or as its last
+    commit left it. A path is written to a temporary file beside its real target and moved into
+    place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
+    the members and attributes it had. A ``streaming`` append waits for readers at its end."""
+    label, group, real, handle = target
+    if group is not None:
+        members, attributes = set(group), set(group.attrs)
+        try:
+            yield _Writing(group, label, lambda: None, lambda: True)
+        except BaseException:
+            for name in set(group) - members:
+                del group[name]
+            for name in set(group.attrs) - attributes:
+                del group.attrs[name]
+            raise
+    elif real is not None:
+        with _append_path(label, real, streaming) if append else _replace_path(label, real) as writing:
             yield writing
-    else:
-        label = _fileobj_label(h5file, write=True, read=append)
+    elif handle is not None:
         if append:
-            h5file.flush()
-            _roll_back(getattr(h5file, "raw", h5file))
-        size = h5file.seek(0, os.SEEK_END)
+            handle.flush()
+            _roll_back(getattr(handle, "raw", handle))
+        size = handle.seek(0, os.SEEK_END)
         if not (append and size):
-            h5file.seek(0)
-            h5file.truncate()
-        with _held_writes(h5file, size if append else 0, label) as writing:
+            handle.seek(0)
+            handle.truncate()
+        with _transaction(handle, size if append else 0, label) as writing:
             yield writing
 
 
@@ -1460,8 +1480,8 @@ class _Writing(NamedTuple):
 
 
 @contextlib.contextmanager
-def _held_writes(
-    handle: Any, size: int, label: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
+def _transaction(
+    handle: IO[bytes], size: int, label: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
 ) -> Iterator[_Writing]:
     """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
     ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
@@ -1500,7 +1520,7 @@ def _held_writes(
         finally:
             opened.close()
         if gate is not None and not gate.alone(final_wait):
-            raise _in_use(label)
+            raise _in_use_error(label)
         write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
         if not ended:
@@ -1542,13 +1562,13 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
         try:
             if _read_journal(handle) is not None:
                 if not gate.alone(_LOCK_WAIT):
-                    raise _in_use(label)
+                    raise _in_use_error(label)
                 _roll_back(handle)
                 if not created:
                     gate.shared()
             size = handle.seek(0, os.SEEK_END)
             final_wait = None if streaming else _LOCK_WAIT
-            with _held_writes(handle, size, label, gate, final_wait) as writing:
+            with _transaction(handle, size, label, gate, final_wait) as writing:
                 yield writing
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
@@ -1559,8 +1579,11 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
 
 
 @contextlib.contextmanager
-def _replace_path(label: str, real: str, info: os.stat_result | None) -> Iterator[Any]:
+def _replace_path(label: str, real: str) -> Iterator[_Writing]:
     directory, base = os.path.split(real)
+    info: os.stat_result | None = None
+    with contextlib.suppress(FileNotFoundError):
+        info = os.stat(real)  # now: a generator's first image may have taken a while since the check
     with contextlib.ExitStack() as stack:
         if info is not None:
             # Alone on the old file proves that nobody holds it open; sharing it
@@ -1584,7 +1607,7 @@ def _replace_path(label: str, real: str, info: os.stat_result | None) -> Iterato
                     with contextlib.suppress(OSError):
                         os.fchown(handle.fileno(), *owner)
                         break
-            with _held_writes(handle, 0, label) as opened:
+            with _transaction(handle, 0, label) as opened:
                 yield opened
             os.replace(temp, real)
         except BaseException:
@@ -1626,12 +1649,12 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
                     os.unlink(path)
 
 
-def _names(group: Any) -> list[str]:
+def _names(group: h5py.Group) -> list[str]:
     """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
     return [name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group]
 
 
-def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
+def _refuse_occupied(group: h5py.Group, label: str, *, series: bool) -> None:
     holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
@@ -1647,12 +1670,12 @@ def _refuse_occupied(group: Any, label: str, *, series: bool) -> None:
 _SERIES_NAME = re.compile(r"fli_(0|[1-9][0-9]*)\Z")
 
 
-def _at(label: str, node: Any) -> str:
+def _at(label: str, node: h5py.HLObject) -> str:
     """'file.h5:/fli_3/fluorescence/raw' from the file's label and an object in it."""
     return label.split(":/", 1)[0] + ("" if node.name == "/" else f":{node.name}")
 
 
-def _layout_of(group: Any, label: str) -> str:
+def _layout_of(group: h5py.Group, label: str) -> str:
     """'image' or 'series'; anything else raises FormatError naming where layouts are."""
     if "fluorescence" in group:
         return "image"
@@ -1674,12 +1697,15 @@ def _layout_of(group: Any, label: str) -> str:
     )
 
 
-def _child(group: Any, name: str, label: str, kind: type, *, required: bool = True) -> Any:
-    """The member ``name`` of the given kind, or None when it is missing and not required; unlike
-    ``group.get``, a damaged member raises, and a link to another file is refused."""
+_Member = TypeVar("_Member", h5py.Group, h5py.Dataset)
+
+
+def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Member:
+    """The member ``name`` of the given kind; unlike ``group.get``, a damaged member raises, and a
+    link to another file is refused."""
     link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
     member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
-    if isinstance(member, kind) or (link is None and not required):
+    if isinstance(member, kind):
         return member
     member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # built only for an error
     if link is None:
@@ -1689,7 +1715,7 @@ def _child(group: Any, name: str, label: str, kind: type, *, required: bool = Tr
     raise FormatError(f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
 
 
-def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
+def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
     found: list[int] = []
     problems: list[str] = []
@@ -1712,7 +1738,7 @@ def _scan_series(group: Any, label: str) -> tuple[list[int], list[str]]:
     return found, problems
 
 
-def _series_length(group: Any, label: str) -> int:
+def _series_length(group: h5py.Group, label: str) -> int:
     """Length of a series; without listing the members when the count of links fits 'fli_0' ..
     'fli_{n-1}' (a gap hidden by a stray member then fails when the missing image is read)."""
     count = len(group)
@@ -1724,7 +1750,7 @@ def _series_length(group: Any, label: str) -> int:
     return len(found)
 
 
-def _select(group: Any, label: str, selection: slice | range | list[int | str] | None) -> list[int]:
+def _select(group: h5py.Group, label: str, selection: slice | range | list[int | str] | None) -> list[int]:
     """The positions an index names, in its order; unknown ones raise ImageNotFoundError."""
     count = _series_length(group, label)
     if selection is None:
@@ -1757,7 +1783,7 @@ def _select(group: Any, label: str, selection: slice | range | list[int | str] |
     return chosen
 
 
-def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> int | None:
+def _guess_identifier(group: h5py.Group, label: str, identifier: str, count: int) -> int | None:
     """An identifier costs an object header per image to read, so first try the positions its
     numbers suggest ("frame-0500" is usually fli_500 or fli_499)."""
     digits = [int(d) for d in re.findall(r"[0-9]+", identifier)[-3:] if len(d) <= 18]
@@ -1771,7 +1797,7 @@ def _guess_identifier(group: Any, label: str, identifier: str, count: int) -> in
 _VARIABLE_TEXT = h5py.h5t.py_create(h5py.string_dtype())  # reads variable-length text as bytes objects
 
 
-def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
+def _identifiers(group: h5py.Group, label: str, count: int) -> dict[str, int]:
     """Identifier -> position of the first ``count`` images of a series; -1 for one used twice."""
     found: dict[str, int] = {}
     for position in range(count):
@@ -1781,7 +1807,7 @@ def _identifiers(group: Any, label: str, count: int) -> dict[str, int]:
     return found
 
 
-def _identifier_of(group: Any, label: str, position: int) -> str | None:
+def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
     """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
     (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at half the
     cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
@@ -1806,7 +1832,7 @@ def _identifier_of(group: Any, label: str, position: int) -> str | None:
     return _text_attr(image, "identifier", label) if "identifier" in image.attrs else None
 
 
-def _text_attr(group: Any, key: str, label: str) -> str:
+def _text_attr(group: h5py.Group, key: str, label: str) -> str:
     value = group.attrs[key]
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
@@ -1821,7 +1847,7 @@ def _text_attr(group: Any, key: str, label: str) -> str:
 
 
 def _read_meta(
-    group: Any, label: str, unknown: list[tuple[str, str]], problems: list[str] | None = None
+    group: h5py.Group, label: str, unknown: list[tuple[str, str]], problems: list[str] | None = None
 ) -> dict[str, MetaValue]:
     """The meta data of an image; attributes beyond the 16 keys go to ``unknown``, and a bad value
     raises FormatError, or with ``problems`` (for the ``check`` command) is listed there."""
@@ -2005,8 +2031,13 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
 # workers the codec work; a streaming append commits between runs of images.
 
 
-def _numbered(
-    group: Any, label: str, start: int, first: list[_CheckedImage], images: Iterator[Any], options: _Options
+def _numbered_unique(
+    group: h5py.Group,
+    label: str,
+    start: int,
+    first: list[_CheckedImage],
+    images: Iterator[Any],
+    options: _Options,
 ) -> Iterator[tuple[str, _CheckedImage]]:
     """("fli_N", checked image) for a series, with identifiers kept unique."""
     seen: dict[str, int] | None = None  # identifier -> position, read lazily when appending
@@ -2155,7 +2186,7 @@ class _Feed(threading.Thread):
 
 
 def _store_run(
-    group: Any,
+    group: h5py.Group,
     images: Iterable[tuple[str | None, _CheckedImage]],
     options: _Options,
     check: Callable[[], None],
@@ -2195,7 +2226,7 @@ def _store_run(
         check()  # a full disk stops the stream here
 
 
-def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
+def _prepare_append(group: h5py.Group, label: str, identifier: str | None) -> int:
     """Check that a group holds a series to append to; return its length."""
     if len(group) and _layout_of(group, label) == "image":
         raise FormatError(f"{label} holds an FLImage, not an FLSeries: cannot append images to it")
@@ -2209,7 +2240,7 @@ def _prepare_append(group: Any, label: str, identifier: str | None) -> int:
 
 
 def _load_images(
-    group: Any,
+    group: h5py.Group,
     label: str,
     names: Sequence[str | None],
     workers: int,
@@ -2227,7 +2258,9 @@ def _load_images(
             raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
             raw, jobs = _dataset_jobs(raw_node, label, None)
             bg_data: dict[str, npt.NDArray[Any]] = {}
-            background = _child(fluorescence, "bg_data", label, h5py.Group, required=False)
+            background = None
+            if "bg_data" in fluorescence:
+                background = _child(fluorescence, "bg_data", label, h5py.Group)
             nodes = [fluorescence, raw_node, *([] if background is None else [background])]
             for key in [] if background is None else _names(background):
                 node = _child(background, key, label, h5py.Dataset)
@@ -2246,7 +2279,7 @@ def _load_images(
             yield image
 
 
-def _check_dataset(dataset: Any, label: str, shape: tuple[int, ...] | None) -> str:
+def _check_dataset(dataset: h5py.Dataset, label: str, shape: tuple[int, ...] | None) -> str:
     """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``;
     return where it is."""
     label = _at(label, dataset)  # the dataset's, from here on
@@ -2261,7 +2294,7 @@ def _check_dataset(dataset: Any, label: str, shape: tuple[int, ...] | None) -> s
 
 
 def _dataset_jobs(
-    dataset: Any, label: str, shape: tuple[int, ...] | None, out: npt.NDArray[Any] | None = None
+    dataset: h5py.Dataset, label: str, shape: tuple[int, ...] | None, out: npt.NDArray[Any] | None = None
 ) -> tuple[npt.NDArray[Any], list[Callable[[], None]]]:
     """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it); with
     ``out``, of the dataset's shape, into that array, cast to its dtype as numpy casts. Storage never
@@ -2324,7 +2357,7 @@ def _dataset_jobs(
 
 
 def _load_stack(
-    group: Any, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
+    group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
 ) -> npt.NDArray[Any]:
     """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``:
     each frame's chunks decode on the workers straight into its part, so the array is the one allocation of
@@ -2353,13 +2386,13 @@ def _load_stack(
     return out
 
 
-def _raw_of(group: Any, label: str, position: int) -> Any:
+def _raw_of(group: h5py.Group, label: str, position: int) -> h5py.Dataset:
     """The raw dataset of image ``fli_{position}`` of a series, unread."""
     image = _child(group, f"fli_{position}", label, h5py.Group)
     return _child(_child(image, "fluorescence", label, h5py.Group), "raw", label, h5py.Dataset)
 
 
-def _image_name(group: Any, label: str, slot: int, position: int) -> str:
+def _image_name(group: h5py.Group, label: str, slot: int, position: int) -> str:
     """'image 3 (fli_7, identifier 'frame 7')': an image of a selection, for a message."""
     try:
         identifier = _identifier_of(group, label, position)
@@ -2489,7 +2522,7 @@ class _LazyImages(Sequence[Image]):
     _META_KEPT = 2 * _META_BLOCK
 
     def __init__(
-        self, source: Any, positions: Sequence[int], workers: int, known: _FileIdentity | None = None
+        self, source: Target, positions: Sequence[int], workers: int, known: _FileIdentity | None = None
     ) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
         self._source = os.path.abspath(os.fsdecode(source)) if isinstance(source, _PATHS) else source
@@ -2527,7 +2560,13 @@ class _LazyImages(Sequence[Image]):
     def __iter__(self) -> Iterator[Image]:  # no frame of ours between the caller and a warning
         return map(self.__getitem__, range(len(self)))
 
-    def __getitem__(self, index: Any) -> Any:
+    @overload
+    def __getitem__(self, index: int | str) -> Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Image]: ...
+
+    def __getitem__(self, index: int | str | slice) -> Image | Sequence[Image]:
         if isinstance(index, slice):
             return _LazyImages(self._source, self._positions[index], self._workers, self._known)
         if isinstance(index, str):
@@ -2543,7 +2582,7 @@ class _LazyImages(Sequence[Image]):
             raise TypeError(
                 f"images are indexed by position (int), identifier (str) or slice, not {type(index).__name__}"
             )
-        return _LazyImage(self, slot)
+        return cast(Image, _LazyImage(self, slot))  # a read-only mapping with an Image's keys
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> npt.NDArray[Any]:
         """The raw images as one (frames, rows, columns) array, for ``np.asarray(images)``: each frame
@@ -2631,7 +2670,7 @@ class _LazyImages(Sequence[Image]):
         return dict(zip(slots, read))
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[tuple[Any, str]]:
+    def _open(self) -> Iterator[tuple[h5py.Group, str]]:
         """_open_read of the source, refusing a file other than the one read_series read."""
         with _open_read(self._source, self._check_file) as (group, label):
             known = self._known
@@ -2647,7 +2686,7 @@ class _LazyImages(Sequence[Image]):
 
     def _changed(self, why: str) -> FormatError:
         return FormatError(
-            f"{os.fsdecode(self._source)} changed since read_series(..., lazy=True) read it ({why}), and its "
+            f"{self._label()} changed since read_series(..., lazy=True) read it ({why}), and its "
             "images would mix the two files: read it again with read_series"
         )
 
@@ -2743,7 +2782,7 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
     return list(dict.fromkeys(problems))  # one damage can surface in several places
 
 
-def _check_series_root(group: Any, label: str, problems: list[str]) -> list[int]:
+def _check_series_root(group: h5py.Group, label: str, problems: list[str]) -> list[int]:
     """What readers do not check of a series root: stray members and attributes; the image numbers."""
     for key in group.attrs:
         if key != "identifier":
@@ -2795,7 +2834,9 @@ def _check_series_images(
             problems.append(f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}")
 
 
-def _check_one_image(parent: Any, label: str, problems: list[str], name: str | None = None) -> str | None:
+def _check_one_image(
+    parent: h5py.Group, label: str, problems: list[str], name: str | None = None
+) -> str | None:
     """Read one image as the readers do, then what flimage needs beyond that; its identifier."""
     try:
         group = parent if name is None else _child(parent, name, label, h5py.Group)
@@ -2832,10 +2873,10 @@ def _check_one_image(parent: Any, label: str, problems: list[str], name: str | N
 _WALK_LIMIT = 10_000  # groups looked into for the images and series of a file
 
 
-def _layouts_in(group: Any) -> list[Any]:
+def _layouts_in(group: h5py.Group) -> list[h5py.Group]:
     """The groups below ``group`` that hold an FLImage or FLSeries, depth first in name order; through
     hard links only (soft links may loop, external ones lead to other files), each group once."""
-    found: list[Any] = []
+    found: list[h5py.Group] = []
     seen = {group.id}
     pending = [group]
     while pending and len(seen) < _WALK_LIMIT:
@@ -3351,7 +3392,7 @@ def _info(spec: str) -> str:
             return "\n".join([head] + [_summary(inner, f"{path}:{inner.name}", None) for inner in found])
 
 
-def _label(meta: Mapping[str, Any], position: int | None) -> str:
+def _frame_label(meta: Mapping[str, Any], position: int | None) -> str:
     """What tells a frame apart: its identifier, else its time, else its name in the series."""
     identifier, time = meta.get("identifier"), meta.get("time")
     if isinstance(identifier, str) and identifier:
@@ -3376,7 +3417,7 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
                 picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
             for position in picked:
                 image = read_image(group, position)
-                frames.append(_reduce(image["raw"], image["meta"], _label(image["meta"], position)))
+                frames.append(_reduce(image["raw"], image["meta"], _frame_label(image["meta"], position)))
                 del image  # before the next is read: one full-size frame in memory at a time
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
