@@ -317,7 +317,8 @@ def write_series(
     first = next(images, None)
     checked = [] if first is None else [_check_image(first, options.dtype, "series['images'][0]")]
     with _open_write(target, append=append, streaming=commit_every is not None) as writing:
-        group, label = writing.group, writing.label
+        group = writing.group
+        label = writing.label
         start = _prepare_append(group, label, identifier) if append else 0
         if not append:
             _refuse_occupied(group, label, series=True)
@@ -333,7 +334,8 @@ def write_series(
             _store_images(writing, numbered, options, commit_every, feed.ready)
         finally:
             feed.stop()
-            failure, feed.failure = feed.failure, None  # no cycle through the feed's frames
+            failure = feed.failure  # no cycle through the feed's frames
+            feed.failure = None
     if failure is not None:  # the camera's error, raised once the images before it are committed
         raise failure
 
@@ -390,7 +392,8 @@ def read_series(
     >>> np.asarray(read_series(f, lazy=True)["images"]).shape
     (3, 2, 2)
     """
-    workers, selection = _check_workers(workers), _check_selection(index)
+    workers = _check_workers(workers)
+    selection = _check_selection(index)
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be True or False, not {type(lazy).__name__}")
     unknown: list[tuple[str, str]] = []
@@ -854,7 +857,8 @@ def _lock(
             if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, label):
                 _retry(functools.partial(_fcntl.flock, handle, kind), deadline, label)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
-            held, now = os.fstat(handle.fileno()), os.stat(real)
+            held = os.fstat(handle.fileno())
+            now = os.stat(real)
             if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
                 return handle, created
         except FileNotFoundError:
@@ -1022,7 +1026,8 @@ def _open_read(
         if isinstance(h5file, h5py.Group):
             if not h5file.id.valid:
                 raise ValueError("the h5py group is closed")
-            group, label = h5file, _at(h5file.file.filename, h5file)
+            group = h5file
+            label = _at(h5file.file.filename, h5file)
         elif isinstance(h5file, _PATHS):
             label, real, _ = _real_path(h5file, write=False)
             stack.enter_context(_read_in_process(label, real))
@@ -1042,9 +1047,11 @@ def _open_read(
             yield group, label
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             # only an error raised inside h5py (the last frame of its traceback) reports the file's bytes
-            tb, module = exc.__traceback__, ""
+            tb = exc.__traceback__
+            module = ""
             while tb is not None:
-                module, tb = str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_next
+                module = str(tb.tb_frame.f_globals.get("__name__", ""))
+                tb = tb.tb_next
             if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or module[:4] != "h5py":
                 raise
             # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
@@ -1170,8 +1177,10 @@ class _HeldWrites:
     def __init__(self, handle: Any, old_size: int) -> None:
         # what the caller buffered goes first; then we bypass the buffer, which a rollback cannot empty
         handle.flush()
-        self._outer, self._handle = handle, getattr(handle, "raw", handle)
-        self._old_size, self._position = old_size, 0
+        self._outer = handle
+        self._handle = getattr(handle, "raw", handle)
+        self._old_size = old_size
+        self._position = 0
         self._held: dict[int, bytes] = {}  # offset -> bytes over the old file, in write order
         self._journal: list[tuple[int, bytes]] | None = None  # the old bytes, once the write-back began
         self._wrote = False
@@ -1190,11 +1199,13 @@ class _HeldWrites:
 
     @_keeps_interrupts
     def readinto(self, buffer: Any) -> int:
-        view, start = memoryview(buffer).cast("B"), self._position
+        view = memoryview(buffer).cast("B")
+        start = self._position
         self._handle.seek(start)
         count = self._handle.readinto(view) or 0
         for offset, data in self._held.items():  # later writes win: a dict keeps write order
-            low, high = max(offset, start), min(offset + len(data), start + len(view))
+            low = max(offset, start)
+            high = min(offset + len(data), start + len(view))
             if low < high:
                 view[low - start : high - start] = data[low - offset : high - offset]
                 count = max(count, high - start)
@@ -1445,7 +1456,8 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
     the members and attributes it had. A ``streaming`` append waits for readers at its end."""
     label, group, real, handle = target
     if group is not None:
-        members, attributes = set(group), set(group.attrs)
+        members = set(group)
+        attributes = set(group.attrs)
         try:
             yield _Writing(group, label, lambda: None, lambda: True)
         except BaseException:
@@ -1859,7 +1871,8 @@ def _read_meta(
             elif key in TEXT_KEYS:
                 meta[key] = _text_attr(group, key, label)
             else:
-                value, key_label = np.asarray(group.attrs[key]), f"{_at(label, group)} attribute {key!r}"
+                value = np.asarray(group.attrs[key])
+                key_label = f"{_at(label, group)} attribute {key!r}"
                 if value.dtype.kind not in "iuf":
                     raise FormatError(f"{key_label} must hold numbers, but holds {value.dtype}")
                 if key in SEQUENCE_KEYS:
@@ -1889,9 +1902,11 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
     message = "left out attributes that are no meta data of the layout (a copy drops them): " + "; ".join(
         parts
     )
-    level, frame = 2, sys._getframe(1)
+    level = 2
+    frame = sys._getframe(1)
     while frame.f_code.co_filename == __file__ and frame.f_back:  # point at the caller's line
-        level, frame = level + 1, frame.f_back
+        level = level + 1
+        frame = frame.f_back
     warnings.warn(UnknownMetaWarning(message), stacklevel=level)
 
 
@@ -1900,7 +1915,9 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
 # HDF5 runs its filters in the calling thread, one chunk at a time; encoding and decoding the chunks
 # ourselves (bytes HDF5 reads and checks as its own) lets every core work, in the order HDF5 needs them.
 
-_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32 = 1, 2, 3  # HDF5's filter ids
+_FILTER_DEFLATE = 1  # HDF5's filter ids
+_FILTER_SHUFFLE = 2
+_FILTER_FLETCHER32 = 3
 _CHUNK_BYTES = 1 << 20  # row blocks of at most 1 MiB: every core works on an image of a few MiB
 _TINY_CHUNK_BYTES = 8 << 10  # other writers' chunks below this go through HDF5's own reader
 _MAX_CHUNK_BYTES = 2**32 - 2**24  # HDF5 refuses chunks of 4 GiB; keep deflate's margin
@@ -1961,13 +1978,15 @@ def _decode_chunk(
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
     for position in reversed(range(len(codes))):
-        code, skipped = codes[position], mask & (1 << position)
+        code = codes[position]
+        skipped = mask & (1 << position)
         # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
         # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
         if skipped and code != _FILTER_DEFLATE:
             raise FormatError(f"{label}: a chunk is marked as stored without a filter that cannot be skipped")
         if code == _FILTER_FLETCHER32:
-            data, checksum = memoryview(data)[:-4], bytes(data[-4:])
+            checksum = bytes(data[-4:])
+            data = memoryview(data)[:-4]
             if checksum != _fletcher32(data).to_bytes(4, "little"):
                 raise FormatError(
                     f"{label}: the fletcher32 checksum of a chunk does not match (the file is damaged)"
@@ -2171,7 +2190,8 @@ class _Feed(threading.Thread):
             with self._changed:
                 self._changed.wait_for(lambda: self._taken or self._ended)
                 if not self._taken:
-                    error, self._error = self._error, None  # no cycle through this thread's frames
+                    error = self._error  # no cycle through this thread's frames
+                    self._error = None
                     if error is not None:
                         raise error
                     return
@@ -2457,7 +2477,8 @@ class _ReadAhead:
 
     def slots(self, slot: int, count: int) -> range:
         """Note a visit of ``slot`` (of ``count``); the slots to read if it is not read yet."""
-        step, self._last = slot - self._last, slot
+        step = slot - self._last
+        self._last = slot
         self._run = self._run + 1 if step in (1, -1) else 1
         size = min(self._run, self._most)
         if step == -1:
@@ -2526,7 +2547,8 @@ class _LazyImages(Sequence[Image]):
     ) -> None:
         # a path is made absolute now: a later os.chdir must not make it name another file
         self._source = os.path.abspath(os.fsdecode(source)) if isinstance(source, _PATHS) else source
-        self._positions, self._workers = list(positions), workers
+        self._positions = list(positions)
+        self._workers = workers
         self._known = known  # None: not a path, nothing to compare
         self._lock = threading.Lock()
         _LAZY_SERIES.add(self)
@@ -2621,7 +2643,8 @@ class _LazyImages(Sequence[Image]):
                 except FormatError:  # a damaged image in the block: read only this one
                     if len(slots) == 1:
                         raise
-                    slots, read = range(slot, slot + 1), self._read_metas([self._positions[slot]])
+                    slots = range(slot, slot + 1)
+                    read = self._read_metas([self._positions[slot]])
                 self._metas.update(zip(slots, read))
                 while len(self._metas) > self._META_KEPT:
                     self._metas.popitem(last=False)
@@ -3049,8 +3072,10 @@ def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8
     sheet[height + _GAP :] = 0
     sheet[height + _GAP :, : footer.shape[1]] = footer
     for i, (frame, tile, (low, high)) in enumerate(zip(frames, tiles, ranges)):
-        r, c = (i // ncols) * (cell_h + _GAP), (i % ncols) * (cell_w + _GAP)
-        bottom, right = r + tile.shape[0], c + tile.shape[1]
+        r = (i // ncols) * (cell_h + _GAP)
+        c = (i % ncols) * (cell_w + _GAP)
+        bottom = r + tile.shape[0]
+        right = c + tile.shape[1]
         sheet[r:bottom, c:right] = tile
         lines = [frame.label] + ([f"{_number(low)} to {_number(high)}"] if each else [])
         if any(lines):
@@ -3108,7 +3133,8 @@ def _demo(path: str | None) -> None:
         for position, image in enumerate(series["images"]):
             # correct in floating point: uint16 counts minus a background would wrap around
             background = sum(b.astype(np.float64) for b in image["bg_data"].values())
-            corrected, meta = image["raw"].astype(np.float64) - background, image["meta"]
+            corrected = image["raw"].astype(np.float64) - background
+            meta = image["meta"]
             print(
                 f"  fli_{position}: {meta['identifier']!r} raw {image['raw'].shape} {image['raw'].dtype}, "
                 f"time {meta['time']} s, mean corrected intensity {corrected.mean():.1f}"
@@ -3334,7 +3360,9 @@ def _summary(group: h5py.Group, label: str, file_size: int | None) -> str:
     """An image or series: kind, images, raw data, file size, times, and the first and last image's meta."""
     if "fluorescence" in group:
         metas = [read_image(group)["meta"]]
-        paths, names, title = ["fluorescence/raw"], ["meta"], f"{label}: FLImage"
+        paths = ["fluorescence/raw"]
+        names = ["meta"]
+        title = f"{label}: FLImage"
     else:
         series = read_series(group, lazy=True)
         metas = [image["meta"] for image in series["images"]]  # without pixels
@@ -3394,7 +3422,8 @@ def _info(spec: str) -> str:
 
 def _frame_label(meta: Mapping[str, Any], position: int | None) -> str:
     """What tells a frame apart: its identifier, else its time, else its name in the series."""
-    identifier, time = meta.get("identifier"), meta.get("time")
+    identifier = meta.get("identifier")
+    time = meta.get("time")
     if isinstance(identifier, str) and identifier:
         return identifier
     if isinstance(time, float):
@@ -3495,7 +3524,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
                 try:
                     summary = _info(spec)
                 except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
-                    failed, message = True, _one_line(exc)
+                    failed = True
+                    message = _one_line(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
                     print(named, file=sys.stderr)
                 else:
