@@ -698,6 +698,19 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 
 # 3. opening: one way in, one way out ------------------------------------------------------------------------
 
+# Every target (a path, a file object, a group) is opened here and only here, so that locks, commits
+# and rollbacks work alike for each. What HDF5, h5py and POSIX taught us, and where it is handled:
+# - HDF5 1.12.0 (h5py 3.0) crashed after a file method it called failed or was interrupted by Ctrl-C:
+#   _HeldWrites never fails a write (it keeps the bytes and check() reports the error afterwards),
+#   and _keeps_interrupts runs an interrupted method again.
+# - h5py 3.0 crashes closing a file again after a failed close: _transaction closes once.
+# - h5py 3.0 with HDF5 1.12.0 crashed or misread when a process read a file that it appended to in
+#   another thread: _read_in_process and _append_in_process keep the two apart.
+# - A POSIX lock (lockf) belongs to the process and goes when it closes any handle of the file: the
+#   writer lock is an open-file-description lock, and lockf only serves as a turnstile in _lock.
+# - An flock belongs to the open file description, which a fork shares: see "Forks" below.
+# - HDF5 1.10's superblock marks a file open for writing: the files are written in the 1.8 format.
+#
 # The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
 # reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a file
 # open for writing, so a process killed while appending would leave the file refused.
