@@ -66,7 +66,9 @@ def frame(shape: tuple[int, int], seed: int, dtype: Any = np.float32) -> np.ndar
     """Poisson photon counts on a smooth blob over a camera offset, like real fluorescence."""
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
     sigma = shape[0] / 6
-    lam = 100 + 2000 * np.exp(-((rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2) / (2 * sigma**2))
+    lam = 100 + 2000 * np.exp(
+        -((rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2) / (2 * sigma**2)
+    )
     return np.random.default_rng(seed).poisson(lam).astype(dtype)
 
 
@@ -645,10 +647,16 @@ def acquisition_workload(table: Table, scratch: str, count: int) -> None:
     table.add(title, "flimage_io, first 1000 frames", f"{ms(first)} / frame", "", f"{first / bare:.2f}")
     table.add(title, "flimage_io, last 1000 frames", f"{ms(last)} / frame", "", f"{last / bare:.2f}")
     table.add(
-        title, "flimage_io, whole call", f"{ms(seconds / count)} / frame", "", f"{seconds / count / bare:.2f}"
+        title,
+        "flimage_io, whole call",
+        f"{ms(seconds / count)} / frame",
+        "",
+        f"{seconds / count / bare:.2f}",
     )
     table.add(
-        title, f"viewer in another process ({reads} reads of index -1)", f"longest read {ms(float(longest))}"
+        title,
+        f"viewer in another process ({reads} reads of index -1)",
+        f"longest read {ms(float(longest))}",
     )
     for length in (10, 1000, 10_000):
         target = os.path.join(scratch, f"append{length}.h5")
@@ -749,7 +757,10 @@ def profile(scratch: str, count: int, repeat: int) -> None:
         print(f"{verb}: total {ms2(total)} / frame")
         for piece, seconds in pieces[verb]:
             print(f"  {piece:<46} {ms2(seconds):>10}  {seconds / total:5.0%}")
-        print(f"  {'rest (HDF5 calls, waiting)':<46} {ms2(total - work):>10}  {(total - work) / total:5.0%}")
+        print(
+            f"  {'rest (HDF5 calls, waiting)':<46} {ms2(total - work):>10}"
+            f"  {(total - work) / total:5.0%}"
+        )
         print(
             f"  the floor: codec time / workers = {ms2(work)} / {WORKERS} = {ms2(work / WORKERS)}"
             f" ({total / (work / WORKERS):.1f}x that)\n"
@@ -784,7 +795,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about a minute")
     parser.add_argument(
-        "--profile", action="store_true", help="only split a series frame's write and read time into pieces"
+        "--profile",
+        action="store_true",
+        help="only split a series frame's write and read time into pieces",
     )
     parser.add_argument("--streaming-child", nargs=2, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lazy-child", nargs=3, help=argparse.SUPPRESS)
@@ -803,7 +816,9 @@ def main() -> None:
             profile(scratch, 8 if quick else 48, 2 if quick else 3)
             return
         if tifffile is None:
-            print('tifffile or imagecodecs not installed: tifffile rows skipped (pip install ".[bench]")\n')
+            print(
+                'tifffile or imagecodecs not installed: tifffile rows skipped (pip install ".[bench]")\n'
+            )
         table = Table()
         table.add(*Table.columns)
         table.add(*["---"] * len(Table.columns))

@@ -66,7 +66,7 @@ __all__ = ["META_KEYS", "NUMBER_KEYS", "SEQUENCE_KEYS", "TEXT_KEYS", "FormatErro
 __all__ += ["ImageNotFoundError", "MetaValue", "Series", "Target", "UnknownMetaWarning"]
 __all__ += ["check", "main", "read_image", "read_series", "write_image", "write_series"]
 
-# 1. public API ----------------------------------------------------------------------------------------------
+# 1. public API -----------------------------------------------------------------------------------------
 
 # What a user imports: the meta data keys of the layout, the types of the dicts that go in and come out,
 # the errors to catch, and the functions, each checking its arguments before anything touches the disk.
@@ -234,7 +234,9 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     with _open_read(h5file) as (group, label):
         if _layout_of(group, label) == "image":
             if index is not None:
-                raise FormatError(f"{label} holds a single FLImage: read it with index=None, not {index!r}")
+                raise FormatError(
+                    f"{label} holds a single FLImage: read it with index=None, not {index!r}"
+                )
             names: list[str | None] = [None]
         elif index is None:
             raise FormatError(
@@ -242,7 +244,9 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
                 "pass index=<position or identifier>, or use read_series"
             )
         else:
-            names = [f"fli_{_select(group, label, [str(index) if isinstance(index, str) else index])[0]}"]
+            names = [
+                f"fli_{_select(group, label, [str(index) if isinstance(index, str) else index])[0]}"
+            ]
         (image,) = _load_images(group, label, names, workers, unknown)
     _warn_unknown(unknown)
     return image
@@ -325,7 +329,9 @@ def write_series(
         if identifier is not None and "identifier" not in group.attrs:
             group.attrs["identifier"] = identifier
         if commit_every is None:
-            _store_images(writing, _numbered_unique(group, label, start, checked, images, options), options)
+            _store_images(
+                writing, _numbered_unique(group, label, start, checked, images, options), options
+            )
             return
         feed = _Feed(images, options.dtype, len(checked))
         feed.start()
@@ -400,7 +406,9 @@ def read_series(
     opened: list[os.stat_result] = []  # a path's, for a lazy series to know it again
     with _open_read(h5file, opened.append if lazy else None) as (group, label):
         if _layout_of(group, label) == "image":
-            raise FormatError(f"{label} holds a single FLImage, not an FLSeries: read it with read_image")
+            raise FormatError(
+                f"{label} holds a single FLImage, not an FLSeries: read it with read_image"
+            )
         identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
         unknown += [(key, label) for key in group.attrs if key != "identifier"]  # a copy drops them
         positions = _select(group, label, selection)
@@ -413,10 +421,10 @@ def read_series(
     return {"identifier": identifier, "images": images}
 
 
-# 2. argument checks -----------------------------------------------------------------------------------------
+# 2. argument checks ------------------------------------------------------------------------------------
 
 # Every mistake in what a caller passes is refused here, with a message naming the key, shape or value,
-# before a file is touched; what passes becomes exactly what is stored (a private copy in the stored dtype).
+# before a file is touched; what passes becomes what is stored: a private copy in the stored dtype.
 
 
 class _Options(NamedTuple):
@@ -454,9 +462,13 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
         except TypeError as exc:
             raise TypeError(f"dtype {dtype!r} is not a numpy dtype: {exc}") from None
         if not _storable(storage):
-            raise TypeError(f"dtype must be bool, int8-64, uint8-64, float16/32/64 or None, not {storage}")
+            raise TypeError(
+                f"dtype must be bool, int8-64, uint8-64, float16/32/64 or None, not {storage}"
+            )
     if compression not in ("gzip", None):
-        raise ValueError(f"compression must be 'gzip' or None (filters every HDF5 has), not {compression!r}")
+        raise ValueError(
+            f"compression must be 'gzip' or None (filters every HDF5 has), not {compression!r}"
+        )
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, int):
             raise TypeError(f"level must be an int from 1 to 9 or None, not {type(level).__name__}")
@@ -477,14 +489,18 @@ def _check_commit_every(commit_every: Any, append: bool, h5file: Target) -> None
             f"commit_every must be a number of seconds or None, not {type(commit_every).__name__}"
         )
     if not 0 < float(commit_every) < math.inf:
-        raise ValueError(f"commit_every must be a positive, finite number of seconds, not {commit_every!r}")
+        raise ValueError(
+            f"commit_every must be a positive, finite number of seconds, not {commit_every!r}"
+        )
     if not append:
         raise ValueError(
             "commit_every needs append=True: a series written without it replaces the file whole, "
             "at the end of the call"
         )
     if isinstance(h5file, h5py.Group):
-        raise TypeError("commit_every needs a path or a file object: flush an h5py file you opened yourself")
+        raise TypeError(
+            "commit_every needs a path or a file object: flush an h5py file you opened yourself"
+        )
 
 
 def _storable(dtype: np.dtype[Any]) -> bool:
@@ -508,7 +524,9 @@ def _array_view(
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{label} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
-        raise TypeError(f"{label} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)")
+        raise TypeError(
+            f"{label} is a masked array, whose mask cannot be stored: pass value.filled(np.nan)"
+        )
     declared = (getattr(value, "shape", None), getattr(value, "dtype", None))
     if isinstance(declared[0], tuple) and isinstance(declared[1], np.dtype):
         # an array, or an array-like that computes or reads its values (dask, h5py): refused unread
@@ -548,7 +566,9 @@ def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dty
     return target.newbyteorder("<") if target.itemsize > 1 else target
 
 
-def _stored_copy(source: npt.NDArray[Any], storage: np.dtype[Any] | None, label: str) -> npt.NDArray[Any]:
+def _stored_copy(
+    source: npt.NDArray[Any], storage: np.dtype[Any] | None, label: str
+) -> npt.NDArray[Any]:
     """A private copy of a checked array in its storage dtype, made while the caller waits (a camera
     may refill its buffer when the next image is asked for), or a clear error."""
     target = _stored_dtype(source.dtype, storage)
@@ -662,7 +682,9 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
     if not isinstance(series, Mapping):
-        raise TypeError(f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}")
+        raise TypeError(
+            f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}"
+        )
     _refuse_unknown(series, ("identifier", "images"), "series", "a series has 'identifier' and 'images'")
     if "images" not in series:
         raise KeyError("series has no 'images'")
@@ -671,7 +693,9 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
         identifier = _check_text(identifier, "series['identifier']", "a str or None")
     images = series["images"]
     if isinstance(images, np.ndarray) and images.ndim != 3:
-        raise ValueError(f"series['images'] as an array must be 3-D (a stack of images), not {images.shape}")
+        raise ValueError(
+            f"series['images'] as an array must be 3-D (a stack of images), not {images.shape}"
+        )
     if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Iterable):
         raise TypeError(f"series['images'] must be an iterable of images, not {type(images).__name__}")
     return identifier, iter(images)
@@ -680,7 +704,9 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
 def _check_selection(index: Any) -> slice | range | list[int | str] | None:
     if index is None or isinstance(index, (slice, range)):
         return index
-    if isinstance(index, (str, bytes, numbers.Integral)) or not isinstance(index, (Sequence, np.ndarray)):
+    if isinstance(index, (str, bytes, numbers.Integral)) or not isinstance(
+        index, (Sequence, np.ndarray)
+    ):
         raise TypeError(
             "index must be None, a slice, a range or a list of positions and identifiers, "
             f"not {type(index).__name__} {index!r} (read one image with read_image)"
@@ -696,13 +722,13 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
     return chosen
 
 
-# 3. opening: one way in, one way out ------------------------------------------------------------------------
+# 3. opening: one way in, one way out -------------------------------------------------------------------
 
-# Every target (a path, a file object, a group) is opened here and only here, so that locks, commits
-# and rollbacks work alike for each. What HDF5, h5py and POSIX taught us, and where it is handled:
+# Every target (a path, a file object, a group) is opened here and only here, so that locks, commits and
+# rollbacks work alike for each. What HDF5, h5py and POSIX taught us, and where it is handled:
 # - HDF5 1.12.0 (h5py 3.0) crashed after a file method it called failed or was interrupted by Ctrl-C:
-#   _HeldWrites never fails a write (it keeps the bytes and check() reports the error afterwards),
-#   and _keeps_interrupts runs an interrupted method again.
+#   _HeldWrites never fails a write (it keeps the bytes and check() reports the error afterwards), and
+#   _keeps_interrupts runs an interrupted method again.
 # - h5py 3.0 crashes closing a file again after a failed close: _transaction closes once.
 # - h5py 3.0 with HDF5 1.12.0 crashed or misread when a process read a file that it appended to in
 #   another thread: _read_in_process and _append_in_process keep the two apart.
@@ -712,8 +738,8 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # - HDF5 1.10's superblock marks a file open for writing: the files are written in the 1.8 format.
 #
 # The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
-# reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a file
-# open for writing, so a process killed while appending would leave the file refused.
+# reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a
+# file open for writing, so a process killed while appending would leave the file refused.
 _LIBVER = ("v108", "v108")
 _PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
@@ -790,7 +816,9 @@ if hasattr(os, "register_at_fork"):
 def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     """The name of a file object HDF5 can use; others are refused before any byte moves."""
     if not all(hasattr(handle, name) for name in ("read", "seek", "tell")):
-        raise TypeError(f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle)}")
+        raise TypeError(
+            f"h5file must be a path, a binary file object or an h5py.Group, not {type(handle)}"
+        )
     name = _fileobj_name(handle)
     mode = getattr(handle, "mode", "b")
     if isinstance(handle, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
@@ -798,7 +826,9 @@ def _fileobj_label(handle: Any, *, write: bool, read: bool = True) -> str:
     if getattr(handle, "closed", False):
         raise ValueError(f"{name} is closed")
     if isinstance(mode, str) and "a" in mode:
-        raise ValueError(f"{name} is opened in append mode, where every write goes to the end: open it 'r+b'")
+        raise ValueError(
+            f"{name} is opened in append mode, where every write goes to the end: open it 'r+b'"
+        )
     if write and not (hasattr(handle, "write") and getattr(handle, "writable", lambda: True)()):
         raise ValueError(f"{name} is opened read-only; open it 'w+b' or 'r+b' to write")
     if read and not getattr(handle, "readable", lambda: True)():
@@ -827,7 +857,9 @@ def _real_path(
         raise IsADirectoryError(errno.EISDIR, f"{label} is a directory, not an HDF5 file")
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
-        raise ValueError(f"{label} is {kind}, not a regular file; flimage_io reads and writes only files")
+        raise ValueError(
+            f"{label} is {kind}, not a regular file; flimage_io reads and writes only files"
+        )
     return label, real, info
 
 
@@ -1047,7 +1079,7 @@ def _open_read(
             handle = stack.enter_context(_lock_to_read(label, real))
             if check is not None:
                 check(os.fstat(handle.fileno()))
-            # through our handle: HDF5 opening the file itself would flock an fd that a forked child keeps
+            # through our handle: HDF5 would flock a descriptor of its own, which a forked child keeps
             group = stack.enter_context(_h5_open(handle, "r", label))
         else:
             label = _fileobj_label(h5file, write=False)
@@ -1065,7 +1097,10 @@ def _open_read(
             while tb is not None:
                 module = str(tb.tb_frame.f_globals.get("__name__", ""))
                 tb = tb.tb_next
-            if isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError)) or module[:4] != "h5py":
+            if (
+                isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError))
+                or module[:4] != "h5py"
+            ):
                 raise
             # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
             damaged = f"{label} cannot be read, the file is damaged: {exc}"
@@ -1123,9 +1158,8 @@ def _read_in_process(label: str, real: str) -> Iterator[None]:
                 "read the images with lazy=False first"
             )
         if not _IN_PROCESS.wait_for(lambda: key not in _APPENDING, _LOCK_WAIT):
-            message = (
-                f"{label} is being appended to by another thread of this process for over {_LOCK_WAIT:g} s"
-            )
+            message = f"{label} is being appended to by another thread of this process"
+            message += f" for over {_LOCK_WAIT:g} s"
             raise BlockingIOError(errno.EWOULDBLOCK, f"{message}; read it from another process")
         _READING[key] += 1
     try:
@@ -1226,7 +1260,9 @@ class _HeldWrites:
         return count
 
     def read(self, size: int = -1) -> bytes:
-        buffer = bytearray(max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size)
+        buffer = bytearray(
+            max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
+        )
         return bytes(buffer[: self.readinto(buffer)])
 
     @_keeps_interrupts
@@ -1452,7 +1488,9 @@ def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
     if isinstance(h5file, h5py.Group):
         label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
-            raise ValueError(f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'")
+            raise ValueError(
+                f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'"
+            )
         return _WriteTarget(label, group=h5file)
     if isinstance(h5file, _PATHS):
         label, real, info = _real_path(h5file, write=True)
@@ -1506,7 +1544,11 @@ class _Writing(NamedTuple):
 
 @contextlib.contextmanager
 def _transaction(
-    handle: IO[bytes], size: int, label: str, gate: _ReaderGate | None = None, final_wait: float | None = 0.0
+    handle: IO[bytes],
+    size: int,
+    label: str,
+    gate: _ReaderGate | None = None,
+    final_wait: float | None = 0.0,
 ) -> Iterator[_Writing]:
     """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
     ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
@@ -1572,9 +1614,15 @@ def _check_writable(label: str, real: str, info: os.stat_result | None, *, appen
         return
     if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
         mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-        raise PermissionError(errno.EACCES, f"{label} is write-protected ({mode}): make it writable first")
+        raise PermissionError(
+            errno.EACCES, f"{label} is write-protected ({mode}): make it writable first"
+        )
     folder = os.stat(directory)
-    if not append and folder.st_mode & stat.S_ISVTX and os.geteuid() not in (0, info.st_uid, folder.st_uid):
+    if (
+        not append
+        and folder.st_mode & stat.S_ISVTX
+        and os.geteuid() not in (0, info.st_uid, folder.st_uid)
+    ):
         message = f"cannot replace {label}: another user's file in a sticky directory"
         raise PermissionError(errno.EPERM, message)
 
@@ -1663,7 +1711,8 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
     prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]  # without the 8 random hex digits
-    length = len(prefix) + 8 + len(_TEMP_SUFFIX)  # longer: another target's, whose name begins like this one
+    # longer: another target's, whose name begins like this one
+    length = len(prefix) + 8 + len(_TEMP_SUFFIX)
     with contextlib.suppress(OSError):
         names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]
         for name in [n for n in names if len(n) == length]:
@@ -1676,7 +1725,9 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
 
 def _names(group: h5py.Group) -> list[str]:
     """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
-    return [name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group]
+    return [
+        name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group
+    ]
 
 
 def _refuse_occupied(group: h5py.Group, label: str, *, series: bool) -> None:
@@ -1684,13 +1735,15 @@ def _refuse_occupied(group: h5py.Group, label: str, *, series: bool) -> None:
     if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
         found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
         kind = "a series" if series else "an image"
-        raise ValueError(f"{label} already holds {found}; write {kind} into a new, empty group or a path")
+        raise ValueError(
+            f"{label} already holds {found}; write {kind} into a new, empty group or a path"
+        )
 
 
-# 4. layout --------------------------------------------------------------------------------------------------
+# 4. layout ---------------------------------------------------------------------------------------------
 
-# The FLImage / FLSeries layout as found in a file, whichever flimage version or tool wrote it: which kind
-# a group holds, where its images are, and their meta data, each odd finding a FormatError naming its place.
+# The FLImage / FLSeries layout as found in a file, whichever flimage version or tool wrote it: which
+# kind a group holds, where its images are, and their meta data; an odd finding is a FormatError.
 
 _SERIES_NAME = re.compile(r"fli_(0|[1-9][0-9]*)\Z")
 
@@ -1732,12 +1785,15 @@ def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Me
     member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind):
         return member
-    member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"  # built only for an error
+    # built only for an error
+    member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"
     if link is None:
         raise FormatError(f"{member_label} is missing")
     if member is None:
         raise FormatError(f"{member_label} is a link to another file, which flimage_io does not follow")
-    raise FormatError(f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}")
+    raise FormatError(
+        f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}"
+    )
 
 
 def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
@@ -1748,7 +1804,9 @@ def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
         if _SERIES_NAME.match(name):
             found.append(int(name[4:]))
         elif name.startswith("fli_"):
-            invalid = f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+            invalid = (
+                f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+            )
             problems.append(invalid)
     found.sort()
     # the first ten absent numbers, in memory and time in proportion to the members, not to the largest
@@ -1775,14 +1833,18 @@ def _series_length(group: h5py.Group, label: str) -> int:
     return len(found)
 
 
-def _select(group: h5py.Group, label: str, selection: slice | range | list[int | str] | None) -> list[int]:
+def _select(
+    group: h5py.Group, label: str, selection: slice | range | list[int | str] | None
+) -> list[int]:
     """The positions an index names, in its order; unknown ones raise ImageNotFoundError."""
     count = _series_length(group, label)
     if selection is None:
         return list(range(count))
     if isinstance(selection, slice):
         return list(range(count)[selection])
-    if isinstance(selection, range) and (not selection or -count <= min(selection) <= max(selection) < count):
+    if isinstance(selection, range) and (
+        not selection or -count <= min(selection) <= max(selection) < count
+    ):
         return [p + count if p < 0 else p for p in selection]  # no per-item checks for a long range
     chosen: list[int] = []
     missing: list[str] = []
@@ -1804,7 +1866,9 @@ def _select(group: h5py.Group, label: str, selection: slice | range | list[int |
             chosen.append(found)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ImageNotFoundError(f"{label} has {count} images and none at {', '.join(missing[:5])}{more}")
+        raise ImageNotFoundError(
+            f"{label} has {count} images and none at {', '.join(missing[:5])}{more}"
+        )
     return chosen
 
 
@@ -1865,10 +1929,14 @@ def _text_attr(group: h5py.Group, key: str, label: str) -> str:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(f"{_at(label, group)} attribute {key!r} is no UTF-8 text: {value!r}") from None
+            raise FormatError(
+                f"{_at(label, group)} attribute {key!r} is no UTF-8 text: {value!r}"
+            ) from None
     if isinstance(value, str):
         return value
-    raise FormatError(f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}")
+    raise FormatError(
+        f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}"
+    )
 
 
 def _read_meta(
@@ -1909,11 +1977,13 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
     for key, label in unknown:
         places.setdefault(key, []).append(label)
     parts = [
-        f"{key!r} on {', '.join(labels[:3])}" + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+        f"{key!r} on {', '.join(labels[:3])}"
+        + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
         for key, labels in places.items()
     ]
-    message = "left out attributes that are no meta data of the layout (a copy drops them): " + "; ".join(
-        parts
+    message = (
+        "left out attributes that are no meta data of the layout (a copy drops them): "
+        + "; ".join(parts)
     )
     level = 2
     frame = sys._getframe(1)
@@ -1923,7 +1993,7 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
     warnings.warn(UnknownMetaWarning(message), stacklevel=level)
 
 
-# 5. chunks: HDF5's filters and the ordered thread pipeline --------------------------------------------------
+# 5. chunks: HDF5's filters and the ordered thread pipeline ---------------------------------------------
 
 # HDF5 runs its filters in the calling thread, one chunk at a time; encoding and decoding the chunks
 # ourselves (bytes HDF5 reads and checks as its own) lets every core work, in the order HDF5 needs them.
@@ -1951,7 +2021,8 @@ def _zlib() -> ModuleType:
 
 def _fletcher32(data: bytes | memoryview) -> int:
     """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, computed blockwise. Its sums fold mod
-    65535 with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact ``s``."""
+    65535 with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact
+    ``s``."""
     words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
     blocks = [words[start : start + _FLETCHER_BLOCK] for start in range(0, len(words), _FLETCHER_BLOCK)]
     if len(data) % 2:  # HDF5 takes an odd last byte as the high byte of one more word
@@ -1984,7 +2055,13 @@ def _encode_chunk(block: npt.NDArray[Any], dtype: np.dtype[Any], options: _Optio
 
 
 def _decode_chunk(
-    label: str, stored: bytes, mask: int, codes: tuple[int, ...], dtype: np.dtype[Any], chunk: Any, out: Any
+    label: str,
+    stored: bytes,
+    mask: int,
+    codes: tuple[int, ...],
+    dtype: np.dtype[Any],
+    chunk: Any,
+    out: Any,
 ) -> None:
     """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image
     (in ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
@@ -1996,7 +2073,9 @@ def _decode_chunk(
         # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
         # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
         if skipped and code != _FILTER_DEFLATE:
-            raise FormatError(f"{label}: a chunk is marked as stored without a filter that cannot be skipped")
+            raise FormatError(
+                f"{label}: a chunk is marked as stored without a filter that cannot be skipped"
+            )
         if code == _FILTER_FLETCHER32:
             checksum = bytes(data[-4:])
             data = memoryview(data)[:-4]
@@ -2008,7 +2087,9 @@ def _decode_chunk(
             try:
                 data = _zlib().decompress(data, 15, expected)
             except Exception as exc:  # zlib.error, or zlib-ng's own error class
-                raise FormatError(f"{label}: a chunk does not inflate ({exc}); the file is damaged") from None
+                raise FormatError(
+                    f"{label}: a chunk does not inflate ({exc}); the file is damaged"
+                ) from None
     if len(data) != expected:
         raise FormatError(
             f"{label}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
@@ -2036,9 +2117,12 @@ _Tag = TypeVar("_Tag")
 _Item = TypeVar("_Item")
 
 
-def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> Iterator[tuple[Any, _Tag]]:
+def _in_order(
+    workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]
+) -> Iterator[tuple[Any, _Tag]]:
     """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order;
-    ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit."""
+    ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit.
+    """
     if workers == 1:
         yield from ((function(), tag) for function, tag in jobs)
         return
@@ -2057,7 +2141,7 @@ def _in_order(workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]) -> I
                 pending.popleft()[0].cancel()
 
 
-# 6. storing and loading images ------------------------------------------------------------------------------
+# 6. storing and loading images -------------------------------------------------------------------------
 
 # Images to and from their HDF5 groups through that pipeline: this thread makes the HDF5 calls, the
 # workers the codec work; a streaming append commits between runs of images.
@@ -2242,7 +2326,9 @@ def _store_run(
                 (fluorescence, "raw", image.raw),
                 *((background, key, array) for key, array in image.bg_data.items()),
             ]:
-                rows = max(1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize)))
+                rows = max(
+                    1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize))
+                )
                 chunks = (rows, array.shape[1])
                 dataset = parent.create_dataset(key, array.shape, array.dtype, chunks=chunks, **filters)
                 for key, value in _IMAGE_ATTRIBUTES.items():
@@ -2268,7 +2354,9 @@ def _prepare_append(group: h5py.Group, label: str, identifier: str | None) -> in
         existing = _text_attr(group, "identifier", label)
         if existing != identifier:
             other = f"the series in {label} is {existing!r}"
-            raise ValueError(f"series['identifier'] is {identifier!r}, but {other}; pass None to keep it")
+            raise ValueError(
+                f"series['identifier'] is {identifier!r}, but {other}; pass None to keep it"
+            )
     return count
 
 
@@ -2300,7 +2388,8 @@ def _load_images(
                 bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
                 jobs += more
                 nodes.append(node)
-            for node in nodes:  # the dict holds none of their attributes but HDFView's, which writers add
+            # the dict holds none of their attributes but HDFView's, which writers add
+            for node in nodes:
                 kept = _IMAGE_ATTRIBUTES if isinstance(node, h5py.Dataset) else ()
                 unknown.extend((key, _at(label, node)) for key in node.attrs if key not in kept)
             jobs = jobs or [lambda: None]  # the image is done when its last job is
@@ -2349,7 +2438,9 @@ def _dataset_jobs(
         written = dataset.id.get_num_chunks()
         if written != total:
             lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
-            missing = next((o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None)
+            missing = next(
+                (o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None
+            )
             raise FormatError(
                 f"{label}: the chunk at {missing} was never written ({total - written} of its {total} "
                 "chunks are missing)"
@@ -2373,11 +2464,13 @@ def _dataset_jobs(
                         f"{label}: the chunk at {offset} was never written or is damaged ({exc})"
                     ) from None
                 part = out[tuple(slice(o, o + c) for o, c in zip(offset, chunk))]
-                jobs.append(functools.partial(_decode_chunk, label, stored, mask, codes, dtype, chunk, part))
+                jobs.append(
+                    functools.partial(_decode_chunk, label, stored, mask, codes, dtype, chunk, part)
+                )
             return out, jobs
     elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
         raise FormatError(f"{label} was never written (it has no storage)")
-    # another dtype is cast by numpy, not converted by HDF5 (whose rules differ), from a copy of the image
+    # another dtype is cast by numpy from a copy of the image, not by HDF5 (whose rules differ)
     read = np.empty(dataset.shape, dtype=native) if out is None or out.dtype != native else out
     try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
         dataset.read_direct(read)
@@ -2393,8 +2486,8 @@ def _load_stack(
     group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
 ) -> npt.NDArray[Any]:
     """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``:
-    each frame's chunks decode on the workers straight into its part, so the array is the one allocation of
-    its size. An image of another shape or dtype than the first raises ValueError naming both."""
+    each frame's chunks decode on the workers straight into its part, so the array is the one allocation
+    of its size. An image of another shape or dtype than the first raises ValueError naming both."""
     if not positions:
         return np.empty((0, 0, 0), dtype=np.float64 if dtype is None else dtype)
     first = _raw_of(group, label, positions[0])
@@ -2406,11 +2499,13 @@ def _load_stack(
         for slot, position in enumerate(positions):
             raw = first if slot == 0 else _raw_of(group, label, position)
             if raw.shape != first.shape or raw.dtype.newbyteorder("=") != kind:
-                odd = f"{_image_name(group, label, slot, position)} has shape {raw.shape} and dtype "
-                odd += f"{raw.dtype.newbyteorder('=')}, but {_image_name(group, label, 0, positions[0])} "
+                odd = _image_name(group, label, slot, position)
+                first_name = _image_name(group, label, 0, positions[0])
+                found = f"{odd} has shape {raw.shape} and dtype {raw.dtype.newbyteorder('=')}"
+                expected = f"{first_name} has shape {first.shape} and dtype {kind}"
                 raise ValueError(
-                    f"{label}: {odd}has shape {first.shape} and dtype {kind}; one (frames, rows, columns) "
-                    "array needs images of one shape and dtype: take them one by one"
+                    f"{label}: {found}, but {expected}; one (frames, rows, columns) array needs "
+                    "images of one shape and dtype: take them one by one"
                 )
             yield from ((job, None) for job in _dataset_jobs(raw, label, None, out[slot])[1])
 
@@ -2435,19 +2530,19 @@ def _image_name(group: h5py.Group, label: str, slot: int, position: int) -> str:
     return f"image {slot} (fli_{position}{named})"
 
 
-# 7. lazy series ---------------------------------------------------------------------------------------------
+# 7. lazy series ----------------------------------------------------------------------------------------
 
 # A lazy series of a path reads the file anew at each access, and by then the path may name another file
-# (written anew by write_series, or moved there by os.replace): its pixels would go with the old meta data
-# unnoticed. So the series knows the file by its (device, inode), taken from the handle that read_series
-# read through and compared inside each later open; an append writes in place and keeps both. Device
-# numbers hold only within one running kernel (a pickle may go to another host, or outlive a reboot), so
-# elsewhere the inode alone is compared. An inode number that a replacement freed may be given to a later
-# file, and a file may be written over in place (shutil.copyfile, h5py's "w"): so the series root must
-# still have the identifier it had (if any; an append may give it one), and an image whose pixels are
-# read must still have the meta data it was read with. Not noticed: a file written over in place or on a
-# reused inode that keeps both, e.g. the same acquisition written again with other pixels. Images and meta
-# data read before the change are kept as read, not read again.
+# (written anew by write_series, or moved there by os.replace): its pixels would go with the old meta
+# data unnoticed. So the series knows the file by its (device, inode), taken from the handle that
+# read_series read through and compared inside each later open; an append writes in place and keeps both.
+# Device numbers hold only within one running kernel (a pickle may go to another host, or outlive a
+# reboot), so elsewhere the inode alone is compared. An inode number that a replacement freed may be
+# given to a later file, and a file may be written over in place (shutil.copyfile, h5py's "w"): so the
+# series root must still have the identifier it had (if any; an append may give it one), and an image
+# whose pixels are read must still have the meta data it was read with. Not noticed: a file written over
+# in place or on a reused inode that keeps both, e.g. the same acquisition written again with other
+# pixels. Images and meta data read before the change are kept as read, not read again.
 
 
 @functools.cache
@@ -2609,17 +2704,19 @@ class _LazyImages(Sequence[Image]):
         elif isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
             slot = int(index) + len(self) if index < 0 else int(index)
             if not 0 <= slot < len(self):
-                message = (
-                    f"{self._label()}: the lazy series has {len(self)} images; index {index} is out of range"
-                )
+                count = f"the lazy series has {len(self)} images"
+                message = f"{self._label()}: {count}; index {index} is out of range"
                 raise ImageNotFoundError(message)
         else:
             raise TypeError(
-                f"images are indexed by position (int), identifier (str) or slice, not {type(index).__name__}"
+                "images are indexed by position (int), identifier (str) or slice, "
+                f"not {type(index).__name__}"
             )
         return cast(Image, _LazyImage(self, slot))  # a read-only mapping with an Image's keys
 
-    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> npt.NDArray[Any]:
+    def __array__(
+        self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
+    ) -> npt.NDArray[Any]:
         """The raw images as one (frames, rows, columns) array, for ``np.asarray(images)``: each frame
         decoded straight into its part, so that the array is the only allocation of its size."""
         if copy is False:  # numpy 2 asks for this error when no copy is wanted but one is needed
@@ -2668,7 +2765,8 @@ class _LazyImages(Sequence[Image]):
         unknown: list[tuple[str, str]] = []
         with self._open() as (group, label):
             metas = [
-                _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown) for p in positions
+                _read_meta(_child(group, f"fli_{p}", label, h5py.Group), label, unknown)
+                for p in positions
             ]
         self._warn_once(unknown)
         return metas
@@ -2713,7 +2811,9 @@ class _LazyImages(Sequence[Image]):
             if known is not None and known.identifier is not None:
                 now = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
                 if now != known.identifier:
-                    raise self._changed(f"its series identifier is now {now!r}, not {known.identifier!r}")
+                    raise self._changed(
+                        f"its series identifier is now {now!r}, not {known.identifier!r}"
+                    )
             yield group, label
 
     def _check_file(self, info: os.stat_result) -> None:
@@ -2733,7 +2833,7 @@ _LazyImages.__name__ = "lazy series"
 _LazyImage.__name__ = "lazy image"
 
 
-# 8. check: everything the readers and flimage would refuse ----------------------------------------------
+# 8. check: everything the readers and flimage would refuse ---------------------------------------------
 
 # A scientist handed a file wants to know before an analysis whether it reads back exactly and opens in
 # flimage: check reads every image as the readers do and adds what flimage needs beyond that, naming
@@ -2847,7 +2947,8 @@ def _open_below(opener: _Opener, name: str) -> Iterator[tuple[h5py.Group, str]]:
 def _check_series_images(
     opener: _Opener, label: str, numbers: list[int], problems: list[str], progress: _Progress | None
 ) -> None:
-    """Check the images ``numbers`` of a series, opening the file anew for each block; then duplicates."""
+    """Check the images ``numbers`` of a series, opening the file anew for each block; then
+    duplicate identifiers."""
     owners: dict[str, list[str]] = {}
     checked = 0
     last_progress = time.monotonic()
@@ -2867,7 +2968,9 @@ def _check_series_images(
         progress(label, len(numbers), len(numbers))  # done: a display of it may go
     for identifier, owner in owners.items():
         if len(owner) > 1:
-            problems.append(f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}")
+            problems.append(
+                f"{label} has the identifier {identifier!r} on {len(owner)} images: {owner[:10]}"
+            )
 
 
 def _check_one_image(
@@ -2884,13 +2987,16 @@ def _check_one_image(
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
         inner_label = _at(label, fluorescence)
         if len(fluorescence.attrs):
-            problems.append(f"{inner_label} has attributes {sorted(fluorescence.attrs)}; it should have none")
+            problems.append(
+                f"{inner_label} has attributes {sorted(fluorescence.attrs)}; it should have none"
+            )
         if "bg_data" not in fluorescence:
             problems.append(f"{inner_label} has no 'bg_data' group: flimage cannot open it read-only")
         kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
             problems.append(
-                f"{image_label} stores its identifier as fixed-length bytes: flimage cannot find it by it"
+                f"{image_label} stores its identifier as fixed-length bytes: "
+                "flimage cannot find it by it"
             )
         unknown: list[tuple[str, str]] = []
         (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
@@ -2922,7 +3028,9 @@ def _layouts_in(group: h5py.Group) -> list[h5py.Group]:
             found.append(node)
             continue
         hard = [
-            n for n in names if n in node and node.id.links.get_info(n.encode()).type == h5py.h5l.TYPE_HARD
+            n
+            for n in names
+            if n in node and node.id.links.get_info(n.encode()).type == h5py.h5l.TYPE_HARD
         ]
         groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
         fresh = [member for member in groups if member.id not in seen]
@@ -2938,10 +3046,10 @@ def _message(exc: BaseException) -> str:
     return str(exc)
 
 
-# 9. command line --------------------------------------------------------------------------------------------
+# 9. command line ---------------------------------------------------------------------------------------
 
-# ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a file
-# checks it, sees what it holds and looks at its frames without writing a script. It uses the public
+# ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a
+# file checks it, sees what it holds and looks at its frames without writing a script. It uses the public
 # API above and h5py only, as any user's script would. ``check`` runs in a forked child that it stops
 # after a time limit: a damaged global heap (where HDF5 keeps text) can make HDF5 loop forever.
 
@@ -2950,8 +3058,9 @@ def _message(exc: BaseException) -> str:
 # eye; legibility at larger tiles comes from integer scaling of the text, not from a bigger font.
 _CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ .-_:=/#()+,?abcdefghijklmnopqrstuvwxyzµ!%'[];"
 _CODES = (
-    "75557 26227 71747 71317 55711 74717 74757 71111 75757 75717 25755 65656 34443 65556 74647 74644 34553 "
-    "55755 72227 11152 55655 44447 57755 65555 25552 65644 25563 65655 34216 72222 55557 55552 55775 55255 "
+    "75557 26227 71747 71317 55711 74717 74757 71111 75757 75717 25755 65656 34443 65556 74647 "
+    "74644 34553 55755 72227 11152 55655 44447 57755 65555 25552 65644 25563 65655 34216 72222 "
+    "55557 55552 55775 55255 "
     "55222 71247 00000 00002 00700 00007 02020 07070 11244 57575 24442 21112 02720 00024 71302 "
     "003530 446560 003430 113530 025630 347440 003536 446550 206270 101152 445650 622270 007750 006550 "
     "002520 006564 003531 005640 003260 227230 005530 005520 005770 005250 005536 007270 005564 "
@@ -2961,7 +3070,8 @@ _FONT = {
     ch: np.array([[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code.ljust(6, "0")], dtype=bool)
     for ch, code in zip(_CHARS, _CODES.split())
 }
-_BACKGROUND = 48  # dark gray for gaps and unused cell area, so tile edges show against black image content
+# dark gray for gaps and unused cell area, so tile edges show against black image content
+_BACKGROUND = 48
 _GAP = 2  # px between cells
 _TILE = 256  # px: the longer side of a frame on a contact sheet
 _SCALE = 2  # text at twice the font's size is readable on a 256 px tile
@@ -2978,7 +3088,8 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
     """Encode a non-empty 2-D uint8 array as an 8-bit grayscale PNG."""
     height, width = pixels.shape
-    data = zlib.compress(np.pad(pixels, ((0, 0), (1, 0))).tobytes(), 6)  # a 0 before each row: filter None
+    # a 0 before each row: filter None
+    data = zlib.compress(np.pad(pixels, ((0, 0), (1, 0))).tobytes(), 6)
     step = 1 << 20  # several IDAT chunks keep each chunk small; decoders concatenate them
     idat = b"".join(_png_chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, deflate, no interlace
@@ -2988,7 +3099,8 @@ def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
 class _Frame(NamedTuple):
     """A frame reduced for a contact sheet as it is read, so that no full-size frame is kept."""
 
-    means: npt.NDArray[np.float64]  # block means, at most _TILE px on the longer side; NaN: nothing finite
+    # block means, at most _TILE px on the longer side; NaN: nothing finite
+    means: npt.NDArray[np.float64]
     up: int  # the integer enlargement of a small frame: its pixels stay square
     label: str
     metres: float | None  # per pixel of the tile, when the pixel size is known
@@ -3051,7 +3163,12 @@ def _text(*lines: str) -> npt.NDArray[np.uint8]:
 
 
 def _put(
-    sheet: npt.NDArray[np.uint8], top: int, left: int, pixels: npt.NDArray[np.uint8], bottom: int, right: int
+    sheet: npt.NDArray[np.uint8],
+    top: int,
+    left: int,
+    pixels: npt.NDArray[np.uint8],
+    bottom: int,
+    right: int,
 ) -> None:
     """Put ``pixels`` at (top, left), cut at row ``bottom`` and column ``right``."""
     part = pixels[: max(0, bottom - top), : max(0, right - left)]
@@ -3149,7 +3266,8 @@ def _demo(path: str | None) -> None:
             corrected = image["raw"].astype(np.float64) - background
             meta = image["meta"]
             print(
-                f"  fli_{position}: {meta['identifier']!r} raw {image['raw'].shape} {image['raw'].dtype}, "
+                f"  fli_{position}: {meta['identifier']!r} "
+                f"raw {image['raw'].shape} {image['raw'].dtype}, "
                 f"time {meta['time']} s, mean corrected intensity {corrected.mean():.1f}"
             )
         one = read_image(target, index="frame 3")
@@ -3168,7 +3286,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
-    """The group that ``FILE`` or ``FILE:/group`` names, open read-only in h5py, and its place as text."""
+    """The group that ``FILE`` or ``FILE:/group`` names, open read-only in h5py, and its label."""
     path, inner = _split_spec(spec)
     # Our read first: it refuses what is no file, waits out a commit and rolls back one that a kill
     # cut short, which h5py would show half done. What it refuses as no image or series, h5py opens.
@@ -3247,7 +3365,9 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     try:
         if receiver.poll(limit):
             return list(receiver.recv())
-        return [f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"]
+        return [
+            f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"
+        ]
     except EOFError:
         return [f"{spec}: the check crashed (exit code {child.exitcode}); the file is damaged"]
     finally:
@@ -3298,8 +3418,10 @@ def _quantity(value: float, unit: str) -> str:
     return f"{_number(value)} {unit}".rstrip()
 
 
-# The meta data keys in the order info shows them: what tells images apart first, the writers' versions last.
-_META_ORDER = tuple(dict.fromkeys(("identifier", "date", "time", *NUMBER_KEYS, *SEQUENCE_KEYS, *TEXT_KEYS)))
+# The meta data keys in the order info shows them: what tells images apart first, versions last.
+_META_ORDER = tuple(
+    dict.fromkeys(("identifier", "date", "time", *NUMBER_KEYS, *SEQUENCE_KEYS, *TEXT_KEYS))
+)
 
 
 def _meta_text(meta: Mapping[str, Any]) -> str:
@@ -3323,8 +3445,11 @@ def _time_span(metas: Sequence[Mapping[str, Any]]) -> list[str]:
     if len(times) < 2:
         return []
     interval = _quantity(float(np.median(np.diff(times))), "s")
-    line = f"  time: {_quantity(min(times), 's')} to {_quantity(max(times), 's')}, median interval {interval}"
-    return [line + (f" ({len(times)} of {len(metas)} images have a time)" if len(times) < len(metas) else "")]
+    span = f"{_quantity(min(times), 's')} to {_quantity(max(times), 's')}"
+    line = f"  time: {span}, median interval {interval}"
+    return [
+        line + (f" ({len(times)} of {len(metas)} images have a time)" if len(times) < len(metas) else "")
+    ]
 
 
 def _hard(group: h5py.Group, path: str) -> h5py.HLObject | None:
@@ -3332,7 +3457,9 @@ def _hard(group: h5py.Group, path: str) -> h5py.HLObject | None:
     external one leads to another file); None if there is none."""
     node: h5py.HLObject = group
     for name in path.split("/"):
-        if not isinstance(node, h5py.Group) or not isinstance(node.get(name, getlink=True), h5py.HardLink):
+        if not isinstance(node, h5py.Group) or not isinstance(
+            node.get(name, getlink=True), h5py.HardLink
+        ):
             return None
         node = node[name]
     return node
@@ -3341,8 +3468,12 @@ def _hard(group: h5py.Group, path: str) -> h5py.HLObject | None:
 def _raw_dataset(group: h5py.Group, path: str, label: str) -> h5py.Dataset:
     raw = _hard(group, path)
     if not isinstance(raw, h5py.Dataset) or raw.shape is None or len(raw.shape) != 2:
-        found = "nothing" if raw is None else f"{type(raw).__name__} {getattr(raw, 'shape', '')}".rstrip()
-        raise FormatError(f"{label}:{group.name.rstrip('/')}/{path} must be a 2-D dataset, but is {found}")
+        found = (
+            "nothing" if raw is None else f"{type(raw).__name__} {getattr(raw, 'shape', '')}".rstrip()
+        )
+        raise FormatError(
+            f"{label}:{group.name.rstrip('/')}/{path} must be a 2-D dataset, but is {found}"
+        )
     return raw
 
 
@@ -3370,7 +3501,8 @@ def _storage(group: h5py.Group, paths: Sequence[str], label: str) -> list[str]:
 
 
 def _summary(group: h5py.Group, label: str, file_size: int | None) -> str:
-    """An image or series: kind, images, raw data, file size, times, and the first and last image's meta."""
+    """An image or series: kind, images, raw data, file size, times, and the meta data of the first
+    and the last image."""
     if "fluorescence" in group:
         metas = [read_image(group)["meta"]]
         paths = ["fluorescence/raw"]
@@ -3459,7 +3591,9 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
                 picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
             for position in picked:
                 image = read_image(group, position)
-                frames.append(_reduce(image["raw"], image["meta"], _frame_label(image["meta"], position)))
+                frames.append(
+                    _reduce(image["raw"], image["meta"], _frame_label(image["meta"], position))
+                )
                 del image  # before the next is read: one full-size frame in memory at a time
     target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
@@ -3494,7 +3628,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     parser.add_argument("--version", action="version", version=f"flimage_io {__version__} ({versions})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="write a sample series and print what was read back")
-    demo.add_argument("path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)")
+    demo.add_argument(
+        "path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)"
+    )
     check_help = "list every problem; exit status 0 only when all are clean"
     check_command = commands.add_parser("check", help=check_help)
     check_command.add_argument("files", nargs="+", metavar="FILE")
@@ -3504,12 +3640,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
         metavar="SECONDS",
         help="stop checking a file after this long (default: a minute and half a second per MiB)",
     )
-    commands.add_parser("info", help="summarise each file").add_argument("files", nargs="+", metavar="FILE")
+    commands.add_parser("info", help="summarise each file").add_argument(
+        "files", nargs="+", metavar="FILE"
+    )
     preview = commands.add_parser("preview", help="write a PNG contact sheet of a series or image")
     preview.add_argument("file", metavar="FILE")
-    preview.add_argument("-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix")
     preview.add_argument(
-        "-n", "--frames", type=_frame_count, default=36, metavar="N", help="at most N frames (default 36)"
+        "-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix"
+    )
+    preview.add_argument(
+        "-n",
+        "--frames",
+        type=_frame_count,
+        default=36,
+        metavar="N",
+        help="at most N frames (default 36)",
     )
     preview.add_argument(
         "--each",
