@@ -1091,21 +1091,25 @@ def _open_read(
         try:
             yield group, label
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            # only an error raised inside h5py (the last frame of its traceback) reports the file's bytes
-            tb = exc.__traceback__
-            module = ""
-            while tb is not None:
-                module = str(tb.tb_frame.f_globals.get("__name__", ""))
-                tb = tb.tb_next
-            if (
-                isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError))
-                or module[:4] != "h5py"
-            ):
+            if not _raised_by_h5py(exc):
                 raise
             # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
             damaged = f"{label} cannot be read, the file is damaged: {exc}"
             message = _too_new_message(label, str(exc)) or damaged
             raise FormatError(message) from exc
+
+
+def _raised_by_h5py(exc: BaseException) -> bool:
+    """Whether h5py raised ``exc`` itself (its traceback ends in h5py): then it reports the file's
+    bytes. The readers touch h5py in over a hundred places, each of which a damaged file can make
+    fail; this one rule covers them all, and an error of our own code is never called damage."""
+    tb = exc.__traceback__
+    module = ""
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    ours = isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError))
+    return not ours and module.startswith("h5py")
 
 
 def _lock_to_read(label: str, real: str) -> IO[bytes]:
@@ -3066,10 +3070,14 @@ _CODES = (
     "002520 006564 003531 005640 003260 227230 005530 005520 005770 005250 005536 007270 005564 "
     "22202 51245 22000 64446 31113 02024"
 )
-_FONT = {
-    ch: np.array([[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code.ljust(6, "0")], dtype=bool)
-    for ch, code in zip(_CHARS, _CODES.split())
-}
+_FONT = types.MappingProxyType(
+    {
+        ch: np.array(
+            [[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code.ljust(6, "0")], dtype=bool
+        )
+        for ch, code in zip(_CHARS, _CODES.split())
+    }
+)
 # dark gray for gaps and unused cell area, so tile edges show against black image content
 _BACKGROUND = 48
 _GAP = 2  # px between cells
