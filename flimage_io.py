@@ -3298,7 +3298,8 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
     path, inner = _split_spec(spec)
     # Our read first: it refuses what is no file, waits out a commit and rolls back one that a kill
     # cut short, which h5py would show half done. What it refuses as no image or series, h5py opens.
-    with contextlib.suppress(FormatError):
+    with contextlib.suppress(FormatError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownMetaWarning)  # check lists them
         read_series(path, [], lazy=True)
     deadline = time.monotonic() + 5.0
     while True:
