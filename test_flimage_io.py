@@ -7239,3 +7239,56 @@ def test_check_is_public_and_takes_every_kind_of_target(tmp_path: pathlib.Path) 
     assert fio.check(tmp_path / "missing.h5") == [f"no such file: {tmp_path / 'missing.h5'}"]
     with pytest.raises(TypeError, match="h5file must be"):
         fio.check(42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# tests that can fail (issue 19 item 4)
+# ---------------------------------------------------------------------------
+# Each test here pins a guarantee that a test could once lose unnoticed: removing the guarantee from
+# flimage_io.py makes it fail, without timing anything.
+
+FAIL_KILLED_OVER_OLD_BYTES = """
+import io, os, signal
+import numpy as np
+import flimage_io as fio
+PATH, OLD_SIZE, KILL_AT = ARGUMENTS
+over_old = [0]  # writes since (and with) the first one that began below the old end of the file
+class KilledOverOldBytes(io.FileIO):
+    # kill -9 right after the KILL_AT-th write, counted from the first write over old bytes
+    def write(self, data):
+        if over_old[0] or self.tell() < OLD_SIZE:
+            over_old[0] += 1
+        written = super().write(data)
+        if over_old[0] == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+new = [{"raw": np.full((8, 8), n, np.int32), "meta": {"identifier": f"new {n}"}} for n in range(2)]
+with KilledOverOldBytes(PATH, "r+b") as handle:
+    fio.write_series(handle, {"identifier": "run", "images": new}, append=True)
+print("returned", over_old[0])
+"""
+
+
+@pytest.mark.parametrize("frames", [5, pytest.param(300, marks=pytest.mark.slow)])
+def test_kill_9_after_the_first_write_over_old_bytes_leaves_the_old_or_the_new_series(
+    tmp_path: pathlib.Path, frames: int
+) -> None:
+    # The writes over old bytes (HDF5's superblock, group and heap) are the ones that can damage the
+    # old series; a kill -9 after each of them in turn, until the append returns.
+    path = tmp_path / "run.h5"
+    before, _, after = commit_old_and_new(path, frames)
+    old_bytes = path.read_bytes()
+    for kill_at in range(1, 200):
+        arguments = repr((str(path), len(old_bytes), kill_at))
+        child = lab_python(FAIL_KILLED_OVER_OLD_BYTES.replace("ARGUMENTS", arguments))
+        out, err = child.communicate(timeout=60)
+        if child.returncode != -signal.SIGKILL:
+            break
+        # every write over old bytes comes before the commit point: the next call rolls them back
+        lab_same_series(fio.read_series(path), before)
+        assert path.read_bytes()[: len(old_bytes)] == old_bytes
+        assert fio.check(path) == []
+    assert child.returncode == 0, err
+    assert out.split() == ["returned", str(kill_at - 1)]
+    assert kill_at > 3  # kills landed after several writes over old bytes
+    lab_same_series(fio.read_series(path), after)
