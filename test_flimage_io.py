@@ -7292,3 +7292,78 @@ def test_kill_9_after_the_first_write_over_old_bytes_leaves_the_old_or_the_new_s
     assert out.split() == ["returned", str(kill_at - 1)]
     assert kill_at > 3  # kills landed after several writes over old bytes
     lab_same_series(fio.read_series(path), after)
+
+
+FAIL_LOCK_HOLDER = """
+import fcntl, os, sys
+PATH, ACTION = ARGUMENTS
+fd = os.open(PATH, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)  # the lock HDF5 and a commit take
+print("locked", flush=True)
+sys.stdin.readline()
+if ACTION == "replace":
+    os.replace(PATH + ".new", PATH)
+else:
+    os.unlink(PATH)
+"""
+
+
+def fail_wait_for_fd(path: pathlib.Path, inode: int, thread: threading.Thread) -> None:
+    """Wait until this process holds a file descriptor on ``path``'s file ``inode``: the call in
+    ``thread`` has opened it and waits for its lock."""
+    for _ in range(3000):
+        fds = lazy_fds_on(path)
+        if any(os.stat(f"/proc/self/fd/{fd}").st_ino == inode for fd in fds):
+            return
+        assert thread.is_alive()
+        time.sleep(0.001)
+    raise AssertionError("the call never opened the file")
+
+
+@pytest.mark.parametrize("action", ["replace", "unlink"])
+@pytest.mark.parametrize("call", ["append", "read"])
+def test_a_call_waiting_for_the_lock_uses_the_file_the_path_names_once_it_has_it(
+    tmp_path: pathlib.Path, action: str, call: str
+) -> None:
+    # A call that opened the file and waits for its lock while the path is replaced or removed must,
+    # once it has the lock, work on what the path names then: an append to the old file would be lost.
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": "old", "images": [np.zeros((8, 8))]})
+    fio.write_series(f"{path}.new", {"identifier": "new", "images": [np.ones((8, 8))]})
+    inode = path.stat().st_ino
+    holder = lab_python(FAIL_LOCK_HOLDER.replace("ARGUMENTS", repr((str(path), action))))
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            if call == "append":
+                image = {"raw": np.full((8, 8), 9.0)}
+                outcome.append(fio.write_series(path, {"identifier": None, "images": [image]}, append=True))
+            else:
+                outcome.append(fio.read_series(path))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    try:
+        fail_wait_for_fd(path, inode, caller)
+    finally:
+        lab_release(holder)
+        lab_finish(holder)
+        caller.join(30)
+    got = outcome[0]
+    if call == "read" and action == "unlink":
+        assert isinstance(got, FileNotFoundError) and got.strerror == f"no such file: {path}"
+        return
+    assert not isinstance(got, BaseException), got
+    if call == "read":
+        assert got["identifier"] == "new"
+        assert [float(image["raw"][0, 0]) for image in got["images"]] == [1.0]
+        return
+    # the append went to the file the path names now: the new one, or one it created in the old one's place
+    got = fio.read_series(path)
+    expected = [1.0, 9.0] if action == "replace" else [9.0]
+    assert [float(image["raw"][0, 0]) for image in got["images"]] == expected
+    assert got["identifier"] == ("new" if action == "replace" else None)
