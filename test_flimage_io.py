@@ -7367,3 +7367,29 @@ def test_a_call_waiting_for_the_lock_uses_the_file_the_path_names_once_it_has_it
     expected = [1.0, 9.0] if action == "replace" else [9.0]
     assert [float(image["raw"][0, 0]) for image in got["images"]] == expected
     assert got["identifier"] == ("new" if action == "replace" else None)
+
+
+def fail_numbered_series(path: pathlib.Path, count: int) -> None:
+    """``count`` tiny images with identifiers 'frame 0000', 'frame 0001', ..."""
+    frames = (
+        {"raw": np.full((4, 4), n, np.uint16), "meta": {"identifier": f"frame {n:04d}"}} for n in range(count)
+    )
+    fio.write_series(path, {"identifier": None, "images": frames})
+
+
+def test_a_lazy_series_finds_an_identifier_without_listing_the_members(tmp_path: pathlib.Path) -> None:
+    # A lazy series opens the file anew for each lookup; when the count of links fits fli_0 ..
+    # fli_{n-1}, the series' length takes three lookups, not a listing of its 3000 members.
+    path = tmp_path / "run.h5"
+    fail_numbered_series(path, 3000)
+    with CountingFile(path, "rb") as handle, h5py.File(handle, "r") as plain:
+        handle.count = 0
+        assert len(list(plain)) == 3000
+        listing = handle.count
+    with CountingFile(path, "rb") as handle:
+        images = fio.read_series(handle, lazy=True)["images"]
+        handle.count = 0
+        image = images["frame 1500"]
+        lookup = handle.count
+        assert image["meta"]["identifier"] == "frame 1500"
+    assert lookup < listing / 2, (lookup, listing)
