@@ -7393,3 +7393,54 @@ def test_a_lazy_series_finds_an_identifier_without_listing_the_members(tmp_path:
         lookup = handle.count
         assert image["meta"]["identifier"] == "frame 1500"
     assert lookup < listing / 2, (lookup, listing)
+
+
+class FailOpenCountingFile(io.FileIO):
+    """A file object that counts HDF5's reads of the superblock (at offset 0): a fixed number per open."""
+
+    reads_at_0 = 0
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.tell() == 0:
+            self.reads_at_0 += 1
+        return super().readinto(buffer)
+
+
+def test_lazy_iteration_in_order_reads_ahead_in_growing_blocks(tmp_path: pathlib.Path) -> None:
+    # Each access of a lazy series opens the file anew; in order (either way) it reads twice as many
+    # images at each open, up to 256 meta data or 2 * workers + 2 images with pixels; at random, one.
+    path = tmp_path / "long.h5"
+    count = 1000
+    fio.write_series(
+        path,
+        {
+            "identifier": None,
+            "images": [{"raw": np.full((2, 3), n), "meta": {"time": float(n)}} for n in range(count)],
+        },
+    )
+    with FailOpenCountingFile(path, "rb") as handle:
+        fio.read_image(handle, 5)
+        per_open = handle.reads_at_0  # one open's reads
+        assert per_open > 0
+
+        def opens(visit: Callable[[collections.abc.Sequence[Any]], list[float]], want: list[float]) -> int:
+            images = fio.read_series(handle, lazy=True, workers=2)["images"]
+            handle.reads_at_0 = 0
+            assert visit(images) == want
+            assert handle.reads_at_0 % per_open == 0
+            return handle.reads_at_0 // per_open
+
+        forward, backward = range(count), range(count - 1, -1, -1)
+        times = [float(n) for n in forward]
+        # 1, 2, 4, ..., 256, then 256 at a time
+        assert opens(lambda images: [images[n]["meta"]["time"] for n in forward], times) <= 9 + count // 256
+        assert (
+            opens(lambda images: [images[n]["meta"]["time"] for n in backward], times[::-1])
+            <= 9 + count // 256
+        )
+        # pixels: 1, 2, 4, 6, 6, ... with two workers
+        pixels = opens(lambda images: [float(image["raw"][0, 0]) for image in images[:300]], times[:300])
+        assert pixels <= 4 + 300 // 6
+        picks = [int(n) for n in np.random.default_rng(0).permutation(count)[:50]]
+        picked = [float(n) for n in picks]
+        assert opens(lambda images: [images[n]["meta"]["time"] for n in picks], picked) == len(picks)
