@@ -7411,13 +7411,7 @@ def test_lazy_iteration_in_order_reads_ahead_in_growing_blocks(tmp_path: pathlib
     # images at each open, up to 256 meta data or 2 * workers + 2 images with pixels; at random, one.
     path = tmp_path / "long.h5"
     count = 1000
-    fio.write_series(
-        path,
-        {
-            "identifier": None,
-            "images": [{"raw": np.full((2, 3), n), "meta": {"time": float(n)}} for n in range(count)],
-        },
-    )
+    lazy_write_big(path, count, (2, 3))
     with FailOpenCountingFile(path, "rb") as handle:
         fio.read_image(handle, 5)
         per_open = handle.reads_at_0  # one open's reads
