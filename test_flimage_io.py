@@ -1161,7 +1161,7 @@ def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, de
 
 def test_a_live_writers_temporary_is_never_removed(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    temporary = tmp_path / f".live.h5.abc{fio._TEMP_SUFFIX}"
+    temporary = tmp_path / f".live.h5.0123abcd{fio._TEMP_SUFFIX}"  # a real temporary's name
     with h5py.File(temporary, "w"):  # HDF5 holds its lock while the file is open
         old = os.stat(temporary).st_mtime - 2 * fio._STALE_SECONDS
         os.utime(temporary, (old, old))
@@ -7438,3 +7438,45 @@ def test_lazy_iteration_in_order_reads_ahead_in_growing_blocks(tmp_path: pathlib
         picks = [int(n) for n in np.random.default_rng(0).permutation(count)[:50]]
         picked = [float(n) for n in picks]
         assert opens(lambda images: [images[n]["meta"]["time"] for n in picks], picked) == len(picks)
+
+
+@pytest.mark.parametrize("call", ["write", "append to a missing file"])
+def test_the_stale_cleanup_removes_only_a_killed_writers_temporary_of_this_target(
+    tmp_path: pathlib.Path, call: str
+) -> None:
+    # Beside a live writer's temporary (locked, made old here), files that each pass every test of a
+    # stale temporary of run.h5 but one: only the one that passes all of them is removed.
+    path = tmp_path / "run.h5"
+    writer = lab_python(LAB_SLOW_WRITER.replace("PATH", repr(str(path))))
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        (live,) = os.listdir(tmp_path)
+        prefix, suffix = ".run.h5.", ".fio~"
+        assert live.startswith(prefix) and live.endswith(suffix)
+        count = len(live) - len(prefix) - len(suffix)  # the random digits
+        digits, fresh_digits = [d * count for d in "01f" if d * count != live[len(prefix) : -len(suffix)]][:2]
+        stale = f"{prefix}{digits}{suffix}"  # what a killed writer of run.h5 left
+        fresh = f"{prefix}{fresh_digits}{suffix}"  # too new: perhaps a writer that just began
+        kept = {
+            live: "locked by its writer",
+            fresh: "too new",
+            f"{prefix}{digits}.bak~": "no temporary's suffix",
+            f".abc.h5.{digits}{suffix}": "another target's",
+            f"{prefix}1.{digits}{suffix}": "run.h5.1's, whose name begins like this one's",
+        }
+        day_ago = time.time() - 86400
+        for name in [stale, *kept]:
+            if name != live:
+                (tmp_path / name).write_bytes(b"")
+            if name != fresh:
+                os.utime(tmp_path / name, (day_ago, day_ago))
+        if call == "write":
+            fio.write_image(path, np.zeros((4, 4)))
+        else:
+            fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]}, append=True)
+        assert sorted(os.listdir(tmp_path)) == sorted(["run.h5", *kept]), kept
+    finally:
+        lab_release(writer)
+    assert lab_finish(writer) == "done\n"
+    del kept[live]  # renamed into place by its writer
+    assert sorted(os.listdir(tmp_path)) == sorted(["run.h5", *kept])
