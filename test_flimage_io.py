@@ -1161,7 +1161,7 @@ def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, de
 
 def test_a_live_writers_temporary_is_never_removed(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    temporary = tmp_path / f".live.h5.abc{fio._TEMP_SUFFIX}"
+    temporary = tmp_path / f".live.h5.0123abcd{fio._TEMP_SUFFIX}"  # a real temporary's name
     with h5py.File(temporary, "w"):  # HDF5 holds its lock while the file is open
         old = os.stat(temporary).st_mtime - 2 * fio._STALE_SECONDS
         os.utime(temporary, (old, old))
@@ -7239,3 +7239,244 @@ def test_check_is_public_and_takes_every_kind_of_target(tmp_path: pathlib.Path) 
     assert fio.check(tmp_path / "missing.h5") == [f"no such file: {tmp_path / 'missing.h5'}"]
     with pytest.raises(TypeError, match="h5file must be"):
         fio.check(42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# tests that can fail (issue 19 item 4)
+# ---------------------------------------------------------------------------
+# Each test here pins a guarantee that a test could once lose unnoticed: removing the guarantee from
+# flimage_io.py makes it fail, without timing anything.
+
+FAIL_KILLED_OVER_OLD_BYTES = """
+import io, os, signal
+import numpy as np
+import flimage_io as fio
+PATH, OLD_SIZE, KILL_AT = ARGUMENTS
+over_old = [0]  # writes since (and with) the first one that began below the old end of the file
+class KilledOverOldBytes(io.FileIO):
+    # kill -9 right after the KILL_AT-th write, counted from the first write over old bytes
+    def write(self, data):
+        if over_old[0] or self.tell() < OLD_SIZE:
+            over_old[0] += 1
+        written = super().write(data)
+        if over_old[0] == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+new = [{"raw": np.full((8, 8), n, np.int32), "meta": {"identifier": f"new {n}"}} for n in range(2)]
+with KilledOverOldBytes(PATH, "r+b") as handle:
+    fio.write_series(handle, {"identifier": "run", "images": new}, append=True)
+print("returned", over_old[0])
+"""
+
+
+@pytest.mark.parametrize("frames", [5, pytest.param(300, marks=pytest.mark.slow)])
+def test_kill_9_after_the_first_write_over_old_bytes_leaves_the_old_or_the_new_series(
+    tmp_path: pathlib.Path, frames: int
+) -> None:
+    # The writes over old bytes (HDF5's superblock, group and heap) are the ones that can damage the
+    # old series; a kill -9 after each of them in turn, until the append returns.
+    path = tmp_path / "run.h5"
+    before, _, after = commit_old_and_new(path, frames)
+    old_bytes = path.read_bytes()
+    for kill_at in range(1, 200):
+        arguments = repr((str(path), len(old_bytes), kill_at))
+        child = lab_python(FAIL_KILLED_OVER_OLD_BYTES.replace("ARGUMENTS", arguments))
+        out, err = child.communicate(timeout=60)
+        if child.returncode != -signal.SIGKILL:
+            break
+        # every write over old bytes comes before the commit point: the next call rolls them back
+        lab_same_series(fio.read_series(path), before)
+        assert path.read_bytes()[: len(old_bytes)] == old_bytes
+        assert fio.check(path) == []
+    assert child.returncode == 0, err
+    assert out.split() == ["returned", str(kill_at - 1)]
+    assert kill_at > 3  # kills landed after several writes over old bytes
+    lab_same_series(fio.read_series(path), after)
+
+
+FAIL_LOCK_HOLDER = """
+import fcntl, os, sys
+PATH, ACTION = ARGUMENTS
+fd = os.open(PATH, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)  # the lock HDF5 and a commit take
+print("locked", flush=True)
+sys.stdin.readline()
+if ACTION == "replace":
+    os.replace(PATH + ".new", PATH)
+else:
+    os.unlink(PATH)
+"""
+
+
+def fail_wait_for_fd(path: pathlib.Path, inode: int, thread: threading.Thread) -> None:
+    """Wait until this process holds a file descriptor on ``path``'s file ``inode``: the call in
+    ``thread`` has opened it and waits for its lock."""
+    for _ in range(3000):
+        fds = lazy_fds_on(path)
+        if any(os.stat(f"/proc/self/fd/{fd}").st_ino == inode for fd in fds):
+            return
+        assert thread.is_alive()
+        time.sleep(0.001)
+    raise AssertionError("the call never opened the file")
+
+
+@pytest.mark.parametrize("action", ["replace", "unlink"])
+@pytest.mark.parametrize("call", ["append", "read"])
+def test_a_call_waiting_for_the_lock_uses_the_file_the_path_names_once_it_has_it(
+    tmp_path: pathlib.Path, action: str, call: str
+) -> None:
+    # A call that opened the file and waits for its lock while the path is replaced or removed must,
+    # once it has the lock, work on what the path names then: an append to the old file would be lost.
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": "old", "images": [np.zeros((8, 8))]})
+    fio.write_series(f"{path}.new", {"identifier": "new", "images": [np.ones((8, 8))]})
+    inode = path.stat().st_ino
+    holder = lab_python(FAIL_LOCK_HOLDER.replace("ARGUMENTS", repr((str(path), action))))
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            if call == "append":
+                image = {"raw": np.full((8, 8), 9.0)}
+                outcome.append(fio.write_series(path, {"identifier": None, "images": [image]}, append=True))
+            else:
+                outcome.append(fio.read_series(path))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    try:
+        fail_wait_for_fd(path, inode, caller)
+    finally:
+        lab_release(holder)
+        lab_finish(holder)
+        caller.join(30)
+    got = outcome[0]
+    if call == "read" and action == "unlink":
+        assert isinstance(got, FileNotFoundError) and got.strerror == f"no such file: {path}"
+        return
+    assert not isinstance(got, BaseException), got
+    if call == "read":
+        assert got["identifier"] == "new"
+        assert [float(image["raw"][0, 0]) for image in got["images"]] == [1.0]
+        return
+    # the append went to the file the path names now: the new one, or one it created in the old one's place
+    got = fio.read_series(path)
+    expected = [1.0, 9.0] if action == "replace" else [9.0]
+    assert [float(image["raw"][0, 0]) for image in got["images"]] == expected
+    assert got["identifier"] == ("new" if action == "replace" else None)
+
+
+def fail_numbered_series(path: pathlib.Path, count: int) -> None:
+    """``count`` tiny images with identifiers 'frame 0000', 'frame 0001', ..."""
+    frames = (
+        {"raw": np.full((4, 4), n, np.uint16), "meta": {"identifier": f"frame {n:04d}"}} for n in range(count)
+    )
+    fio.write_series(path, {"identifier": None, "images": frames})
+
+
+def test_a_lazy_series_finds_an_identifier_without_listing_the_members(tmp_path: pathlib.Path) -> None:
+    # A lazy series opens the file anew for each lookup; when the count of links fits fli_0 ..
+    # fli_{n-1}, the series' length takes three lookups, not a listing of its 3000 members.
+    path = tmp_path / "run.h5"
+    fail_numbered_series(path, 3000)
+    with CountingFile(path, "rb") as handle, h5py.File(handle, "r") as plain:
+        handle.count = 0
+        assert len(list(plain)) == 3000
+        listing = handle.count
+    with CountingFile(path, "rb") as handle:
+        images = fio.read_series(handle, lazy=True)["images"]
+        handle.count = 0
+        image = images["frame 1500"]
+        lookup = handle.count
+        assert image["meta"]["identifier"] == "frame 1500"
+    assert lookup < listing / 2, (lookup, listing)
+
+
+class FailOpenCountingFile(io.FileIO):
+    """A file object that counts HDF5's reads of the superblock (at offset 0): a fixed number per open."""
+
+    reads_at_0 = 0
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.tell() == 0:
+            self.reads_at_0 += 1
+        return super().readinto(buffer)
+
+
+def test_lazy_iteration_in_order_reads_ahead_in_growing_blocks(tmp_path: pathlib.Path) -> None:
+    # Each access of a lazy series opens the file anew; in order (either way) it reads twice as many
+    # images at each open, up to 256 meta data or 2 * workers + 2 images with pixels; at random, one.
+    path = tmp_path / "long.h5"
+    count = 1000
+    lazy_write_big(path, count, (2, 3))
+    with FailOpenCountingFile(path, "rb") as handle:
+        fio.read_image(handle, 5)
+        per_open = handle.reads_at_0  # one open's reads
+        assert per_open > 0
+
+        def opens(visit: Callable[[collections.abc.Sequence[Any]], list[float]], want: list[float]) -> int:
+            images = fio.read_series(handle, lazy=True, workers=2)["images"]
+            handle.reads_at_0 = 0
+            assert visit(images) == want
+            assert handle.reads_at_0 % per_open == 0
+            return handle.reads_at_0 // per_open
+
+        forward, backward = range(count), range(count - 1, -1, -1)
+        times = [float(n) for n in forward]
+        # 1, 2, 4, ..., 256, then 256 at a time
+        assert opens(lambda images: [images[n]["meta"]["time"] for n in forward], times) <= 9 + count // 256
+        assert (
+            opens(lambda images: [images[n]["meta"]["time"] for n in backward], times[::-1])
+            <= 9 + count // 256
+        )
+        # pixels: 1, 2, 4, 6, 6, ... with two workers
+        pixels = opens(lambda images: [float(image["raw"][0, 0]) for image in images[:300]], times[:300])
+        assert pixels <= 4 + 300 // 6
+        picks = [int(n) for n in np.random.default_rng(0).permutation(count)[:50]]
+        picked = [float(n) for n in picks]
+        assert opens(lambda images: [images[n]["meta"]["time"] for n in picks], picked) == len(picks)
+
+
+@pytest.mark.parametrize("call", ["write", "append to a missing file"])
+def test_the_stale_cleanup_removes_only_a_killed_writers_temporary_of_this_target(
+    tmp_path: pathlib.Path, call: str
+) -> None:
+    # Beside a live writer's temporary (locked, made old here), files that each pass every test of a
+    # stale temporary of run.h5 but one: only the one that passes all of them is removed.
+    path = tmp_path / "run.h5"
+    writer = lab_python(LAB_SLOW_WRITER.replace("PATH", repr(str(path))))
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        (live,) = os.listdir(tmp_path)
+        prefix, suffix = ".run.h5.", ".fio~"
+        assert live.startswith(prefix) and live.endswith(suffix)
+        count = len(live) - len(prefix) - len(suffix)  # the random digits
+        digits, fresh_digits = [d * count for d in "01f" if d * count != live[len(prefix) : -len(suffix)]][:2]
+        stale = f"{prefix}{digits}{suffix}"  # what a killed writer of run.h5 left
+        fresh = f"{prefix}{fresh_digits}{suffix}"  # too new: perhaps a writer that just began
+        kept = {
+            live: "locked by its writer",
+            fresh: "too new",
+            f"{prefix}{digits}.bak~": "no temporary's suffix",
+            f".abc.h5.{digits}{suffix}": "another target's",
+            f"{prefix}1.{digits}{suffix}": "run.h5.1's, whose name begins like this one's",
+        }
+        day_ago = time.time() - 86400
+        for name in [stale, *kept]:
+            if name != live:
+                (tmp_path / name).write_bytes(b"")
+            if name != fresh:
+                os.utime(tmp_path / name, (day_ago, day_ago))
+        if call == "write":
+            fio.write_image(path, np.zeros((4, 4)))
+        else:
+            fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]}, append=True)
+        assert sorted(os.listdir(tmp_path)) == sorted(["run.h5", *kept]), kept
+    finally:
+        lab_release(writer)
+    assert lab_finish(writer) == "done\n"
+    del kept[live]  # renamed into place by its writer
+    assert sorted(os.listdir(tmp_path)) == sorted(["run.h5", *kept])
