@@ -3329,12 +3329,12 @@ def _one_line(exc: BaseException) -> str:
 def _check_spec(spec: str, progress: bool = False) -> list[str]:
     """:func:`check` of ``FILE`` or ``FILE:/group``, showing its progress on stderr."""
     path, inner = _split_spec(spec)
-    shown = _show_progress if progress else None
+    display = _show_progress if progress else None
     if inner == "/":  # by path: an append to the file may go on between the check's blocks
-        return check(path, progress=shown)
+        return check(path, progress=display)
     try:
         with _open_spec(spec) as (group, _):
-            return check(group, progress=shown)
+            return check(group, progress=display)
     except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
         return [_one_line(exc)]
 
