@@ -7,7 +7,9 @@ import collections.abc
 import contextlib
 import copy
 import datetime
+import doctest
 import errno
+import faulthandler
 import functools
 import gc
 import hashlib
@@ -18,6 +20,7 @@ import multiprocessing
 import os
 import pathlib
 import pickle
+import pty
 import re
 import shutil
 import signal
@@ -36,6 +39,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import dask
+import dask.array as da
 import h5py
 import numpy as np
 import pytest
@@ -45,10 +50,6 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image as PILImage
 
 import flimage_io as fio
-
-with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
-    warnings.simplefilter("ignore")
-    import flimage
 
 DATA = pathlib.Path(__file__).parent / "tests" / "data"
 
@@ -62,6 +63,20 @@ JOURNAL_MARK = b"\x89flimage_io-jnl\n"  # the last 16 bytes of a file whose comm
 PREVIEW_GAP = 2  # px of background between the cells of a contact sheet, and above its footer
 PREVIEW_BACKGROUND = 48  # the gray of the gaps and of unused cells
 PREVIEW_LINE = 16  # px: a line of text, glyphs of 6 px and a margin of 1 px, both enlarged twice
+
+
+@functools.cache
+def reference_flimage() -> types.ModuleType:
+    """The reference implementation, imported on first use: it takes seconds to import."""
+    with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
+        warnings.simplefilter("ignore")
+        return importlib.import_module("flimage")
+
+
+@pytest.fixture(scope="session")
+def flimage() -> types.ModuleType:
+    """The reference implementation ``flimage``, for the tests that check interop with it."""
+    return reference_flimage()
 
 
 @functools.cache
@@ -243,7 +258,7 @@ def test_series_numeric_order_and_index(tmp_path: pathlib.Path) -> None:
     assert fio.read_image(path, index="t11")["raw"][0, 0] == 11
 
 
-def test_empty_series(tmp_path: pathlib.Path) -> None:
+def test_empty_series(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "empty.h5"
     fio.write_series(path, {"identifier": None, "images": []})
     assert fio.read_series(path) == {"identifier": None, "images": []}
@@ -476,7 +491,7 @@ def test_unwritten_chunks_are_an_error() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_fixture_files_written_by_flimage_0_1_and_0_2() -> None:
+def test_fixture_files_written_by_flimage_0_1_and_0_2(flimage: types.ModuleType) -> None:
     basic = fio.read_image(DATA / "basic.h5")
     assert basic["raw"].shape == (10, 20) and basic["raw"].dtype == np.float32
     assert basic["meta"] == {
@@ -501,7 +516,7 @@ def test_fixture_files_copy_exactly(tmp_path: pathlib.Path) -> None:
     assert_image_equal(fio.read_image(tmp_path / "copy.h5"), source)
 
 
-def test_reads_flimage_image_with_background(tmp_path: pathlib.Path) -> None:
+def test_reads_flimage_image_with_background(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "ref.h5"
     raw, bg = blob(seed=1), np.full((48, 64), 99.5)
     meta = {"pixel size": 1.4e-7, "time": 2.0, "identifier": "cell 3", "sim center": [1.5, 2.0]}
@@ -519,6 +534,7 @@ def test_reads_flimage_image_with_background(tmp_path: pathlib.Path) -> None:
 
 def flimage_series(count: int, group: Any) -> list[np.ndarray]:
     raws = [blob((16, 24), seed) for seed in range(count)]
+    flimage = reference_flimage()
     fls = flimage.FLSeries(h5file=group, identifier="ref-series")
     for number, raw in enumerate(raws):
         fli = flimage.FLImage(data=raw, meta_data={"time": float(number), "identifier": f"id{number}"})
@@ -554,7 +570,7 @@ def test_reads_flimage_series_nested_in_a_group(tmp_path: pathlib.Path) -> None:
         fio.read_series(path)  # the root holds the two groups, not a series
 
 
-def test_flimage_opens_our_image_read_only(tmp_path: pathlib.Path) -> None:
+def test_flimage_opens_our_image_read_only(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "ours.h5"
     raw = blob()
     meta = {key: 0.5 for key in fio.NUMBER_KEYS}
@@ -571,7 +587,7 @@ def test_flimage_opens_our_image_read_only(tmp_path: pathlib.Path) -> None:
         np.testing.assert_array_equal(fli.meta["sim center"], [1.0, 2.0])
 
 
-def test_flimage_opens_our_series_read_only(tmp_path: pathlib.Path) -> None:
+def test_flimage_opens_our_series_read_only(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "ours_series.h5"
     raws = [blob((20, 30), seed) for seed in range(12)]
     frames = ({"raw": raw, "meta": {"identifier": f"f{n}", "time": n}} for n, raw in enumerate(raws))
@@ -585,7 +601,7 @@ def test_flimage_opens_our_series_read_only(tmp_path: pathlib.Path) -> None:
         np.testing.assert_array_equal(fls.get_flimage("f10").raw_fl, raws[10].astype(np.float32))
 
 
-def test_our_series_in_a_group_beside_other_data(tmp_path: pathlib.Path) -> None:
+def test_our_series_in_a_group_beside_other_data(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "big.h5"
     with h5py.File(path, "w") as h5:
         h5.create_group("qpseries")
@@ -598,7 +614,7 @@ def test_our_series_in_a_group_beside_other_data(tmp_path: pathlib.Path) -> None
         assert fio.read_series(h5["flseries"])["identifier"] == "sim"
 
 
-def test_flimage_reads_our_non_default_settings(tmp_path: pathlib.Path) -> None:
+def test_flimage_reads_our_non_default_settings(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "settings.h5"
     for options in ({"compression": None}, {"level": 9, "shuffle": False}, {"dtype": None}):
         fio.write_image(path, {"raw": blob(), "bg_data": {"data": np.ones((48, 64))}}, **options)
@@ -833,7 +849,7 @@ def test_reading_errors_name_the_file_and_what_was_found(tmp_path: pathlib.Path)
         fio.read_image(image, index=0)
 
 
-def test_malformed_series_names(tmp_path: pathlib.Path) -> None:
+def test_malformed_series_names(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "gap.h5"
     fio.write_series(path, {"identifier": None, "images": [{"raw": np.full((2, 2), n)} for n in range(4)]})
     with h5py.File(path, "r+") as h5:
@@ -939,9 +955,6 @@ def test_stdlib_zlib_is_the_fallback() -> None:
 
 
 def test_module_works_without_the_fast_extra(tmp_path: pathlib.Path) -> None:
-    import subprocess
-    import sys
-
     script = f"""
 import sys, zlib
 sys.modules["zlib_ng"] = None  # as if the fast extra were not installed
@@ -983,10 +996,8 @@ def test_read_image_by_identifier_without_numbers_and_with_misleading_numbers(tm
         fio.read_image(path, index="alpha")
 
 
+@pytest.mark.slow
 def test_streaming_holds_only_a_few_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gc
-    import weakref
-
     alive: list[weakref.ref[np.ndarray]] = []
     most = 0
 
@@ -1007,7 +1018,9 @@ def test_streaming_holds_only_a_few_frames(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.parametrize("kind", ["path", "fileobj", "group"])
-def test_append_adds_after_the_last_image(tmp_path: pathlib.Path, kind: str) -> None:
+def test_append_adds_after_the_last_image(
+    flimage: types.ModuleType, tmp_path: pathlib.Path, kind: str
+) -> None:
     path = tmp_path / "grow.h5"
     first = [{"raw": np.full((3, 3), n), "meta": {"identifier": f"f{n}"}} for n in range(11)]
     more = [{"raw": np.full((3, 3), n), "meta": {"identifier": f"f{n}"}} for n in range(11, 14)]
@@ -1149,10 +1162,6 @@ fio.write_series({path!r}, {{"identifier": None, "images": frames()}}, workers=1
 
 
 def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
-    import signal
-    import subprocess
-    import sys
-
     path = tmp_path / "killed.h5"
     fio.write_image(path, {"raw": blob()})
     before = path.read_bytes()
@@ -1195,12 +1204,8 @@ fio.write_series({path!r}, {{"identifier": None, "images": frames()}}, append=Tr
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
+@pytest.mark.slow
 def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, delay: float) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
     path = tmp_path / "grow.h5"
     old = [{"raw": np.full((8, 8), -n), "meta": {"identifier": f"old{n}"}} for n in range(5)]
     fio.write_series(path, {"identifier": "s", "images": old})
@@ -1231,9 +1236,8 @@ def read_frame(arguments: tuple[str, int]) -> float:
     return float(fio.read_image(path, index=index)["raw"][0, 0])
 
 
+@pytest.mark.slow
 def test_many_processes_read_one_file(tmp_path: pathlib.Path) -> None:
-    import multiprocessing
-
     path = str(tmp_path / "shared.h5")
     fio.write_series(path, {"identifier": None, "images": [{"raw": np.full((32, 32), n)} for n in range(8)]})
     with multiprocessing.get_context("spawn").Pool(3) as pool:
@@ -1242,7 +1246,7 @@ def test_many_processes_read_one_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_check_passes_files_of_flimage_and_ours(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    flimage: types.ModuleType, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ours = tmp_path / "ours.h5"
     fio.write_series(ours, {"identifier": "x", "images": [{"raw": blob(), "meta": {"identifier": "a"}}] * 1})
@@ -1397,13 +1401,13 @@ def numbers_equal(a: Any, b: Any) -> bool:
 
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
+@pytest.mark.slow
 def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
     """A mutated file reads back exactly as written, or raises FormatError.
 
     Damage in HDF5's global heap collections (text meta data, no checksum) is
     left to test_damaged_global_heaps_never_change_numbers, which reads in a child.
     """
-    import faulthandler
 
     damaged = bytearray(SERIES_BYTES)
     kind = data.draw(st.sampled_from(["flip", "flips", "zero", "truncate"]))
@@ -1436,7 +1440,6 @@ def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
 
 def read_in_child(data: bytes, seconds: float) -> str:
     """Read a damaged series in a forked child; the outcome as a word, or 'hang'."""
-    import multiprocessing
 
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
@@ -1464,6 +1467,7 @@ def read_in_child(data: bytes, seconds: float) -> str:
         process.join()
 
 
+@pytest.mark.slow
 def test_damaged_global_heaps_never_change_numbers(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1570,8 +1574,6 @@ def test_meta_key_tables_are_read_only() -> None:
 
 def test_vendored_copy_works_alone(tmp_path: pathlib.Path) -> None:
     """The library is one file, its command line included."""
-    import subprocess
-    import sys
 
     vendor = tmp_path / "yourpkg" / "_vendor"
     vendor.mkdir(parents=True)
@@ -1602,8 +1604,6 @@ print("ok")
 
 
 def test_functions_and_errors_pickle() -> None:
-    import pickle
-
     for function in (fio.read_image, fio.read_series, fio.write_image, fio.write_series):
         assert pickle.loads(pickle.dumps(function)) is function
     for error in (fio.FormatError("damaged"), fio.ImageNotFoundError("no image 'x'")):
@@ -1619,10 +1619,8 @@ def readme_block(heading: str) -> str:
     return after[start : after.index("```", start)]
 
 
+@pytest.mark.slow
 def test_readme_dask_recipe_on_local_processes(tmp_path: pathlib.Path) -> None:
-    import subprocess
-    import sys
-
     path = tmp_path / "run7.h5"
     frames = [{"raw": np.full((16, 24), float(n)), "meta": {"time": float(n)}} for n in range(6)]
     fio.write_series(path, {"identifier": "run 7", "images": frames})
@@ -1645,8 +1643,6 @@ def test_readme_quickstart_runs(tmp_path: pathlib.Path, monkeypatch: pytest.Monk
 
 
 def test_docstring_examples_run() -> None:
-    import doctest
-
     result = doctest.testmod(fio, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
 
@@ -1654,7 +1650,6 @@ def test_docstring_examples_run() -> None:
 def test_check_stops_a_looping_hdf5(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import time
 
     path = tmp_path / "loops.h5"
     fio.write_image(path, {"raw": np.ones((2, 2))})
@@ -1828,6 +1823,7 @@ def lazy_cases(draw: st.DrawFn) -> tuple[list[str | None], Any]:
 
 @settings(max_examples=80, deadline=None)
 @given(lazy_cases())
+@pytest.mark.slow
 def test_lazy_selection_picks_the_named_images_in_order(case: tuple[list[str | None], Any]) -> None:
     identifiers, selection = case
     target = io.BytesIO()
@@ -2128,6 +2124,7 @@ def lazy_write_big(path: pathlib.Path, count: int, shape: tuple[int, int]) -> No
     fio.write_series(path, {"identifier": "big", "images": frames}, workers=2)
 
 
+@pytest.mark.slow
 def test_lazy_iteration_holds_few_frames(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "big.h5"
     count, shape, workers = 300, (256, 256), 2
@@ -2176,6 +2173,7 @@ print(copied, peak_mib() - before - copied)
 """
 
 
+@pytest.mark.slow
 def test_lazy_copy_of_a_big_series_in_bounded_memory(tmp_path: pathlib.Path) -> None:
     source, target = tmp_path / "a.h5", tmp_path / "b.h5"
     count, shape = 600, (256, 256)  # 300 MiB of pixels
@@ -2340,9 +2338,6 @@ def test_lazy_write_series_refuses_arrays_of_the_wrong_shape(
 
 
 def test_lazy_series_as_a_dask_array(tmp_path: pathlib.Path) -> None:
-    import dask
-    import dask.array as da
-
     path = tmp_path / "s.h5"
     fio.write_series(path, lazy_series([f"f{n}" for n in range(8)], shape=(16, 24)))
     full = np.stack([image["raw"] for image in fio.read_series(path)["images"]])
@@ -2832,9 +2827,8 @@ def cli_long_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     raise AssertionError("checking 76800 frames took under 1.5 s")
 
 
+@pytest.mark.slow
 def test_cli_check_shows_progress_on_a_terminal(cli_long_series: pathlib.Path) -> None:
-    import pty
-
     with h5py.File(cli_long_series, "r") as h5:
         count = len(h5)
     controller, terminal = pty.openpty()
@@ -3057,10 +3051,6 @@ def test_cli_preview_of_an_empty_series(tmp_path: pathlib.Path) -> None:
 # ---------------------------------------------------------------------------
 # hostile and odd files and values
 # ---------------------------------------------------------------------------
-
-with warnings.catch_warnings():  # flimage's dependencies warn about missing GPU backends
-    warnings.simplefilter("ignore")
-    import flimage
 
 
 def hostile_image_file(path: pathlib.Path, make_raw: Callable[[h5py.Group], Any]) -> pathlib.Path:
@@ -3417,7 +3407,7 @@ def hostile_unknown_warnings(record: Any) -> list[str]:
     return [str(item.message) for item in record if issubclass(item.category, fio.UnknownMetaWarning)]
 
 
-def test_hostile_unknown_attributes_of_an_image(tmp_path: pathlib.Path) -> None:
+def test_hostile_unknown_attributes_of_an_image(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "old.h5"
     raw = np.arange(20, dtype=np.float64).reshape(4, 5)
     with flimage.FLImage(
@@ -3452,7 +3442,9 @@ def test_hostile_unknown_attributes_of_an_image(tmp_path: pathlib.Path) -> None:
             fli.meta  # noqa: B018
 
 
-def test_hostile_unknown_attributes_of_a_series_warn_once(tmp_path: pathlib.Path) -> None:
+def test_hostile_unknown_attributes_of_a_series_warn_once(
+    flimage: types.ModuleType, tmp_path: pathlib.Path
+) -> None:
     path = tmp_path / "old_series.h5"
     raws = [np.full((3, 4), n, np.float64) for n in range(5)]
     with h5py.File(path, "w") as h5:
@@ -3633,7 +3625,7 @@ def test_hostile_member_names_that_are_not_utf8(tmp_path: pathlib.Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_hostile_fixed_length_identifiers(tmp_path: pathlib.Path) -> None:
+def test_hostile_fixed_length_identifiers(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "fixed.h5"
     raws = hostile_series(path)
     with h5py.File(path, "r+") as h5:
@@ -3681,7 +3673,9 @@ def test_hostile_default_storage_keeps_every_value(tmp_path: pathlib.Path, raw: 
 
 
 @pytest.mark.parametrize("h5dtype", ["float64", "uint16"])
-def test_hostile_copies_of_flimage_files_are_exact(tmp_path: pathlib.Path, h5dtype: str) -> None:
+def test_hostile_copies_of_flimage_files_are_exact(
+    flimage: types.ModuleType, tmp_path: pathlib.Path, h5dtype: str
+) -> None:
     source, copy = tmp_path / "flimage.h5", tmp_path / "copy.h5"
     raw = (np.arange(20).reshape(4, 5) * 3001 + 7).astype(h5dtype)
     if h5dtype == "float64":
@@ -4004,6 +3998,7 @@ def lab_free(directory: pathlib.Path) -> int:
 
 @pytest.mark.parametrize("identifiers", [False, True])
 @pytest.mark.parametrize("target", ["path", "fileobj", "unbuffered fileobj"])
+@pytest.mark.slow
 def test_lab_full_disk_during_an_append_changes_nothing(
     tmp_path: pathlib.Path, identifiers: bool, target: str
 ) -> None:
@@ -4056,7 +4051,6 @@ def test_lab_full_disk_during_an_append_changes_nothing(
 
 def lab_h5py_objects_in_cycles(call: Callable[[], object]) -> tuple[str, list[str]]:
     """What ``call`` raised, and the kinds of h5py objects it left in reference cycles."""
-    import gc
 
     gc.collect()
     gc.disable()
@@ -4333,6 +4327,7 @@ def lab_appender(
 
 
 @pytest.mark.parametrize("whole", [False, True])
+@pytest.mark.slow
 def test_lab_a_process_follows_another_process_appending(tmp_path: pathlib.Path, whole: bool) -> None:
     """read_image(index=-1) (or read_series) in one process while another appends 50 times."""
     path = tmp_path / "live.h5"
@@ -4365,6 +4360,7 @@ print(json.dumps({"reads": reads, "errors": errors}), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_lab_followers_in_a_loop_do_not_starve_the_camera(tmp_path: pathlib.Path) -> None:
     """Three viewers reading the newest frame as fast as they can; the camera still appends at once."""
     path = tmp_path / "live.h5"
@@ -4396,6 +4392,7 @@ with h5py.File(PATH, "a") as h5:
 """
 
 
+@pytest.mark.slow
 def test_lab_a_file_held_open_by_h5py_elsewhere_is_refused_after_the_wait(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "held.h5"
     fio.write_series(path, {"identifier": "held", "images": [np.ones((4, 4))]})
@@ -4981,6 +4978,7 @@ def test_commit_kill_9_at_every_fsync_leaves_the_old_or_the_new_series(
         assert len(plain) == len(expected["images"])
 
 
+@pytest.mark.slow
 def test_commit_kill_9_inside_the_write_back_is_rolled_back(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "run.h5"
     before, _, after = commit_old_and_new(path)
@@ -5219,6 +5217,7 @@ fio.write_series({str(path)!r}, {{"identifier": "run", "images": [frame]}}, appe
     assert [int(image["raw"][0, 0]) for image in got["images"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_commit_a_file_being_created_is_never_seen_empty(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "new.h5"
     creator = lab_python(
@@ -5433,6 +5432,7 @@ def test_a_child_forked_during_an_append_keeps_no_lock(tmp_path: pathlib.Path, e
 
 
 @pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.slow
 def test_a_child_forked_during_a_read_keeps_no_lock(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.h5"
     fio.write_series(path, {"identifier": None, "images": (np.zeros((1024, 1024)) for _ in range(40))})
@@ -5506,6 +5506,7 @@ def fork_children(pid: int) -> list[int]:
     return children
 
 
+@pytest.mark.slow
 def test_killing_check_kills_its_child_and_frees_the_file(
     fork_check_series: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -5528,6 +5529,7 @@ def test_killing_check_kills_its_child_and_frees_the_file(
             os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_check_lets_appends_in_between_its_blocks(
     fork_check_series: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -5758,6 +5760,7 @@ def test_stream_an_invalid_frame_undoes_the_frames_since_the_last_commit(tmp_pat
 STREAM_HOLDER = LAB_HOLDER.replace('"a"', '"r"')  # a notebook that holds the file open to read
 
 
+@pytest.mark.slow
 def test_stream_a_reader_holding_the_file_delays_commits_never_the_acquisition(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -5811,6 +5814,7 @@ print(json.dumps({"opened": opened, "refused": refused, "lengths": lengths, "lon
 
 
 @pytest.mark.parametrize("mode", ["h5py", "flimage_io"])
+@pytest.mark.slow
 def test_stream_viewers_read_between_commits(tmp_path: pathlib.Path, mode: str) -> None:
     path = tmp_path / "live.h5"
     script = STREAM_POLLER.replace("PATH", repr(str(path))).replace("MODE", repr(mode))
@@ -5833,6 +5837,7 @@ def test_stream_viewers_read_between_commits(tmp_path: pathlib.Path, mode: str) 
         assert result["refused"] < result["opened"], result  # plain HDF5 fails only during a commit
 
 
+@pytest.mark.slow
 def test_stream_a_second_writer_waits_then_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
     errors: list[BaseException] = []
@@ -6148,6 +6153,7 @@ class CountingFile(io.FileIO):
         return got
 
 
+@pytest.mark.slow
 def test_an_identifier_is_found_without_reading_every_image_header(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "run.h5"
     frames = (
@@ -6537,6 +6543,7 @@ def hdf5_reads(monkeypatch: pytest.MonkeyPatch, attribute: str) -> tuple[list[in
     return reads, opens
 
 
+@pytest.mark.slow
 def test_lazy_random_access_reads_one_image(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "long.h5"
     count = 1000
@@ -6670,7 +6677,9 @@ def test_bench_an_h5py_dataset_of_the_wrong_shape_is_refused_unread(tmp_path: pa
     np.testing.assert_array_equal(fio.read_image(tmp_path / "a.h5")["raw"], np.eye(3))
 
 
-def test_bench_date_takes_datetime_as_iso_text_that_flimage_opens(tmp_path: pathlib.Path) -> None:
+def test_bench_date_takes_datetime_as_iso_text_that_flimage_opens(
+    flimage: types.ModuleType, tmp_path: pathlib.Path
+) -> None:
     zone = datetime.timezone(datetime.timedelta(hours=1))
     dates = {
         "date.h5": (datetime.date(2026, 11, 25), "2026-11-25"),
@@ -6760,7 +6769,9 @@ def test_bench_a_copied_series_warns_about_every_attribute_it_drops(
         ]
 
 
-def test_bench_a_copied_image_warns_about_the_attributes_of_its_datasets(tmp_path: pathlib.Path) -> None:
+def test_bench_a_copied_image_warns_about_the_attributes_of_its_datasets(
+    flimage: types.ModuleType, tmp_path: pathlib.Path
+) -> None:
     """flimage's fitted background keeps its array in a copy, but not the attributes of the fit."""
     path = tmp_path / "fit.h5"
     with flimage.FLImage(data=blob(), h5file=path, h5mode="w") as fli:
