@@ -45,6 +45,7 @@ import dask
 import dask.array as da
 import h5py
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -124,14 +125,37 @@ def blob(shape: tuple[int, int] = (48, 64), seed: int = 0) -> np.ndarray:
     return rng.poisson(lam).astype(np.float64)
 
 
-def assert_image_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
-    np.testing.assert_array_equal(a["raw"], b["raw"])
-    assert a["raw"].dtype == b["raw"].dtype
-    assert sorted(a["bg_data"]) == sorted(b["bg_data"])
-    for name in a["bg_data"]:
-        np.testing.assert_array_equal(a["bg_data"][name], b["bg_data"][name])
-        assert a["bg_data"][name].dtype == b["bg_data"][name].dtype
-    assert a["meta"] == b["meta"]
+def assert_same_image(
+    got: collections.abc.Mapping[str, Any], want: collections.abc.Mapping[str, Any]
+) -> None:
+    """``got`` (a dict or a lazy image) holds exactly what ``want`` holds: meta data, pixels and their
+    dtypes, the background's names, pixels and dtypes."""
+    assert got["meta"] == want["meta"]
+    np.testing.assert_array_equal(got["raw"], want["raw"])
+    assert got["raw"].dtype == want["raw"].dtype
+    assert sorted(got["bg_data"]) == sorted(want["bg_data"])
+    for name, array in want["bg_data"].items():
+        np.testing.assert_array_equal(got["bg_data"][name], array)
+        assert got["bg_data"][name].dtype == array.dtype
+
+
+def assert_same_series(
+    got: collections.abc.Mapping[str, Any], want: collections.abc.Mapping[str, Any]
+) -> None:
+    """``got`` holds exactly what ``want`` holds: identifier, and image by image as assert_same_image."""
+    assert got["identifier"] == want["identifier"]
+    assert len(got["images"]) == len(want["images"])
+    for got_image, want_image in zip(got["images"], want["images"]):
+        assert_same_image(got_image, want_image)
+
+
+def same_series(got: collections.abc.Mapping[str, Any], want: collections.abc.Mapping[str, Any]) -> bool:
+    """assert_same_series as a yes or no, for a test that sorts outcomes."""
+    try:
+        assert_same_series(got, want)
+    except AssertionError:
+        return False
+    return True
 
 
 DTYPES = ["float64", "float32", "uint8", "uint16", "int32", "bool"]
@@ -180,19 +204,6 @@ def flimage_series(count: int, group: Any) -> list[np.ndarray]:
     return raws
 
 
-def series_equal(a: Any, b: Any) -> bool:
-    if a["identifier"] != b["identifier"] or len(a["images"]) != len(b["images"]):
-        return False
-    for x, y in zip(a["images"], b["images"]):
-        if x["meta"] != y["meta"] or sorted(x["bg_data"]) != sorted(y["bg_data"]):
-            return False
-        if not np.array_equal(x["raw"], y["raw"]) or x["raw"].dtype != y["raw"].dtype:
-            return False
-        if not all(np.array_equal(x["bg_data"][k], y["bg_data"][k]) for k in x["bg_data"]):
-            return False
-    return True
-
-
 def readme_block(heading: str) -> str:
     """The first python code block after a README heading."""
     text = (pathlib.Path(__file__).parent / "README.md").read_text()
@@ -201,20 +212,26 @@ def readme_block(heading: str) -> str:
     return after[start : after.index("```", start)]
 
 
+def noise(shape: tuple[int, int], seed: int, dtype: npt.DTypeLike = np.uint16) -> np.ndarray:
+    """Random values over the whole range of ``dtype`` (in native byte order), its extremes among them:
+    they use every byte, and deflate cannot shrink them."""
+    rng = np.random.default_rng(seed)
+    native = np.dtype(dtype).newbyteorder("=")
+    if native.kind == "f":
+        info = np.finfo(native)
+        values = rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, shape)
+        values = values.astype(native)
+        values.flat[:8] = [info.max, -info.max, info.tiny, info.tiny / 4, -0.0, np.inf, -np.inf, np.nan]
+    else:
+        info_i = np.iinfo(native)
+        values = rng.integers(int(info_i.min), int(info_i.max), shape, dtype=native, endpoint=True)
+        values.flat[:3] = [info_i.min, info_i.max, 0]
+    return values
+
+
 def lazy_frame(position: int, shape: tuple[int, int] = (6, 7)) -> np.ndarray:
     """A frame whose every pixel tells which frame it is."""
     return np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape) + 1000.0 * position
-
-
-def lazy_assert_same(got: collections.abc.Mapping[str, Any], want: collections.abc.Mapping[str, Any]) -> None:
-    """``got`` (a dict or a lazy image) holds exactly what ``want`` (a dict) holds."""
-    assert got["meta"] == want["meta"]
-    np.testing.assert_array_equal(got["raw"], want["raw"])
-    assert got["raw"].dtype == want["raw"].dtype
-    assert sorted(got["bg_data"]) == sorted(want["bg_data"])
-    for name, array in want["bg_data"].items():
-        np.testing.assert_array_equal(got["bg_data"][name], array)
-        assert got["bg_data"][name].dtype == array.dtype
 
 
 def lazy_fds_on(path: pathlib.Path) -> list[str]:
@@ -237,18 +254,34 @@ def lazy_write_big(path: pathlib.Path, count: int, shape: tuple[int, int]) -> No
     fio.write_series(path, {"identifier": "big", "images": frames}, workers=2)
 
 
-CLI_MODULE_DIR = str(pathlib.Path(fio.__file__).resolve().parent)
+MODULE_DIR = str(pathlib.Path(fio.__file__).resolve().parent)  # children import this flimage_io
 
 
 CLI_TILE = 16  # frames of 16x16 px fill a 256 px cell exactly (integer enlargement by 16)
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment for a child ``python -m flimage_io``: this module first on the path."""
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child Python: this flimage_io's folder first on the path, and ``extra``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([CLI_MODULE_DIR, *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([MODULE_DIR, *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra)
     return env
+
+
+def python_child(
+    *args: str, env: dict[str, str] | None = None, cwd: pathlib.Path | None = None
+) -> subprocess.Popen[str]:
+    """Start ``python ARGS`` (``-c SCRIPT`` or ``-m flimage_io ...``) importing this flimage_io, its three
+    streams piped, ``env`` added to the environment; finish_child waits for it."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=child_env(**(env or {})),
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def cli_frames(count: int, identifiers: bool = True) -> list[dict[str, Any]]:
@@ -295,18 +328,9 @@ def hostile_run_limited(code: str, headroom: int) -> tuple[str, float]:
         "start = time.monotonic()\n"
     )
     epilogue = "\nprint(f'seconds={time.monotonic() - start}')\n"
-    path = os.path.dirname(os.path.abspath(fio.__file__))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(
-        [sys.executable, "-c", prelude + code + epilogue],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
+    output, seconds = finish_child(python_child("-c", prelude + code + epilogue), timeout=120).rsplit(
+        "seconds=", 1
     )
-    assert done.returncode == 0, done.stderr
-    output, seconds = done.stdout.rsplit("seconds=", 1)
     return output, float(seconds)
 
 
@@ -314,30 +338,14 @@ def hostile_unknown_warnings(record: Any) -> list[str]:
     return [str(item.message) for item in record if issubclass(item.category, fio.UnknownMetaWarning)]
 
 
-LAB_ROOT = str(pathlib.Path(fio.__file__).parent)
-
-
-def lab_python(script: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Run ``script`` in a fresh interpreter that imports this flimage_io."""
-    environment = {**os.environ, "PYTHONPATH": LAB_ROOT, **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=environment,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def lab_finish(process: subprocess.Popen[str], timeout: float = 30) -> str:
+def finish_child(process: subprocess.Popen[str], timeout: float = 30) -> str:
     """Wait for a child; its stdout if it succeeded, else a failure showing its stderr."""
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"child failed ({process.returncode}):\n{err}"
     return out
 
 
-def lab_release(*children: subprocess.Popen[str]) -> None:
+def release_child(*children: subprocess.Popen[str]) -> None:
     for child in children:
         assert child.stdin is not None
         child.stdin.write("go\n")
@@ -392,10 +400,8 @@ def fork_alive(pid: int) -> bool:
 
 def fork_other_process_appends(path: pathlib.Path) -> int:
     """Append one image from another process, which then reads the series; its length."""
-    command = [sys.executable, "-c", FORK_APPEND_AND_READ, str(path)]
-    result = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr  # BlockingIOError after 5 s while a child holds the lock
-    return int(result.stdout)
+    # BlockingIOError after 5 s while a child holds the lock
+    return int(finish_child(python_child("-c", FORK_APPEND_AND_READ, str(path)), timeout=60))
 
 
 def bench_experiment(path: pathlib.Path) -> None:
@@ -491,11 +497,11 @@ def test_image_round_trip(
         return
     backend.write_image(buffer, image, dtype=dtype, **options)
     got = backend.read_image(buffer)
-    assert_image_equal(got, expected)
+    assert_same_image(got, expected)
     # the dict that is read is the dict that is written: a second pass copies it exactly
     copy = io.BytesIO()
     backend.write_image(copy, got, dtype=None)
-    assert_image_equal(backend.read_image(copy), got)
+    assert_same_image(backend.read_image(copy), got)
     # and plain h5py, which verifies every fletcher32 checksum, reads the same numbers
     with h5py.File(buffer, "r") as h5:
         np.testing.assert_array_equal(h5["fluorescence/raw"][()], got["raw"])
@@ -514,7 +520,7 @@ def test_series_round_trip(
     assert got["identifier"] == identifier
     assert len(got["images"]) == len(frames)
     for read, written in zip(got["images"], frames):
-        assert_image_equal(read, expected_read(written))
+        assert_same_image(read, expected_read(written))
 
 
 def test_series_numeric_order_and_index(tmp_path: pathlib.Path) -> None:
@@ -591,7 +597,7 @@ def test_fixture_files_written_by_flimage_0_1_and_0_2(flimage: types.ModuleType)
 def test_fixture_files_copy_exactly(tmp_path: pathlib.Path) -> None:
     source = fio.read_image(DATA / "retina_p10.h5")
     fio.write_image(tmp_path / "copy.h5", source)
-    assert_image_equal(fio.read_image(tmp_path / "copy.h5"), source)
+    assert_same_image(fio.read_image(tmp_path / "copy.h5"), source)
 
 
 def test_reads_flimage_image_with_background(flimage: types.ModuleType, tmp_path: pathlib.Path) -> None:
@@ -707,7 +713,7 @@ print(sum(s.size for s in ours))
 
 def test_vendored_copy_costs_little_to_import() -> None:
     # a project that vendors the module pays for its import whether it writes or not
-    allocated = int(lab_finish(lab_python(IMPORT_COST)))
+    allocated = int(finish_child(python_child("-c", IMPORT_COST)))
     assert allocated < 256 * 1024, f"import flimage_io allocated {allocated} bytes"
 
 
@@ -1309,8 +1315,9 @@ def test_bad_targets(tmp_path: pathlib.Path) -> None:
         fio.write_image(tmp_path, {"raw": np.ones((2, 2))})
 
 
-def open_hdf5_objects() -> int:
-    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_ALL))
+def open_hdf5_objects(kind: int = h5py.h5f.OBJ_ALL) -> int:
+    """How many HDF5 objects of ``kind`` (files, groups, datasets, ...: all by default) are open."""
+    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, kind))
 
 
 def test_no_hdf5_handle_stays_open(tmp_path: pathlib.Path) -> None:
@@ -1351,8 +1358,7 @@ def test_keyboard_interrupt_in_the_generator_keeps_the_old_file(tmp_path: pathli
 
 
 KILLED_WRITER = """
-import sys, time, numpy as np
-sys.path.insert(0, {root!r})
+import time, numpy as np
 import flimage_io as fio
 def frames():
     for n in range(100000):
@@ -1368,8 +1374,7 @@ def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "killed.h5"
     fio.write_image(path, {"raw": blob()})
     before = path.read_bytes()
-    script = KILLED_WRITER.format(root=str(pathlib.Path(fio.__file__).parent), path=str(path))
-    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    writer = python_child("-c", KILLED_WRITER.format(path=str(path)))
     assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
@@ -1393,8 +1398,7 @@ def test_kill_9_mid_write_keeps_the_old_file(tmp_path: pathlib.Path) -> None:
 
 
 KILLED_APPENDER = """
-import sys, numpy as np
-sys.path.insert(0, {root!r})
+import numpy as np
 import flimage_io as fio
 base = np.random.default_rng(0).poisson(500, (128, 128)).astype(np.float32)
 def frames():
@@ -1413,14 +1417,13 @@ def test_kill_9_mid_append_keeps_the_series_as_it_was(tmp_path: pathlib.Path, de
     old = [{"raw": np.full((8, 8), -n), "meta": {"identifier": f"old{n}"}} for n in range(5)]
     fio.write_series(path, {"identifier": "s", "images": old})
     before = fio.read_series(path)
-    script = KILLED_APPENDER.format(root=str(pathlib.Path(fio.__file__).parent), path=str(path))
-    appender = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    appender = python_child("-c", KILLED_APPENDER.format(path=str(path)))
     assert appender.stdout is not None and appender.stdout.readline() == "appending\n"
     time.sleep(delay)  # thousands of images appended by then: far more than HDF5 caches by default
     appender.send_signal(signal.SIGKILL)
     appender.wait()
     after = fio.read_series(path)
-    assert series_equal(after, before)
+    assert_same_series(after, before)
     assert fio.check(path) == []
 
 
@@ -1486,25 +1489,6 @@ def lab_deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def lab_noise(shape: tuple[int, int], seed: int, dtype: Any = np.uint16) -> np.ndarray:
-    """Random noise over the whole range of ``dtype``: deflate cannot shrink it."""
-    info = np.iinfo(dtype)
-    return np.random.default_rng(seed).integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-
-
-def lab_same_series(got: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert got["identifier"] == expected["identifier"]
-    assert len(got["images"]) == len(expected["images"])
-    for position, a in enumerate(got["images"]):
-        b = expected["images"][position]
-        np.testing.assert_array_equal(a["raw"], b["raw"])
-        assert a["raw"].dtype == b["raw"].dtype
-        assert sorted(a["bg_data"]) == sorted(b["bg_data"])
-        for name in a["bg_data"]:
-            np.testing.assert_array_equal(a["bg_data"][name], b["bg_data"][name])
-        assert a["meta"] == b["meta"]
-
-
 def lab_ids(path: Any) -> list[str]:
     return [image["meta"]["identifier"] for image in fio.read_series(path)["images"]]
 
@@ -1534,7 +1518,7 @@ def test_lab_full_disk_during_an_append_changes_nothing(
     with lab_tmpfs(tmp_path / "disk") as disk:
         path = disk / "run.h5"
         old = [
-            {"raw": lab_noise((64, 64), n), "meta": {"identifier": f"old {n}"} if identifiers else {}}
+            {"raw": noise((64, 64), n), "meta": {"identifier": f"old {n}"} if identifiers else {}}
             for n in range(3)
         ]
         fio.write_series(path, {"identifier": "run", "images": old})
@@ -1544,7 +1528,7 @@ def test_lab_full_disk_during_an_append_changes_nothing(
         failed_although_the_pixels_fit = 0
         outcomes = []
         for width in range(40, 400, 3):
-            raw = lab_noise((256, width), width)
+            raw = noise((256, width), width)
             new = {"raw": raw, "meta": {"identifier": "new"} if identifiers else {}}
             free = lab_free(disk)
             try:
@@ -1560,13 +1544,13 @@ def test_lab_full_disk_during_an_append_changes_nothing(
                 if target == "path":
                     assert str(path) in str(exc)
                 assert path.read_bytes() == before_bytes, f"width {width}: the file changed"
-                lab_same_series(fio.read_series(path), before)
+                assert_same_series(fio.read_series(path), before)
                 failed_although_the_pixels_fit += raw.nbytes < free
             else:
                 outcomes.append("ok")
                 got = fio.read_series(path)
                 assert len(got["images"]) == 4, f"width {width}"
-                lab_same_series({"identifier": "run", "images": got["images"][:3]}, before)
+                assert_same_series({"identifier": "run", "images": got["images"][:3]}, before)
                 np.testing.assert_array_equal(got["images"][3]["raw"], raw)
                 assert got["images"][3]["meta"] == fio.read_image(path, index=-1)["meta"]
                 with open(path, "r+b") as handle:  # back to the old series for the next size
@@ -1605,9 +1589,9 @@ def test_lab_failed_calls_leave_no_hdf5_objects_in_reference_cycles(tmp_path: pa
     the full-disk sweep). A call that fails must free its HDF5 objects by reference counting."""
     with lab_tmpfs(tmp_path / "disk") as disk:
         path = disk / "run.h5"
-        fio.write_series(path, {"identifier": None, "images": [lab_noise((64, 64), 0)]})
+        fio.write_series(path, {"identifier": None, "images": [noise((64, 64), 0)]})
         lab_fill(disk, 20_000)
-        big = {"identifier": None, "images": [lab_noise((256, 256), 1)]}
+        big = {"identifier": None, "images": [noise((256, 256), 1)]}
 
         def append_through_a_file_object() -> None:
             with open(path, "r+b", buffering=0) as handle:
@@ -1616,7 +1600,7 @@ def test_lab_failed_calls_leave_no_hdf5_objects_in_reference_cycles(tmp_path: pa
         assert lab_h5py_objects_in_cycles(lambda: fio.write_series(path, big, append=True)) == ("OSError", [])
         assert lab_h5py_objects_in_cycles(append_through_a_file_object) == ("OSError", [])
     damaged = tmp_path / "damaged.h5"
-    fio.write_image(damaged, lab_noise((512, 512), 2))
+    fio.write_image(damaged, noise((512, 512), 2))
     with h5py.File(damaged, "r") as h5:
         offset = h5["fluorescence/raw"].id.get_chunk_info(0).byte_offset
     with open(damaged, "r+b") as handle:
@@ -1632,13 +1616,13 @@ def test_lab_full_disk_during_a_new_write_leaves_the_old_file_and_no_temporary(
 ) -> None:
     with lab_tmpfs(tmp_path / "disk") as disk:
         old = disk / "old.h5"
-        fio.write_image(old, lab_noise((64, 64), 1))
+        fio.write_image(old, noise((64, 64), 1))
         before = old.read_bytes()
         lab_fill(disk, 100_000)
         fresh = disk / "new.h5"
         outcomes = []
         for width in range(150, 260, 4):
-            raw = lab_noise((256, width), width)
+            raw = noise((256, width), width)
             for path, append in ((fresh, False), (fresh, True), (old, False)):
                 try:
                     if path == fresh:
@@ -1725,18 +1709,18 @@ def test_lab_kill_9_mid_append_keeps_the_series(tmp_path: pathlib.Path, delay: f
     fio.write_series(path, {"identifier": "run", "images": old})
     before_bytes = path.read_bytes()
     before = fio.read_series(path)
-    appender = lab_python(LAB_KILLED_APPENDER.replace("PATH", repr(str(path))))
+    appender = python_child("-c", LAB_KILLED_APPENDER.replace("PATH", repr(str(path))))
     assert appender.stdout is not None and appender.stdout.readline() == "appending\n"
     time.sleep(delay)
     appender.send_signal(signal.SIGKILL)
     appender.wait()
     assert path.read_bytes()[: len(before_bytes)] == before_bytes  # only fresh space at the end was used
-    lab_same_series(fio.read_series(path), before)
+    assert_same_series(fio.read_series(path), before)
     # and the next append goes on from there
     fio.write_series(path, {"identifier": "run", "images": [{"raw": np.ones((8, 8))}]}, append=True)
     got = fio.read_series(path)
     assert len(got["images"]) == 6
-    lab_same_series({"identifier": "run", "images": got["images"][:5]}, before)
+    assert_same_series({"identifier": "run", "images": got["images"][:5]}, before)
 
 
 def test_lab_three_threads_append_while_a_thread_follows(tmp_path: pathlib.Path) -> None:
@@ -1843,7 +1827,7 @@ def lab_appender(
 ) -> Any:
     script = LAB_LOOP_APPENDER.replace("PATH", repr(str(path))).replace("COUNT", str(count))
     script = script.replace("PAUSE", repr(pause)).replace("TAG", tag).replace("PER_CALL", str(per_call))
-    return lab_python(script, env)
+    return python_child("-c", script, env=env)
 
 
 @pytest.mark.parametrize("whole", [False, True])
@@ -1853,13 +1837,13 @@ def test_lab_a_process_follows_another_process_appending(tmp_path: pathlib.Path,
     path = tmp_path / "live.h5"
     fio.write_series(path, {"identifier": "live", "images": [{"raw": np.zeros((64, 64))}]})
     reader_script = LAB_LOOP_READER.replace("PATH", repr(str(path))).replace("COUNT", "50")
-    reader = lab_python(reader_script.replace("WHOLE", str(whole)))
+    reader = python_child("-c", reader_script.replace("WHOLE", str(whole)))
     appender = lab_appender(path, 50, pause=0.01)  # a camera at up to 100 frames per second
-    lab_release(reader)
+    release_child(reader)
     assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
-    lab_release(appender)
-    assert lab_finish(appender) == "done\n"
-    result = json.loads(lab_finish(reader))
+    release_child(appender)
+    assert finish_child(appender) == "done\n"
+    result = json.loads(finish_child(reader))
     assert result["errors"] == []
     assert result["last"] == 50 + int(whole)  # it saw the last frame
     assert result["reads"] >= 10
@@ -1885,7 +1869,7 @@ def test_lab_followers_in_a_loop_do_not_starve_the_camera(tmp_path: pathlib.Path
     """Three viewers reading the newest frame as fast as they can; the camera still appends at once."""
     path = tmp_path / "live.h5"
     fio.write_series(path, {"identifier": "live", "images": [{"raw": np.zeros((64, 64))}]})
-    followers = [lab_python(LAB_FOLLOWER.replace("PATH", repr(str(path)))) for _ in range(3)]
+    followers = [python_child("-c", LAB_FOLLOWER.replace("PATH", repr(str(path)))) for _ in range(3)]
     waited = 0.0
     try:
         for follower in followers:
@@ -1899,7 +1883,7 @@ def test_lab_followers_in_a_loop_do_not_starve_the_camera(tmp_path: pathlib.Path
             time.sleep(0.01)
     finally:
         (tmp_path / "live.h5.stop").touch()
-        results = [json.loads(lab_finish(follower)) for follower in followers]
+        results = [json.loads(finish_child(follower)) for follower in followers]
     assert [result["errors"] for result in results] == [[], [], []]
     assert [image["raw"][0, 0] for image in fio.read_series(path)["images"]] == list(range(21))
 
@@ -1908,7 +1892,9 @@ def test_lab_followers_in_a_loop_do_not_starve_the_camera(tmp_path: pathlib.Path
 def test_lab_a_file_held_open_by_h5py_elsewhere_is_refused_after_the_wait(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "held.h5"
     fio.write_series(path, {"identifier": "held", "images": [np.ones((4, 4))]})
-    holder = lab_python(LAB_HOLDER.replace("PATH", repr(str(path))), {"HDF5_USE_FILE_LOCKING": "TRUE"})
+    holder = python_child(
+        "-c", LAB_HOLDER.replace("PATH", repr(str(path))), env={"HDF5_USE_FILE_LOCKING": "TRUE"}
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "open\n"
         before = lab_digest(path)
@@ -1932,8 +1918,8 @@ def test_lab_a_file_held_open_by_h5py_elsewhere_is_refused_after_the_wait(tmp_pa
             assert lab_digest(path) == before
             assert lab_temporaries(tmp_path) == []
     finally:
-        lab_release(holder)
-        lab_finish(holder)
+        release_child(holder)
+        finish_child(holder)
     fio.write_series(path, {"identifier": None, "images": [np.zeros((4, 4))]}, append=True)
     assert len(fio.read_series(path)["images"]) == 2
 
@@ -1977,9 +1963,9 @@ def test_lab_appenders_without_hdf5_file_locking(tmp_path: pathlib.Path, existin
         )
     env = {"HDF5_USE_FILE_LOCKING": "FALSE"}
     children = [lab_appender(path, 15, tag, per_call=2, env=env) for tag in "ab"]
-    lab_release(*children)
+    release_child(*children)
     for child in children:
-        assert lab_finish(child) == "done\n"
+        assert finish_child(child) == "done\n"
     ids = lab_ids(path)[int(existing) :]
     assert sorted(ids) == sorted(f"{tag}{n}.{k}" for tag in "ab" for n in range(1, 16) for k in range(2))
     for tag in "ab":  # each call's two images stay together, the calls in order
@@ -2001,7 +1987,7 @@ print("done", flush=True)
 
 def test_lab_an_idle_writers_temporary_survives_the_stale_cleanup(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "x.h5"
-    writer = lab_python(LAB_SLOW_WRITER.replace("PATH", repr(str(path))))
+    writer = python_child("-c", LAB_SLOW_WRITER.replace("PATH", repr(str(path))))
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
         (live,) = lab_temporaries(tmp_path)
@@ -2018,8 +2004,8 @@ def test_lab_an_idle_writers_temporary_survives_the_stale_cleanup(tmp_path: path
         assert lab_temporaries(tmp_path) == sorted([live, other.name])
         assert fio.read_image(path)["raw"].sum() == 0
     finally:
-        lab_release(writer)
-    assert lab_finish(writer) == "done\n"
+        release_child(writer)
+    assert finish_child(writer) == "done\n"
     assert [image["raw"][0, 0] for image in fio.read_series(path)["images"]] == [1.0, 2.0]
     assert lab_temporaries(tmp_path) == [other.name]
 
@@ -2295,7 +2281,7 @@ def test_lab_file_object_append_undone_when_the_generator_raises(
 
     def frames() -> Iterator[np.ndarray]:
         for number in range(5):
-            yield lab_noise((64, 64), number)
+            yield noise((64, 64), number)
         raise RuntimeError("camera unplugged")
 
     with open(path, "r+b", buffering=buffering) as handle:
@@ -2440,7 +2426,7 @@ def commit_run(
     path: pathlib.Path, at: int = 0, when: str = "", signum: int = 0, writes_at: Any = None
 ) -> str:
     arguments = repr((at, when, int(signum), writes_at, str(path)))
-    child = lab_python(COMMIT_SIGNALLED.replace("ARGUMENTS", arguments))
+    child = python_child("-c", COMMIT_SIGNALLED.replace("ARGUMENTS", arguments))
     out, err = child.communicate(timeout=60)
     if signum == signal.SIGKILL and child.returncode == -signal.SIGKILL:
         return "killed"
@@ -2453,7 +2439,7 @@ def test_commit_fsync_count_is_what_the_sweeps_assume(tmp_path: pathlib.Path) ->
     path = tmp_path / "run.h5"
     _, _, after = commit_old_and_new(path)
     assert commit_run(path) == "returned 4 0"
-    lab_same_series(fio.read_series(path), after)
+    assert_same_series(fio.read_series(path), after)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -2468,9 +2454,9 @@ def test_commit_kill_9_at_every_fsync_leaves_the_old_or_the_new_series(
     assert commit_has_journal(path) == (at in (2, 3))
     # the cut is the commit point: a kill once it is made keeps the new images
     expected = after if at == 4 else before
-    lab_same_series(fio.read_series(path), expected)
+    assert_same_series(fio.read_series(path), expected)
     assert not commit_has_journal(path)  # the read rolled it back for good
-    lab_same_series(fio.read_series(path), expected)
+    assert_same_series(fio.read_series(path), expected)
     with h5py.File(path, "r") as plain:  # and plain HDF5 sees the same file
         assert len(plain) == len(expected["images"])
 
@@ -2487,10 +2473,10 @@ def test_commit_kill_9_inside_the_write_back_is_rolled_back(tmp_path: pathlib.Pa
             break
         assert commit_has_journal(path)
         overwritten += path.read_bytes()[: len(old_bytes)] != old_bytes
-        lab_same_series(fio.read_series(path), before)
+        assert_same_series(fio.read_series(path), before)
         assert path.read_bytes() == old_bytes  # rolled back to the byte
     assert outcome == f"returned 4 {writes_at - 1}"
-    lab_same_series(fio.read_series(path), after)
+    assert_same_series(fio.read_series(path), after)
     assert writes_at > 3 and overwritten >= 2  # kills landed after old bytes were overwritten
 
 
@@ -2502,7 +2488,7 @@ def test_commit_ctrl_c_at_any_fsync_waits_for_the_commit(tmp_path: pathlib.Path,
     # the KeyboardInterrupt reaches the caller after the commit, which it never cuts short
     assert commit_run(path, at, when, signal.SIGINT) == "interrupted 4 0"
     assert not commit_has_journal(path)
-    lab_same_series(fio.read_series(path), after)
+    assert_same_series(fio.read_series(path), after)
 
 
 def test_commit_ctrl_c_before_the_commit_rolls_back(tmp_path: pathlib.Path) -> None:
@@ -2519,7 +2505,7 @@ def test_commit_ctrl_c_before_the_commit_rolls_back(tmp_path: pathlib.Path) -> N
     with pytest.raises(KeyboardInterrupt):
         fio.write_series(path, {"identifier": "run", "images": frames()}, append=True)
     assert path.read_bytes() == old_bytes
-    lab_same_series(fio.read_series(path), before)
+    assert_same_series(fio.read_series(path), before)
 
 
 def test_commit_failed_write_back_leaves_the_journal_for_the_next_call(tmp_path: pathlib.Path) -> None:
@@ -2548,10 +2534,10 @@ def test_commit_failed_write_back_leaves_the_journal_for_the_next_call(tmp_path:
         with pytest.raises(OSError, match=r"Input/output error"):
             fio.write_series(handle, {"identifier": "run", "images": new}, append=True)
     assert commit_has_journal(path)  # left for the next call
-    lab_same_series(fio.read_series(path), before)
+    assert_same_series(fio.read_series(path), before)
     assert path.read_bytes() == old_bytes
     fio.write_series(path, {"identifier": "run", "images": new}, append=True)  # and the disk is good again
-    lab_same_series(fio.read_series(path), after)
+    assert_same_series(fio.read_series(path), after)
 
 
 def test_commit_journal_is_rolled_back_by_readers_of_file_objects_and_refused_read_only(
@@ -2577,7 +2563,7 @@ def test_commit_journal_is_rolled_back_by_readers_of_file_objects_and_refused_re
         assert path.read_bytes() == interrupted
     # a writable file object is rolled back and read
     buffer = io.BytesIO(interrupted)
-    lab_same_series(fio.read_series(buffer), before)
+    assert_same_series(fio.read_series(buffer), before)
     assert buffer.getvalue() == old_bytes
 
 
@@ -2673,10 +2659,10 @@ def test_commit_power_loss_model(tmp_path: pathlib.Path, frames: int, added: int
             outcome = "old"
         else:
             got = fio.read_series(copy)
-            outcome = "old" if series_equal(got, before) else "new" if series_equal(got, after) else "wrong"
+            outcome = "old" if same_series(got, before) else "new" if same_series(got, after) else "wrong"
             assert outcome != "wrong", f"a power loss left a series of {len(got['images'])} other images"
         expected = before if outcome == "old" else after
-        lab_same_series(
+        assert_same_series(
             {"identifier": "run", "images": [last]}, {"identifier": "run", "images": expected["images"][-1:]}
         )
         outcomes[outcome] += 1
@@ -2698,7 +2684,7 @@ os.fsync = fsync
 frame = np.random.default_rng(0).integers(0, 2**16, (2048, 2048), dtype=np.uint16)
 fio.write_series({str(path)!r}, {{"identifier": "run", "images": [frame]}}, append=True)
 """
-    child = lab_python(big)
+    child = python_child("-c", big)
     child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
     assert path.stat().st_size > committed + 7 * 2**20  # the killed call's 8 MiB stayed behind
@@ -2717,7 +2703,8 @@ fio.write_series({str(path)!r}, {{"identifier": "run", "images": [frame]}}, appe
 @pytest.mark.slow
 def test_commit_a_file_being_created_is_never_seen_empty(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "new.h5"
-    creator = lab_python(
+    creator = python_child(
+        "-c",
         f"""
 import os
 import numpy as np
@@ -2727,7 +2714,7 @@ for n in range(150):
     fio.write_series({str(path)!r}, {{"identifier": None, "images": [np.full((4, 4), n)]}}, append=True)
     time.sleep(0.002)
     os.unlink({str(path)!r})
-"""
+""",
     )
     errors: collections.Counter[str] = collections.Counter()
     while creator.poll() is None:
@@ -2739,7 +2726,7 @@ for n in range(150):
             errors["not found"] += 1
         except Exception as exc:
             errors[f"{type(exc).__name__}: {exc}"] += 1
-    lab_finish(creator)
+    finish_child(creator)
     assert set(errors) <= {"read", "not found"}, errors
     assert errors["read"] > 0
 
@@ -2937,7 +2924,7 @@ fio.write_series(PATH, {"identifier": "new", "images": frames()})
 def test_an_append_waiting_for_a_replacing_write_appends_to_the_new_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "run.h5"
     fio.write_series(path, {"identifier": "old", "images": [np.zeros((8, 8))]})
-    writer = lab_python(REPLACING_WRITER.replace("PATH", repr(str(path))))
+    writer = python_child("-c", REPLACING_WRITER.replace("PATH", repr(str(path))))
     assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
     errors: list[BaseException] = []
 
@@ -2950,8 +2937,8 @@ def test_an_append_waiting_for_a_replacing_write_appends_to_the_new_file(tmp_pat
     appender = threading.Thread(target=append)
     appender.start()
     time.sleep(0.5)  # the append waits for the writer, locked on the old file
-    lab_release(writer)
-    lab_finish(writer)
+    release_child(writer)
+    finish_child(writer)
     appender.join(30)
     assert errors == []
     # the append went to the file that the path names now, not to the old one it waited on
@@ -3231,7 +3218,7 @@ def numbers_equal(a: Any, b: Any) -> bool:
         ],
     }
     keys_same = all(set(x["meta"]) == set(y["meta"]) for x, y in zip(a["images"], b["images"]))
-    return keys_same and series_equal(strip, other)
+    return keys_same and same_series(strip, other)
 
 
 @settings(max_examples=400, deadline=None)
@@ -3270,7 +3257,7 @@ def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
         return
     finally:
         faulthandler.cancel_dump_traceback_later()
-    assert series_equal(got, SERIES_READ), "damage outside the global heap went unnoticed"
+    assert same_series(got, SERIES_READ), "damage outside the global heap went unnoticed"
 
 
 def read_in_child(data: bytes, seconds: float) -> str:
@@ -3288,7 +3275,7 @@ def read_in_child(data: bytes, seconds: float) -> str:
         except Exception as exc:  # anything else is a defect: report it
             sender.send(f"{type(exc).__name__}: {exc}")
             return
-        if series_equal(got, SERIES_READ):
+        if same_series(got, SERIES_READ):
             sender.send("exact")
         else:
             sender.send("text changed" if numbers_equal(got, SERIES_READ) else "numbers changed")
@@ -3953,7 +3940,6 @@ def test_module_works_without_the_fast_extra(tmp_path: pathlib.Path) -> None:
     script = f"""
 import sys, zlib
 sys.modules["zlib_ng"] = None  # as if the fast extra were not installed
-sys.path.insert(0, {str(pathlib.Path(fio.__file__).parent)!r})
 import numpy as np, h5py, flimage_io as fio
 path = {str(tmp_path / "plain.h5")!r}
 raw = np.arange(12.0).reshape(3, 4)
@@ -3964,8 +3950,7 @@ with h5py.File(path, "r") as h5:  # deflated by the standard library's zlib
 assert stored == zlib.compress(raw.view(np.uint8).reshape(-1, 8).T.tobytes(), 6)
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout == "ok\n"
+    assert finish_child(python_child("-c", script)) == "ok\n"
 
 
 def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
@@ -3993,22 +3978,6 @@ def test_a_chunk_marked_as_unshuffled_is_damage() -> None:
         assert h5["fluorescence/raw"].id.read_direct_chunk((0, 0))[0] == 1
     with pytest.raises(fio.FormatError, match=r"raw: a chunk is marked as stored without a filter"):
         fio.read_image(buffer)
-
-
-def hostile_values(dtype: np.dtype[Any], shape: tuple[int, int] = (37, 53)) -> np.ndarray:
-    """Values that use every byte, little-endian; the extremes of the dtype included."""
-    rng = np.random.default_rng(10)
-    native = dtype.newbyteorder("=")
-    if native.kind == "f":
-        info = np.finfo(native)
-        values = rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, shape)
-        values = values.astype(native)
-        values.flat[:8] = [info.max, -info.max, info.tiny, info.tiny / 4, -0.0, np.inf, -np.inf, np.nan]
-    else:
-        info_i = np.iinfo(native)
-        values = rng.integers(int(info_i.min), int(info_i.max), shape, dtype=native, endpoint=True)
-        values.flat[:3] = [info_i.min, info_i.max, 0]
-    return values
 
 
 def hostile_big_endian_dataset(group: h5py.Group, name: str, data: np.ndarray, layout: str) -> None:
@@ -4043,7 +4012,7 @@ def hostile_big_endian_dataset(group: h5py.Group, name: str, data: np.ndarray, l
     "layout", ["contiguous", "compact", "shuffle+gzip+fletcher32", "gzip 9+fletcher32 (flimage's)", "lzf"]
 )
 def test_hostile_big_endian_data_reads_exactly(tmp_path: pathlib.Path, dtype: str, layout: str) -> None:
-    little = hostile_values(np.dtype(dtype))
+    little = noise((37, 53), 10, dtype)
     big = little.astype(dtype)
 
     def make(fluorescence: h5py.Group) -> None:
@@ -4195,7 +4164,7 @@ def test_append_errors_leave_the_series_as_it_was(tmp_path: pathlib.Path) -> Non
         fio.write_series(path, {"identifier": None, "images": broken()}, append=True)
     after = fio.read_series(path)
     assert len(after["images"]) == 1 and after["identifier"] == "s"
-    assert_image_equal(after["images"][0], before["images"][0])
+    assert_same_image(after["images"][0], before["images"][0])
     assert os.listdir(tmp_path) == ["s.h5"]
 
     image = tmp_path / "image.h5"
@@ -4226,7 +4195,7 @@ def test_lazy_write_series_takes_a_3d_stack(tmp_path: pathlib.Path) -> None:
     # a lazy copy of it, and an empty stack
     fio.write_series(tmp_path / "copy.h5", fio.read_series(path, lazy=True))
     for got, want in zip(fio.read_series(tmp_path / "copy.h5")["images"], series["images"]):
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
     fio.write_series(tmp_path / "empty.h5", {"identifier": "none", "images": np.zeros((0, 8, 9))})
     assert fio.read_series(tmp_path / "empty.h5") == {"identifier": "none", "images": []}
 
@@ -4404,7 +4373,7 @@ def stream_committed(path: pathlib.Path, count: int) -> None:
 
 def test_stream_commits_are_visible_while_the_call_runs(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    child = python_child("-c", STREAM_STEPPED.replace("PATH", repr(str(path))))
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
         for n in range(5):
@@ -4428,7 +4397,7 @@ def test_stream_commits_are_visible_while_the_call_runs(tmp_path: pathlib.Path) 
 
 def test_stream_kill_9_keeps_every_committed_frame(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    child = python_child("-c", STREAM_STEPPED.replace("PATH", repr(str(path))))
     assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
     for _ in range(3):
         time.sleep(0.1)
@@ -4458,7 +4427,7 @@ def test_stream_kill_9_at_many_points_never_damages_the_file(tmp_path: pathlib.P
     path = tmp_path / "live.h5"
     counts = []
     for delay in np.linspace(0.0, 0.4, 16):
-        child = lab_python(STREAM_FAST.replace("PATH", repr(str(path))))
+        child = python_child("-c", STREAM_FAST.replace("PATH", repr(str(path))))
         assert child.stdout is not None and child.stdout.readline() == "streaming\n"
         time.sleep(float(delay))
         child.kill()
@@ -4477,7 +4446,7 @@ def test_stream_kill_9_at_many_points_never_damages_the_file(tmp_path: pathlib.P
 
 def test_stream_a_quiet_camera_has_its_frames_committed_while_it_waits(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    child = lab_python(STREAM_STEPPED.replace("PATH", repr(str(path))))
+    child = python_child("-c", STREAM_STEPPED.replace("PATH", repr(str(path))))
     assert child.stdout is not None and child.stdout.readline().strip() == "waiting 0"
     assert stream_step(child) == "waiting 1"  # frame 0 is committed at once
     assert stream_step(child) == "waiting 2"  # frame 1 comes within commit_every of that commit
@@ -4508,14 +4477,14 @@ except KeyboardInterrupt:
 
 def test_stream_ctrl_c_while_the_camera_waits_ends_the_call_at_once(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "live.h5"
-    child = lab_python(STREAM_QUIET.replace("PATH", repr(str(path))))
+    child = python_child("-c", STREAM_QUIET.replace("PATH", repr(str(path))))
     try:
         assert child.stdout is not None and child.stdout.readline() == "waiting\n"
         stream_committed(path, 2)
         child.send_signal(signal.SIGINT)
         # the call ends though the thread that takes the images still waits in the generator,
         # and the process exits
-        assert lab_finish(child, timeout=10) == "interrupted\n"
+        assert finish_child(child, timeout=10) == "interrupted\n"
     finally:
         child.kill()
         child.communicate()
@@ -4582,10 +4551,12 @@ def test_stream_a_reader_holding_the_file_delays_commits_never_the_acquisition(
 ) -> None:
     path = tmp_path / "live.h5"
     fio.write_series(path, {"identifier": None, "images": [np.zeros((8, 8))]})
-    holder = lab_python(STREAM_HOLDER.replace("PATH", repr(str(path))), {"HDF5_USE_FILE_LOCKING": "TRUE"})
+    holder = python_child(
+        "-c", STREAM_HOLDER.replace("PATH", repr(str(path))), env={"HDF5_USE_FILE_LOCKING": "TRUE"}
+    )
     assert holder.stdout is not None and holder.stdout.readline() == "open\n"
     hold = LOCK_WAIT + 1.5  # past the wait after which the stream warns
-    released = threading.Timer(hold, lambda: lab_release(holder))
+    released = threading.Timer(hold, lambda: release_child(holder))
 
     def frames() -> Iterator[np.ndarray]:
         for n in range(1, 31):
@@ -4597,7 +4568,7 @@ def test_stream_a_reader_holding_the_file_delays_commits_never_the_acquisition(
     with pytest.warns(ResourceWarning, match=r"live.h5: the images taken since the last commit wait"):
         fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
     assert time.monotonic() - started > hold  # it waited for the reader to close the file
-    lab_finish(holder)
+    finish_child(holder)
     assert [int(image["raw"][0, 0]) for image in fio.read_series(path)["images"]] == list(range(31))
 
 
@@ -4634,7 +4605,7 @@ print(json.dumps({"opened": opened, "refused": refused, "lengths": lengths, "lon
 def test_stream_viewers_read_between_commits(tmp_path: pathlib.Path, mode: str) -> None:
     path = tmp_path / "live.h5"
     script = STREAM_POLLER.replace("PATH", repr(str(path))).replace("MODE", repr(mode))
-    poller = lab_python(script, {"HDF5_USE_FILE_LOCKING": "TRUE"})
+    poller = python_child("-c", script, env={"HDF5_USE_FILE_LOCKING": "TRUE"})
 
     def frames() -> Iterator[np.ndarray]:
         for n in range(300):
@@ -4644,7 +4615,7 @@ def test_stream_viewers_read_between_commits(tmp_path: pathlib.Path, mode: str) 
     fio.write_series(path, {"identifier": None, "images": frames()}, append=True, commit_every=0.05)
     time.sleep(0.2)
     (tmp_path / "live.h5.stop").touch()
-    result = json.loads(lab_finish(poller))
+    result = json.loads(finish_child(poller))
     assert result["opened"] > 20, result
     assert result["lengths"] == sorted(result["lengths"])  # the series only ever grew
     if mode == "flimage_io":
@@ -5182,10 +5153,6 @@ def lazy_expected(identifiers: list[str | None], selection: Any) -> tuple[list[i
     return chosen, missing
 
 
-def lazy_open_hdf5_files() -> int:
-    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE))
-
-
 def lazy_corrupt_raw_chunks(path: pathlib.Path) -> int:
     """Flip one byte inside every stored chunk of every raw image; return how many."""
     places = []
@@ -5256,8 +5223,8 @@ def test_lazy_selection_picks_the_named_images_in_order(case: tuple[list[str | N
     assert [image["meta"]["time"] for image in eager["images"]] == [float(p) for p in chosen]
     assert len(lazy_read["images"]) == len(chosen)
     for position, got, lazy_got in zip(chosen, eager["images"], lazy_read["images"]):
-        lazy_assert_same(got, full[position])
-        lazy_assert_same(lazy_got, full[position])
+        assert_same_image(got, full[position])
+        assert_same_image(lazy_got, full[position])
     if isinstance(selection, slice):  # slicing the lazy sequence names the same images
         sliced = fio.read_series(target, lazy=True)["images"][selection]
         assert [image["meta"]["time"] for image in sliced] == [float(p) for p in chosen]
@@ -5360,8 +5327,8 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
     assert isinstance(images, collections.abc.Sequence)
     assert not isinstance(images, collections.abc.MutableSequence)
     assert len(images) == 5
-    lazy_assert_same(images[-1], full[4])
-    lazy_assert_same(images[np.int64(-5)], full[0])
+    assert_same_image(images[-1], full[4])
+    assert_same_image(images[np.int64(-5)], full[0])
     for bad in (5, -6, 10**20):
         with pytest.raises(
             fio.ImageNotFoundError, match=rf"s.h5: the lazy series has 5 images; index {bad} is out"
@@ -5374,7 +5341,7 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
             TypeError, match=r"images are indexed by position \(int\), identifier \(str\) or slice"
         ):
             images[bad_key]
-    lazy_assert_same(images["c"], full[2])  # an identifier, as read_image takes
+    assert_same_image(images["c"], full[2])  # an identifier, as read_image takes
     with pytest.raises(TypeError):
         images[0] = full[0]  # type: ignore[index]
     with pytest.raises(TypeError):
@@ -5382,7 +5349,7 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
 
     assert [image["meta"]["time"] for image in images] == [0.0, 1.0, 2.0, 3.0, 4.0]
     for got, want in zip(images, full):
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
     for part, positions in [
         (slice(1, 4), [1, 2, 3]),
         (slice(None, None, -2), [4, 2, 0]),
@@ -5394,12 +5361,12 @@ def test_lazy_sequence_semantics(tmp_path: pathlib.Path) -> None:
         assert len(sliced) == len(positions)
         assert [image["meta"]["time"] for image in sliced] == [float(p) for p in positions]
         for got, position in zip(sliced, positions):
-            lazy_assert_same(got, full[position])
+            assert_same_image(got, full[position])
     nested = images[::-1][1:4][::2]
     assert [image["meta"]["time"] for image in nested] == [3.0, 1.0]
     chosen = fio.read_series(path, ["d1", 0, -1, "d1"], lazy=True)["images"]
     assert [image["meta"]["time"] for image in chosen[1:]] == [0.0, 4.0, 3.0]
-    lazy_assert_same(chosen[-1], full[3])
+    assert_same_image(chosen[-1], full[3])
 
     image = images[2]
     assert isinstance(image, collections.abc.Mapping)
@@ -5432,20 +5399,20 @@ def test_lazy_holds_no_open_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s.h5"
     fio.write_series(path, lazy_series([f"f{n}" for n in range(20)]))
     full = fio.read_series(path)["images"]
-    before = lazy_open_hdf5_files()
+    before = open_hdf5_objects(h5py.h5f.OBJ_FILE)
     images = fio.read_series(path, lazy=True, workers=2)["images"]
-    assert lazy_fds_on(path) == [] and lazy_open_hdf5_files() == before
-    lazy_assert_same(images[7], full[7])
+    assert lazy_fds_on(path) == [] and open_hdf5_objects(h5py.h5f.OBJ_FILE) == before
+    assert_same_image(images[7], full[7])
     for image in images[:10]:  # in order: reads ahead, then closes
         image["raw"]
-    assert lazy_fds_on(path) == [] and lazy_open_hdf5_files() == before
+    assert lazy_fds_on(path) == [] and open_hdf5_objects(h5py.h5f.OBJ_FILE) == before
 
     # a writer is not kept waiting for our lock (it would wait 5 s, then raise BlockingIOError)
     started = time.monotonic()
     fio.write_series(path, {"identifier": None, "images": [lazy_frame(20)]}, append=True)
     assert time.monotonic() - started < 2.0
     assert len(images) == 20
-    lazy_assert_same(images[19], full[19])
+    assert_same_image(images[19], full[19])
 
     # the path is read at each access: moved away, the images are gone; moved back, there again
     moved = tmp_path / "moved.h5"
@@ -5453,7 +5420,7 @@ def test_lazy_holds_no_open_file(tmp_path: pathlib.Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no such file: .*s\.h5"):
         images[3]["raw"]
     moved.rename(path)
-    lazy_assert_same(images[3], full[3])
+    assert_same_image(images[3], full[3])
 
 
 def test_lazy_pickles_for_a_path(tmp_path: pathlib.Path) -> None:
@@ -5462,15 +5429,15 @@ def test_lazy_pickles_for_a_path(tmp_path: pathlib.Path) -> None:
     full = fio.read_series(path)["images"]
     images = fio.read_series(path, lazy=True)["images"]
     for got, want in zip(images[:2], full):  # a used sequence pickles too
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
     copy = pickle.loads(pickle.dumps(images))
     assert len(copy) == 4
     for got, want in zip(copy, full):
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
     part = pickle.loads(pickle.dumps(images[::-2]))
     assert [image["meta"]["identifier"] for image in part] == ["d", "b"]
     one = pickle.loads(pickle.dumps(images[2]))
-    lazy_assert_same(one, full[2])
+    assert_same_image(one, full[2])
     assert len(pickle.dumps(images)) < 2000  # the path and positions, no pixels
 
 
@@ -5486,9 +5453,9 @@ def test_lazy_relative_path_does_not_follow_the_working_directory(
     pickled = pickle.dumps(images)
     monkeypatch.chdir(tmp_path / "elsewhere")  # holds another s.h5: it must not be read instead
     for got, want in zip(images, full):
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
     for got, want in zip(pickle.loads(pickled), full):
-        lazy_assert_same(got, want)
+        assert_same_image(got, want)
 
 
 def test_lazy_survives_fork(tmp_path: pathlib.Path) -> None:
@@ -5596,12 +5563,12 @@ def lazy_check_target(target: Any, written: list[dict[str, Any]]) -> None:
     images = series["images"]
     assert series["identifier"] == "run 11" and len(images) == len(written)
     for got, want in zip(images, written):
-        lazy_assert_same(got, lazy_normal(want))
-    lazy_assert_same(images[-2], lazy_normal(written[4]))
+        assert_same_image(got, lazy_normal(want))
+    assert_same_image(images[-2], lazy_normal(written[4]))
     chosen = fio.read_series(target, ["f", 1, "a"], lazy=True)["images"]
     assert [image["meta"]["time"] for image in chosen] == [5.0, 1.0, 0.0]
     assert [image["meta"]["time"] for image in images[1::2]] == [1.0, 3.0, 5.0]
-    lazy_assert_same(images[1::2][2], lazy_normal(written[5]))
+    assert_same_image(images[1::2][2], lazy_normal(written[5]))
 
 
 @pytest.mark.parametrize("kind", ["path", "pathlike", "bytesio", "file", "group"])
@@ -5626,7 +5593,7 @@ def test_lazy_reads_every_target(tmp_path: pathlib.Path, kind: str) -> None:
         memory = io.BytesIO(flat.read_bytes())
         lazy_check_target(memory, full)
         copy = pickle.loads(pickle.dumps(fio.read_series(memory, lazy=True)["images"]))
-        lazy_assert_same(copy[3], lazy_normal(full[3]))
+        assert_same_image(copy[3], lazy_normal(full[3]))
     else:
         with open(flat, "rb") as handle:
             lazy_check_target(handle, full)
@@ -5727,7 +5694,7 @@ def test_lazy_series_refuses_a_file_put_in_its_place(tmp_path: pathlib.Path, how
     with pytest.raises(fio.FormatError, match=changed_since(path, "another file")):
         pickle.loads(pickled)[2]["raw"]
     assert first["meta"]["identifier"] == "a"  # what was read stays
-    lazy_assert_same(fio.read_series(path, lazy=True)["images"][0], fio.read_series(path)["images"][0])
+    assert_same_image(fio.read_series(path, lazy=True)["images"][0], fio.read_series(path)["images"][0])
 
 
 def test_lazy_series_refuses_a_file_written_over_in_place(tmp_path: pathlib.Path) -> None:
@@ -5839,9 +5806,9 @@ def test_lazy_images_by_identifier(tmp_path: pathlib.Path) -> None:
     images = fio.read_series(path, lazy=True)["images"]
     for identifier in ("cell 0", "cell 11", "unguessable", "cell 3"):
         position = identifiers.index(identifier)
-        lazy_assert_same(images[identifier], full[position])
-        lazy_assert_same(images[np.str_(identifier)], full[position])
-        lazy_assert_same(fio.read_image(path, identifier), full[position])  # as read_image takes
+        assert_same_image(images[identifier], full[position])
+        assert_same_image(images[np.str_(identifier)], full[position])
+        assert_same_image(fio.read_image(path, identifier), full[position])  # as read_image takes
     # as read_image says it
     with pytest.raises(fio.ImageNotFoundError) as from_read_image:
         fio.read_image(path, "cell 5")
@@ -5855,7 +5822,7 @@ def test_lazy_images_by_identifier(tmp_path: pathlib.Path) -> None:
     assert isinstance(from_lazy.value, KeyError) and isinstance(from_lazy.value, IndexError)
     # in a selection: its own positions
     chosen = fio.read_series(path, [11, "cell 2", 11], lazy=True)["images"]
-    lazy_assert_same(chosen["cell 11"], full[11])
+    assert_same_image(chosen["cell 11"], full[11])
     assert repr(chosen["cell 11"]).startswith("<lazy image 0 of")  # the first of the two
     assert repr(images[::-2]["cell 1"]).startswith("<lazy image 5 of")
     with pytest.raises(
@@ -6075,13 +6042,7 @@ def fork_check_series(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def fork_checker(path: pathlib.Path) -> tuple[subprocess.Popen[str], int]:
     """``python -m flimage_io check path`` and its forked child, once that child holds the file's lock."""
-    check = subprocess.Popen(
-        [sys.executable, "-m", "flimage_io", "check", str(path)],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    check = python_child("-m", "flimage_io", "check", str(path))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for child in fork_children(check.pid):
@@ -6241,14 +6202,10 @@ def test_check_stops_a_looping_hdf5(
 
 
 def cli_run(*args: str, cwd: pathlib.Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flimage_io", *args],
-        cwd=cwd,
-        env=cli_env(**extra_env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``python -m flimage_io ARGS`` to its end, whatever its exit status."""
+    child = python_child("-m", "flimage_io", *args, env=extra_env, cwd=cwd)
+    out, err = child.communicate(timeout=120)
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
 
 
 # every character that preview prints in its own glyph
@@ -6478,7 +6435,7 @@ def cli_head_1(args: list[str], cwd: pathlib.Path) -> tuple[str, int, str]:
     child = subprocess.Popen(
         [sys.executable, "-m", "flimage_io", *args],
         cwd=cwd,
-        env=cli_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -6627,7 +6584,7 @@ def test_cli_check_shows_progress_on_a_terminal(cli_long_series: pathlib.Path) -
         child = subprocess.Popen(
             [sys.executable, "-m", "flimage_io", "check", cli_long_series.name],
             cwd=cli_long_series.parent,
-            env=cli_env(),
+            env=child_env(),
             stdout=subprocess.PIPE,
             stderr=terminal,
         )
