@@ -6587,6 +6587,7 @@ def test_cli_check_shows_progress_on_a_terminal(cli_long_series: pathlib.Path) -
     assert "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_cli_check_shows_no_progress_in_a_pipe(cli_long_series: pathlib.Path) -> None:
     result = cli_run("check", cli_long_series.name, cwd=cli_long_series.parent)
     assert (result.returncode, result.stdout, result.stderr) == (0, "long.h5: ok\n", "")
