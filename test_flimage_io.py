@@ -769,12 +769,8 @@ def test_readme_dask_recipe_on_local_processes(tmp_path: pathlib.Path) -> None:
     fio.write_series(path, {"identifier": "run 7", "images": frames})
     script = tmp_path / "recipe.py"
     script.write_text(readme_block("### A long series as a lazy dask array"))
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[0. 1. 2. 3. 4. 5.]"
+    out = finish_child(python_child(str(script), cwd=tmp_path), timeout=300)
+    assert out.strip().splitlines()[-1] == "[0. 1. 2. 3. 4. 5.]"
 
 
 def test_readme_quickstart_runs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -886,17 +882,15 @@ path = sys.argv[1]
 fio.write_series(path, {{"identifier": None, "images": np.zeros((2, 3, 3))}})
 {TRACEBACK_CASES[case]}
 """
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "s.h5")], env=env, capture_output=True, text=True
-    )
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 1 and last.split(":")[0] in (
+    child = python_child("-c", script, str(tmp_path / "s.h5"))
+    _, stderr = child.communicate(timeout=60)
+    last = stderr.strip().splitlines()[-1]
+    assert child.returncode == 1 and last.split(":")[0] in (
         "KeyError",
         "flimage_io.ImageNotFoundError",
         "AttributeError",
         "TypeError",
-    ), result.stderr
+    ), stderr
     assert not re.search(r"(?<![A-Za-z])_[A-Z]", last), last  # no _KeyError, _LazyImages, ...
     assert "'" not in last[: last.index(":")]
 
@@ -5504,16 +5498,8 @@ def test_lazy_copy_of_a_big_series_in_bounded_memory(tmp_path: pathlib.Path) -> 
     source, target = tmp_path / "a.h5", tmp_path / "b.h5"
     count, shape = 600, (256, 256)  # 300 MiB of pixels
     lazy_write_big(source, count, shape)
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(fio.__file__).parent)}
-    result = subprocess.run(
-        [sys.executable, "-c", LAZY_HWM_CHILD, str(source), str(target), str(tmp_path / "warm.h5")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    copied, full = map(float, result.stdout.split())
+    child = python_child("-c", LAZY_HWM_CHILD, str(source), str(target), str(tmp_path / "warm.h5"))
+    copied, full = map(float, finish_child(child, timeout=120).split())
     assert copied < 120, f"copying lazily grew the peak by {copied:.0f} MiB"
     assert full > 250, f"the control read of the whole series grew the peak by only {full:.0f} MiB"
     copy = fio.read_series(target, lazy=True)
