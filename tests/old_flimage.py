@@ -17,13 +17,14 @@ def write(folder: str) -> None:
     import flimage_io as fio
 
     meta = {"pixel size": 1.4e-7, "time": 2.0, "identifier": "cell 3"}
-    fio.write_image(
-        folder + "/image.h5", {"raw": IMAGE_RAW, "bg_data": np.full((32, 48), 100, np.uint16), "meta": meta}
-    )
+    background = np.full((32, 48), 100, np.uint16)
+    fio.write_image(folder + "/image.h5", {"raw": IMAGE_RAW, "bg_data": background, "meta": meta})
     images = [
-        {"raw": raw, "meta": {"identifier": f"f{n}", "time": float(n)}} for n, raw in enumerate(SERIES_RAW)
+        {"raw": raw, "meta": {"identifier": f"f{n}", "time": float(n)}}
+        for n, raw in enumerate(SERIES_RAW)
     ]
-    fio.write_series(folder + "/series.h5", {"identifier": "run", "images": images}, level=9, shuffle=False)
+    series = {"identifier": "run", "images": images}
+    fio.write_series(folder + "/series.h5", series, level=9, shuffle=False)
 
 
 def read(folder: str) -> None:
