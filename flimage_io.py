@@ -20,13 +20,11 @@ Sections, in order:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import contextlib
 import ctypes
 import datetime
-import difflib
 import errno
 import functools
 import io
@@ -35,7 +33,6 @@ import math
 import numbers
 import os
 import re
-import secrets
 import signal
 import stat
 import struct
@@ -511,6 +508,8 @@ def _storable(dtype: np.dtype[Any]) -> bool:
 def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], label: str, hint: str) -> None:
     for key in keys:
         if key not in valid:
+            import difflib  # here: for a mistake only, not at every import of the module
+
             close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.5)
             guess = f"; did you mean {close[0]!r}?" if close else ""
             raise KeyError(f"{label} has the unknown key {key!r}{guess} ({hint})")
@@ -1706,7 +1705,7 @@ def _sync_directory(directory: str) -> None:
 def _temp_name(base: str) -> str:
     """A hidden name beside the target that fits wherever the target's name fits."""
     short = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
-    return f".{short}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    return f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}"
 
 
 def _remove_stale_temporaries(directory: str, base: str) -> None:
@@ -3615,18 +3614,49 @@ def _seconds(text: str) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 < seconds < math.inf:
+        import argparse  # already imported by main, which calls this
+
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
     return seconds
 
 
 def _frame_count(text: str) -> int:
     if not text.lstrip("-").isdigit() or int(text) < 1:
+        import argparse  # already imported by main, which calls this
+
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return int(text)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run the command line, as ``python -m flimage_io`` does.
+
+    Parameters
+    ----------
+    argv
+        The arguments, e.g. ``["check", "run7.h5"]`` (default: ``sys.argv[1:]``).
+    prog
+        The program's name in usage and error messages.
+
+    Returns
+    -------
+    int
+        The exit status: 0 when all went well, 1 when a file has problems or could not be read.
+
+    Raises
+    ------
+    SystemExit
+        For ``-h``, ``--version`` (status 0) and usage mistakes (status 2), as argparse does.
+
+    Examples
+    --------
+    >>> main(["check", "no such file.h5"])
+    no such file.h5: 1 problem(s)
+      - no such file: no such file.h5
+    1
+    """
+    import argparse  # here: a project that vendors the module for its functions does not pay for it
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Read, check and look at FLImage / FLSeries HDF5 files.",
