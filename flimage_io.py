@@ -3299,23 +3299,46 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
     with contextlib.suppress(FormatError), warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownMetaWarning)  # check lists them
         read_series(path, [], lazy=True)
+    with open(path, "rb") as shared:
+        _share_with_readers(shared, path)
+        try:
+            opened = h5py.File(path, "r")
+        except OSError as exc:
+            damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format): {exc}"
+            raise FormatError(damaged) from None
+        with opened:
+            group = opened if inner == "/" else _hard(opened, inner.strip("/"))
+            if not isinstance(group, h5py.Group):
+                raise FormatError(_no_group(opened, path, inner, group))
+            yield group, path if group.name == "/" else f"{path}:{group.name}"
+
+
+def _no_group(opened: h5py.File, path: str, inner: str, found: h5py.HLObject | None) -> str:
+    """Why ``inner`` names no group that the command line reads."""
+    if found is not None:
+        return f"{path}:{inner} is a {type(found).__name__.lower()}, not a group"
+    if opened.get(inner, getlink=True) is not None:
+        return f"{path}:{inner} is a soft link or a link to another file, which are not followed"
+    return f"{path} has no group {inner}"
+
+
+def _share_with_readers(handle: IO[bytes], path: str) -> None:
+    """Hold the lock that readers share (flock, as HDF5's own file lock): a commit of our writers
+    waits for it, also where HDF5's locking is off (HDF5_USE_FILE_LOCKING=FALSE)."""
+    if _fcntl is None:  # pragma: no cover - not POSIX
+        return
     deadline = time.monotonic() + 5.0
     while True:
         try:
-            opened = h5py.File(path, "r")
-            break
+            _fcntl.flock(handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
+            return
         except OSError as exc:
-            # HDF5's own lock, which our writers take alone for a commit
-            if "lock" in str(exc) and time.monotonic() < deadline:
-                time.sleep(0.01)
-                continue
-            damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format): {exc}"
-            raise FormatError(damaged) from None
-    with opened:
-        group = opened.get(inner)
-        if not isinstance(group, h5py.Group):
-            raise FormatError(f"{path} has no group {inner}")
-        yield group, path if group.name == "/" else f"{path}:{group.name}"
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                return  # a file system without locks
+            if time.monotonic() > deadline:
+                message = f"{path} is in use by another process (locked for over 5 s); try again later"
+                raise BlockingIOError(errno.EWOULDBLOCK, message) from None
+            time.sleep(0.01)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -3572,6 +3595,19 @@ def _info(spec: str) -> str:
             return "\n".join([head] + [_summary(inner, f"{path}:{inner.name}", None) for inner in found])
 
 
+def _refuse_to_replace(target: str) -> None:
+    """A preview may replace an older PNG, never another file (the HDF5 file itself, through a typo
+    or a symlink) nor a FIFO, which would block."""
+    if not os.path.lexists(target):
+        return
+    if os.path.isfile(target):
+        with open(target, "rb") as existing:
+            if existing.read(8) == b"\x89PNG\r\n\x1a\n":
+                return
+    message = f"{target} exists and is no PNG file; name another output with -o"
+    raise FileExistsError(errno.EEXIST, message)
+
+
 def _frame_label(meta: Mapping[str, Any], position: int | None) -> str:
     """What tells a frame apart: its identifier, else its time, else its name in the series."""
     identifier = meta.get("identifier")
@@ -3585,6 +3621,8 @@ def _frame_label(meta: Mapping[str, Any], position: int | None) -> str:
 
 def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
     """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
+    target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
+    _refuse_to_replace(target)  # before anything is read
     frames: list[_Frame] = []
     picked: list[int | None] = [None]  # an image: the group itself
     with warnings.catch_warnings():
@@ -3602,7 +3640,6 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
                     _reduce(image["raw"], image["meta"], _frame_label(image["meta"], position))
                 )
                 del image  # before the next is read: one full-size frame in memory at a time
-    target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
     with open(target, "wb") as handle:
         handle.write(_png(_contact_sheet(frames, each)))
     return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
@@ -3719,7 +3756,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
             for spec in args.files:
                 try:
                     summary = _info(spec)
-                except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+                # FormatError, ValueError for a FIFO or device, and what h5py raises on damage
+                except (OSError, ValueError, RuntimeError, KeyError) as exc:
                     failed = True
                     message = _one_line(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
@@ -3730,7 +3768,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (OSError, ValueError) as exc:  # a user's mistake or a bad file: one line, no traceback
+    # a user's mistake or a bad file: one line, no traceback
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 

@@ -12,6 +12,7 @@ import datetime
 import doctest
 import errno
 import faulthandler
+import fcntl
 import functools
 import gc
 import hashlib
@@ -6948,14 +6949,21 @@ def test_cli_whole_file_names_the_group_to_use(
     assert not (tmp_path / "sim.png").exists()
 
 
-@pytest.mark.parametrize("inner", ["/nope", "/qpseries", "/flseries/fli_9"])
+@pytest.mark.parametrize(
+    ("inner", "why"),
+    [
+        ("/nope", "has no group /nope"),
+        ("/qpseries", ":/qpseries is a dataset, not a group"),
+        ("/flseries/fli_9", "has no group /flseries/fli_9"),
+    ],
+)
 def test_cli_group_path_that_is_no_group(
-    inner: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    inner: str, why: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "sim.h5"
     cli_big_file(path)
     spec = f"{path}:{inner}"
-    message = f"{path} has no group {inner}"
+    message = f"{path}{why}" if why.startswith(":") else f"{path} {why}"
     assert fio.main(["check", spec]) == 1
     assert capsys.readouterr().out == f"{spec}: 1 problem(s)\n  - {message}\n"
     assert fio.main(["info", spec]) == 1
@@ -7615,3 +7623,73 @@ def test_info_names_a_raw_dataset_without_a_shape_in_one_line(
         out == ""
         and err == f"{path}:/fluorescence/raw must be a non-empty 2-D image, but has shape None\n"
     )
+
+
+def test_cli_preview_never_replaces_another_file(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": None, "images": cli_frames(2)})
+    before = path.read_bytes()
+    link = tmp_path / "run.png"
+    link.symlink_to(path)  # a PNG name that leads to the HDF5 file
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for output in (path, link, fifo):
+        assert fio.main(["preview", str(path), "-o", str(output)]) == 1  # at once: a FIFO not opened
+        assert f"{output} exists and is no PNG file" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    older = tmp_path / "older.png"
+    assert fio.main(["preview", str(path), "-o", str(older)]) == 0
+    assert fio.main(["preview", str(path), "-n", "1", "-o", str(older)]) == 0  # an older PNG goes
+    assert "wrote" in capsys.readouterr().out and PILImage.open(older).size[0] > 0
+
+
+def test_cli_group_path_follows_hard_links_only(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.h5"
+    fio.write_series(other, {"identifier": "elsewhere", "images": cli_frames(1)})
+    path = tmp_path / "links.h5"
+    with h5py.File(path, "w") as h5:
+        h5["far"] = h5py.ExternalLink(str(other), "/")
+        h5["loop"] = h5py.SoftLink("/loop")
+        h5.create_dataset("data", data=np.zeros(3))
+    for inner, why in (("far", "which are not followed"), ("loop", "which are not followed")):
+        for command in ("info", "preview", "check"):
+            status = fio.main([command, f"{path}:/{inner}"])
+            out, err = capsys.readouterr()
+            assert status == 1 and "Traceback" not in out + err, (command, inner, out, err)
+            assert f"{path}:/{inner} is a soft link or a link to another file, {why}" in out + err
+            assert "elsewhere" not in out + err  # nothing of the other file was read
+    assert fio.main(["info", f"{path}:/data"]) == 1
+    assert capsys.readouterr().err.endswith(f"{path}:/data is a dataset, not a group\n")
+
+
+CLI_PAUSED_PREVIEW = """
+import sys
+import flimage_io as fio
+read_image = fio.read_image
+def paused(*args, **kwargs):  # the window: preview holds the file open and reads a frame
+    print("reading", flush=True)
+    sys.stdin.readline()
+    return read_image(*args, **kwargs)
+fio.read_image = paused
+sys.exit(fio.main(["preview", PATH, "-n", "1", "-o", PATH + ".png"]))
+"""
+
+
+def test_cli_reads_under_the_readers_lock_where_hdf5_locks_nothing(tmp_path: pathlib.Path) -> None:
+    # Without HDF5's own file lock, only ours keeps a writer's commit from changing the file under
+    # the command line's h5py handle: while preview reads a frame, a commit's lock must wait.
+    path = tmp_path / "live.h5"
+    fio.write_series(path, {"identifier": None, "images": cli_frames(3)})
+    script = CLI_PAUSED_PREVIEW.replace("PATH", repr(str(path)))
+    child = python_child("-c", script, env={"HDF5_USE_FILE_LOCKING": "FALSE"})
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "reading\n"
+        with open(path, "rb") as commit, pytest.raises(BlockingIOError):
+            fcntl.flock(commit, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        release_child(child)
+    assert finish_child(child).endswith("1 frame\n")
