@@ -406,8 +406,9 @@ def read_series(
             raise FormatError(
                 f"{label} holds a single FLImage, not an FLSeries: read it with read_image"
             )
-        identifier = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
-        unknown += [(key, label) for key in group.attrs if key != "identifier"]  # a copy drops them
+        keys = _attribute_names(group, label)
+        identifier = _text_attr(group, "identifier", label) if "identifier" in keys else None
+        unknown += [(key, label) for key in keys if key != "identifier"]  # a copy drops them
         positions = _select(group, label, selection)
         if lazy:
             known = _FileIdentity.of(opened[0], identifier) if opened else None
@@ -1063,8 +1064,7 @@ def _h5_open(target: IO[bytes] | _HeldWrites, mode: str, label: str) -> h5py.Fil
 def _open_read(
     h5file: Target, check: Callable[[os.stat_result], None] | None = None
 ) -> Iterator[tuple[h5py.Group, str]]:
-    """Yield (group, label) for any target, closing only what it opened; errors that h5py
-    raises on the file's bytes become FormatError naming the file. For a path, ``check`` gets the
+    """Yield (group, label) for any target, closing only what it opened. For a path, ``check`` gets the
     stat of the locked handle that HDF5 then reads through, and may raise to refuse that file."""
     with contextlib.ExitStack() as stack:
         if isinstance(h5file, h5py.Group):
@@ -1087,28 +1087,7 @@ def _open_read(
                     raise _interrupted_error(label)
                 _roll_back(h5file)
             group = stack.enter_context(_h5_open(h5file, "r", label))
-        try:
-            yield group, label
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            if not _raised_by_h5py(exc):
-                raise
-            # e.g. a dataset that HDF5 2.0 wrote with libver="latest"
-            damaged = f"{label} cannot be read, the file is damaged: {exc}"
-            message = _too_new_message(label, str(exc)) or damaged
-            raise FormatError(message) from exc
-
-
-def _raised_by_h5py(exc: BaseException) -> bool:
-    """Whether h5py raised ``exc`` itself (its traceback ends in h5py): then it reports the file's
-    bytes. The readers touch h5py in over a hundred places, each of which a damaged file can make
-    fail; this one rule covers them all, and an error of our own code is never called damage."""
-    tb = exc.__traceback__
-    module = ""
-    while tb is not None:
-        module = str(tb.tb_frame.f_globals.get("__name__", ""))
-        tb = tb.tb_next
-    ours = isinstance(exc, (FormatError, ImageNotFoundError, BlockingIOError))
-    return not ours and module.startswith("h5py")
+        yield group, label
 
 
 def _lock_to_read(label: str, real: str) -> IO[bytes]:
@@ -1726,17 +1705,11 @@ def _remove_stale_temporaries(directory: str, base: str) -> None:
                     os.unlink(path)
 
 
-def _names(group: h5py.Group) -> list[str]:
-    """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
-    return [
-        name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in group
-    ]
-
-
 def _refuse_occupied(group: h5py.Group, label: str, *, series: bool) -> None:
-    holds = [name for name in _names(group) if name == "fluorescence" or name.startswith("fli_")]
-    if holds or (not series and len(group.attrs)) or (series and "identifier" in group.attrs):
-        found = f"members {holds}" if holds else f"attributes {sorted(group.attrs.keys())}"
+    holds = [name for name in _names(group, label) if name == "fluorescence" or name.startswith("fli_")]
+    keys = _attribute_names(group, label)
+    if holds or (not series and keys) or (series and "identifier" in keys):
+        found = f"members {holds}" if holds else f"attributes {sorted(keys)}"
         kind = "a series" if series else "an image"
         raise ValueError(
             f"{label} already holds {found}; write {kind} into a new, empty group or a path"
@@ -1756,21 +1729,72 @@ def _at(label: str, node: h5py.HLObject) -> str:
     return label.split(":/", 1)[0] + ("" if node.name == "/" else f":{node.name}")
 
 
+@contextlib.contextmanager
+def _reading(label: str) -> Iterator[None]:
+    """Around h5py calls that read the file: an error they raise reports its bytes (damaged, or written
+    by a newer HDF5), so it becomes a FormatError naming ``label``. Only h5py calls go inside, so that
+    an error of our own code is never called damage."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        damaged = f"{label} cannot be read, the file is damaged: {exc}"
+        raise FormatError(_too_new_message(label, str(exc)) or damaged) from exc
+
+
+def _names(group: h5py.Group, label: str) -> list[str]:
+    """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
+    with _reading(label):
+        names = list(group)
+    return [
+        name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in names
+    ]
+
+
+def _has(group: h5py.Group, name: str, label: str) -> bool:
+    with _reading(label):
+        return name in group
+
+
+def _attribute_names(node: h5py.HLObject, label: str) -> list[str]:
+    with _reading(label):
+        return list(node.attrs)
+
+
+def _attribute(node: h5py.HLObject, key: str, label: str) -> Any:
+    with _reading(label):
+        return node.attrs[key]
+
+
+def _hard_links(group: h5py.Group, names: Iterable[str], label: str) -> list[str]:
+    """Those of ``names`` that are hard links in ``group``: not soft links (which may loop) nor links to
+    other files."""
+    with _reading(label):
+        info = group.id.links.get_info
+        return [name for name in names if info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD]
+
+
+def _has_layout(group: h5py.Group, label: str) -> bool:
+    """Whether ``group`` holds an image or a series, by its member names."""
+    if _has(group, "fluorescence", label):
+        return True
+    return any(name.startswith("fli_") for name in _names(group, label))
+
+
 def _layout_of(group: h5py.Group, label: str) -> str:
     """'image' or 'series'; anything else raises FormatError naming where layouts are."""
-    if "fluorescence" in group:
+    if _has(group, "fluorescence", label):
         return "image"
-    names = _names(group)
+    if _has(group, "fli_0", label):  # without listing the members of a long series
+        return "series"
+    names = _names(group, label)
     if not names or any(name.startswith("fli_") for name in names):
         return "series"
     nested = []
-    for name in names[:100]:
-        if name in group and group.id.links.get_info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD:
+    for name in _hard_links(group, [name for name in names[:100] if _has(group, name, label)], label):
+        with _reading(label):
             member = group[name]
-            if isinstance(member, h5py.Group) and (
-                "fluorescence" in member or any(n.startswith("fli_") for n in _names(member))
-            ):
-                nested.append(member.name)
+        if isinstance(member, h5py.Group) and _has_layout(member, label):
+            nested.append(member.name)
     hint = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
         f"{label} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
@@ -1784,8 +1808,9 @@ _Member = TypeVar("_Member", h5py.Group, h5py.Dataset)
 def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Member:
     """The member ``name`` of the given kind; unlike ``group.get``, a damaged member raises, and a
     link to another file is refused."""
-    link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
-    member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
+    with _reading(label):
+        link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
+        member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind):
         return member
     # built only for an error
@@ -1803,7 +1828,7 @@ def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
     found: list[int] = []
     problems: list[str] = []
-    for name in _names(group):
+    for name in _names(group, label):
         if _SERIES_NAME.match(name):
             found.append(int(name[4:]))
         elif name.startswith("fli_"):
@@ -1827,8 +1852,10 @@ def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
 def _series_length(group: h5py.Group, label: str) -> int:
     """Length of a series; without listing the members when the count of links fits 'fli_0' ..
     'fli_{n-1}' (a gap hidden by a stray member then fails when the missing image is read)."""
-    count = len(group)
-    if count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group:
+    with _reading(label):
+        count = len(group)
+        fits = count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group
+    if fits:
         return count
     found, problems = _scan_series(group, label)
     if problems:
@@ -1921,11 +1948,15 @@ def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
     except (KeyError, OSError, RuntimeError, ValueError):  # missing, damaged, not UTF-8: named below
         pass
     image = _child(group, f"fli_{position}", label, h5py.Group)
-    return _text_attr(image, "identifier", label) if "identifier" in image.attrs else None
+    return (
+        _text_attr(image, "identifier", label)
+        if "identifier" in _attribute_names(image, label)
+        else None
+    )
 
 
 def _text_attr(group: h5py.Group, key: str, label: str) -> str:
-    value = group.attrs[key]
+    value = _attribute(group, key, label)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bytes, np.bytes_)):  # older writers stored bytes
@@ -1948,14 +1979,14 @@ def _read_meta(
     """The meta data of an image; attributes beyond the 16 keys go to ``unknown``, and a bad value
     raises FormatError, or with ``problems`` (for the ``check`` command) is listed there."""
     meta: dict[str, MetaValue] = {}
-    for key in group.attrs:
+    for key in _attribute_names(group, label):
         try:
             if key not in META_KEYS:
                 unknown.append((key, _at(label, group)))
             elif key in TEXT_KEYS:
                 meta[key] = _text_attr(group, key, label)
             else:
-                value = np.asarray(group.attrs[key])
+                value = np.asarray(_attribute(group, key, label))
                 key_label = f"{_at(label, group)} attribute {key!r}"
                 if value.dtype.kind not in "iuf":
                     raise FormatError(f"{key_label} must hold numbers, but holds {value.dtype}")
@@ -2350,10 +2381,12 @@ def _store_run(
 
 def _prepare_append(group: h5py.Group, label: str, identifier: str | None) -> int:
     """Check that a group holds a series to append to; return its length."""
-    if len(group) and _layout_of(group, label) == "image":
+    with _reading(label):
+        empty = not len(group)
+    if not empty and _layout_of(group, label) == "image":
         raise FormatError(f"{label} holds an FLImage, not an FLSeries: cannot append images to it")
-    count = _series_length(group, label) if len(group) else 0
-    if identifier is not None and "identifier" in group.attrs:
+    count = 0 if empty else _series_length(group, label)
+    if identifier is not None and "identifier" in _attribute_names(group, label):
         existing = _text_attr(group, "identifier", label)
         if existing != identifier:
             other = f"the series in {label} is {existing!r}"
@@ -2383,18 +2416,19 @@ def _load_images(
             raw, jobs = _dataset_jobs(raw_node, label, None)
             bg_data: dict[str, npt.NDArray[Any]] = {}
             background = None
-            if "bg_data" in fluorescence:
+            if _has(fluorescence, "bg_data", label):
                 background = _child(fluorescence, "bg_data", label, h5py.Group)
             nodes = [fluorescence, raw_node, *([] if background is None else [background])]
-            for key in [] if background is None else _names(background):
+            for key in [] if background is None else _names(background, label):
                 node = _child(background, key, label, h5py.Dataset)
-                bg_data[key], more = _dataset_jobs(node, label, raw_node.shape)
+                bg_data[key], more = _dataset_jobs(node, label, raw.shape)
                 jobs += more
                 nodes.append(node)
             # the dict holds none of their attributes but HDFView's, which writers add
             for node in nodes:
                 kept = _IMAGE_ATTRIBUTES if isinstance(node, h5py.Dataset) else ()
-                unknown.extend((key, _at(label, node)) for key in node.attrs if key not in kept)
+                keys = _attribute_names(node, label)
+                unknown.extend((key, _at(label, node)) for key in keys if key not in kept)
             jobs = jobs or [lambda: None]  # the image is done when its last job is
             yield from ((job, None) for job in jobs[:-1])
             yield jobs[-1], {"raw": raw, "bg_data": bg_data, "meta": meta}
@@ -2404,18 +2438,28 @@ def _load_images(
             yield image
 
 
-def _check_dataset(dataset: h5py.Dataset, label: str, shape: tuple[int, ...] | None) -> str:
-    """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``;
-    return where it is."""
-    label = _at(label, dataset)  # the dataset's, from here on
-    dtype = dataset.dtype
-    if not _storable(dtype):
-        raise FormatError(f"{label} must hold real numbers or bools, but has dtype {dtype}")
-    if shape is None and (dataset.ndim != 2 or dataset.size == 0):
-        raise FormatError(f"{label} must be a non-empty 2-D image, but has shape {dataset.shape}")
-    if shape is not None and dataset.shape != shape:
-        raise FormatError(f"{label} has shape {dataset.shape}, but raw has shape {shape}")
-    return label
+class _Stored(NamedTuple):
+    """What the readers need of a dataset before its data: read once, through ``_reading``."""
+
+    label: str  # the dataset's place
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+
+def _check_dataset(dataset: h5py.Dataset, label: str, shape: tuple[int, ...] | None) -> _Stored:
+    """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``."""
+    with _reading(label):
+        stored = _Stored(_at(label, dataset), dataset.dtype, dataset.shape)
+    found = stored.shape
+    if not _storable(stored.dtype):
+        raise FormatError(
+            f"{stored.label} must hold real numbers or bools, but has dtype {stored.dtype}"
+        )
+    if shape is None and (found is None or len(found) != 2 or 0 in found):
+        raise FormatError(f"{stored.label} must be a non-empty 2-D image, but has shape {found}")
+    if shape is not None and found != shape:
+        raise FormatError(f"{stored.label} has shape {found}, but raw has shape {shape}")
+    return stored
 
 
 def _dataset_jobs(
@@ -2424,40 +2468,45 @@ def _dataset_jobs(
     """A dataset's array and the jobs that decode its chunks into it (none when HDF5 read it); with
     ``out``, of the dataset's shape, into that array, cast to its dtype as numpy casts. Storage never
     written or outside the file is an error: our writers store every chunk; fill is no data."""
-    label = _check_dataset(dataset, label, shape)  # the dataset's, from here on
-    dtype = dataset.dtype
+    label, dtype, found = _check_dataset(dataset, label, shape)  # the dataset's label from here on
     native = dtype.newbyteorder("=")
-    plist = dataset.id.get_create_plist()
-    layout = plist.get_layout()
+    with _reading(label):
+        plist = dataset.id.get_create_plist()
+        layout = plist.get_layout()
+        external = plist.get_external_count()
+        chunk = dataset.chunks
+        written = dataset.id.get_num_chunks() if layout == h5py.h5d.CHUNKED else 0
+        codes = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
+        # our decoder takes the stored bytes as numpy's dtype; odd HDF5 types (12-bit words,
+        # other float formats) need HDF5's conversion
+        plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
+        unwritten = layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None
     if layout == h5py.h5d.VIRTUAL:
         raise FormatError(f"{label} is a virtual dataset, which reads other files; flimage_io does not")
-    if plist.get_external_count():
+    if external:
         raise FormatError(f"{label} keeps its data in external files, which flimage_io does not read")
+    if unwritten:
+        raise FormatError(f"{label} was never written (it has no storage)")
     if layout == h5py.h5d.CHUNKED:
         # every check before the array is allocated: a small file may declare a huge image
-        chunk = tuple(dataset.chunks)
-        starts = [range(0, size, step) for size, step in zip(dataset.shape, chunk)]
+        starts = [range(0, size, step) for size, step in zip(found, chunk)]
         total = math.prod(len(r) for r in starts)
-        written = dataset.id.get_num_chunks()
         if written != total:
-            lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
-            missing = next(
-                (o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None
-            )
+            with _reading(label):
+                lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
+                missing = next(
+                    (o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None
+                )
             raise FormatError(
                 f"{label}: the chunk at {missing} was never written ({total - written} of its {total} "
                 "chunks are missing)"
                 if missing is not None
                 else f"{label} lists {written} chunks, but has room for {total}; the file is damaged"
             )
-        codes = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
-        # our decoder takes the stored bytes as numpy's dtype; odd HDF5 types (12-bit words,
-        # other float formats) need HDF5's conversion
-        plain = dataset.id.get_type().equal(h5py.h5t.py_create(dtype))
         # chunks of a few KiB cost more to hand to a worker than to decode: HDF5 reads them faster
         tiny = total > 1 and math.prod(chunk) * dtype.itemsize < _TINY_CHUNK_BYTES
         if plain and not tiny and set(codes) <= {_FILTER_DEFLATE, _FILTER_SHUFFLE, _FILTER_FLETCHER32}:
-            out = np.empty(dataset.shape, dtype=native) if out is None else out
+            out = np.empty(found, dtype=native) if out is None else out
             jobs: list[Callable[[], None]] = []
             for offset in itertools.product(*starts):
                 try:
@@ -2471,10 +2520,8 @@ def _dataset_jobs(
                     functools.partial(_decode_chunk, label, stored, mask, codes, dtype, chunk, part)
                 )
             return out, jobs
-    elif layout == h5py.h5d.CONTIGUOUS and dataset.id.get_offset() is None:
-        raise FormatError(f"{label} was never written (it has no storage)")
     # another dtype is cast by numpy from a copy of the image, not by HDF5 (whose rules differ)
-    read = np.empty(dataset.shape, dtype=native) if out is None or out.dtype != native else out
+    read = np.empty(found, dtype=native) if out is None or out.dtype != native else out
     try:  # lzf, szip, contiguous, compact: HDF5 decodes; read_direct converts byte order right
         dataset.read_direct(read)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -2493,18 +2540,21 @@ def _load_stack(
     of its size. An image of another shape or dtype than the first raises ValueError naming both."""
     if not positions:
         return np.empty((0, 0, 0), dtype=np.float64 if dtype is None else dtype)
-    first = _raw_of(group, label, positions[0])
-    _check_dataset(first, label, None)  # before the array is allocated
+    first_raw = _raw_of(group, label, positions[0])
+    first = _check_dataset(first_raw, label, None)  # before the array is allocated
     kind = first.dtype.newbyteorder("=")  # the byte order a file stores does not matter
     out = np.empty((len(positions), *first.shape), dtype=kind if dtype is None else dtype)
 
     def decode_jobs() -> Iterator[tuple[Callable[[], None], None]]:
         for slot, position in enumerate(positions):
-            raw = first if slot == 0 else _raw_of(group, label, position)
-            if raw.shape != first.shape or raw.dtype.newbyteorder("=") != kind:
+            raw = first_raw if slot == 0 else _raw_of(group, label, position)
+            with _reading(label):
+                shape = raw.shape
+                stored = raw.dtype.newbyteorder("=")
+            if shape != first.shape or stored != kind:
                 odd = _image_name(group, label, slot, position)
                 first_name = _image_name(group, label, 0, positions[0])
-                found = f"{odd} has shape {raw.shape} and dtype {raw.dtype.newbyteorder('=')}"
+                found = f"{odd} has shape {shape} and dtype {stored}"
                 expected = f"{first_name} has shape {first.shape} and dtype {kind}"
                 raise ValueError(
                     f"{label}: {found}, but {expected}; one (frames, rows, columns) array needs "
@@ -2812,7 +2862,8 @@ class _LazyImages(Sequence[Image]):
         with _open_read(self._source, self._check_file) as (group, label):
             known = self._known
             if known is not None and known.identifier is not None:
-                now = _text_attr(group, "identifier", label) if "identifier" in group.attrs else None
+                keys = _attribute_names(group, label)
+                now = _text_attr(group, "identifier", label) if "identifier" in keys else None
                 if now != known.identifier:
                     raise self._changed(
                         f"its series identifier is now {now!r}, not {known.identifier!r}"
@@ -2904,7 +2955,7 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
             try:
                 layout = _layout_of(group, label)
             except FormatError:  # neither an image nor a series: perhaps they are in groups
-                inner = [found.name for found in _layouts_in(group)]
+                inner = [found.name for found in _layouts_in(group, label)]
                 if not inner:
                     raise
                 layout = None
@@ -2923,15 +2974,16 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
 
 def _check_series_root(group: h5py.Group, label: str, problems: list[str]) -> list[int]:
     """What readers do not check of a series root: stray members and attributes; the image numbers."""
-    for key in group.attrs:
+    keys = _attribute_names(group, label)
+    for key in keys:
         if key != "identifier":
             problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
-    if "identifier" in group.attrs:
+    if "identifier" in keys:
         try:
             _text_attr(group, "identifier", label)
         except FormatError as exc:
             problems.append(str(exc))
-    for name in _names(group):
+    for name in _names(group, label):
         if not name.startswith("fli_"):
             problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
     numbers, numbering = _scan_series(group, label)
@@ -2983,19 +3035,20 @@ def _check_one_image(
     try:
         group = parent if name is None else _child(parent, name, label, h5py.Group)
         image_label = _at(label, group)
+        keys = _attribute_names(group, label)
         for key in ("flimage version", "qpimage version"):
-            if key not in group.attrs:
+            if key not in keys:
                 lacks = f"{image_label} lacks the attribute {key!r}"
                 problems.append(f"{lacks}: flimage cannot open it read-only")
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
         inner_label = _at(label, fluorescence)
-        if len(fluorescence.attrs):
-            problems.append(
-                f"{inner_label} has attributes {sorted(fluorescence.attrs)}; it should have none"
-            )
-        if "bg_data" not in fluorescence:
+        stray = _attribute_names(fluorescence, label)
+        if stray:
+            problems.append(f"{inner_label} has attributes {sorted(stray)}; it should have none")
+        if not _has(fluorescence, "bg_data", label):
             problems.append(f"{inner_label} has no 'bg_data' group: flimage cannot open it read-only")
-        kind = group.attrs.get_id("identifier").get_type() if "identifier" in group.attrs else None
+        with _reading(label):
+            kind = group.attrs.get_id("identifier").get_type() if "identifier" in keys else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
             problems.append(
                 f"{image_label} stores its identifier as fixed-length bytes: "
@@ -3018,25 +3071,23 @@ def _check_one_image(
 _WALK_LIMIT = 10_000  # groups looked into for the images and series of a file
 
 
-def _layouts_in(group: h5py.Group) -> list[h5py.Group]:
+def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
     """The groups below ``group`` that hold an FLImage or FLSeries, depth first in name order; through
     hard links only (soft links may loop, external ones lead to other files), each group once."""
     found: list[h5py.Group] = []
-    seen = {group.id}
+    with _reading(label):
+        seen = {group.id}  # hashed by the object's address in the file, which HDF5 reads
     pending = [group]
     while pending and len(seen) < _WALK_LIMIT:
         node = pending.pop()
-        names = _names(node)
+        names = _names(node, label)
         if node is not group and ("fluorescence" in names or any(n.startswith("fli_") for n in names)):
             found.append(node)
             continue
-        hard = [
-            n
-            for n in names
-            if n in node and node.id.links.get_info(n.encode()).type == h5py.h5l.TYPE_HARD
-        ]
-        groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
-        fresh = [member for member in groups if member.id not in seen]
+        hard = _hard_links(node, [name for name in names if _has(node, name, label)], label)
+        with _reading(label):
+            groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
+            fresh = [member for member in groups if member.id not in seen]
         seen.update(member.id for member in fresh)
         pending += reversed(fresh)
     return found

@@ -3482,11 +3482,47 @@ def numbers_equal(a: Any, b: Any) -> bool:
     return keys_same and same_series(strip, other)
 
 
+def read_lazily(source: io.BytesIO) -> dict[str, Any]:
+    """Every image of a lazy series: its meta data first (blocks of headers), then its arrays."""
+    series = fio.read_series(source, lazy=True)
+    metas = [image["meta"] for image in series["images"]]
+    images = [
+        {"raw": image["raw"], "bg_data": image["bg_data"], "meta": meta}
+        for image, meta in zip(series["images"], metas)
+    ]
+    return {"identifier": series["identifier"], "images": images}
+
+
+def read_one_by_one(source: io.BytesIO) -> dict[str, Any]:
+    """Every image by read_image, the last by its identifier (looked up in the file)."""
+    images = [fio.read_image(source, 0), fio.read_image(source, 1), fio.read_image(source, "i2")]
+    return {"identifier": fio.read_series(source, [])["identifier"], "images": images}
+
+
+def read_as_stack(source: io.BytesIO) -> dict[str, Any]:
+    """The raw images as one array, each into its slice of it; the rest as read_series reads it."""
+    stack = np.asarray(fio.read_series(source, lazy=True)["images"])
+    series = fio.read_series(source)
+    for image, raw in zip(series["images"], stack):
+        image["raw"] = raw
+    return series
+
+
+# each way the readers touch a file; check() may find problems but never raises
+READ_PATHS = {
+    "eager": fio.read_series,
+    "lazy": read_lazily,
+    "one by one": read_one_by_one,
+    "stack": read_as_stack,
+}
+
+
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
 @pytest.mark.slow
 def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
-    """A mutated file reads back exactly as written, or raises FormatError.
+    """A mutated file reads back exactly as written, or raises FormatError, whichever way it is
+    read; check() names a problem, never raises; an append to it raises FormatError or lands.
 
     Damage in HDF5's global heap collections (text meta data, no checksum) is
     left to test_damaged_global_heaps_never_change_numbers, which reads in a child.
@@ -3511,14 +3547,25 @@ def test_damaged_files_raise_or_read_exactly(data: st.DataObject) -> None:
             touched.append(position)
     # damage in a global heap can make HDF5 loop: test_damaged_global_heaps_never_change_numbers
     assume(not any(low <= p < high for p in touched for low, high in heaps))
+    way = data.draw(st.sampled_from([*READ_PATHS, "check", "append"]))
+    source = io.BytesIO(bytes(damaged))
     faulthandler.dump_traceback_later(120, exit=True)  # a hang fails the run instead of stalling CI
     try:
-        got = fio.read_series(io.BytesIO(bytes(damaged)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fio.UnknownMetaWarning)  # damage may rename a key
+            if way == "check":
+                problems = fio.check(source)
+                assert all(isinstance(problem, str) for problem in problems)
+                return
+            if way == "append":
+                fio.write_series(source, {"identifier": None, "images": [np.ones((2, 2))]}, append=True)
+                return
+            got = READ_PATHS[way](source)
     except fio.FormatError:
         return
     finally:
         faulthandler.cancel_dump_traceback_later()
-    assert same_series(got, SERIES_READ), "damage outside the global heap went unnoticed"
+    assert same_series(got, SERIES_READ), f"damage outside the global heap went unnoticed ({way})"
 
 
 def read_in_child(data: bytes, seconds: float) -> str:
