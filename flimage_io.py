@@ -734,11 +734,9 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # - A POSIX lock (lockf) belongs to the process and goes when it closes any handle of the file: the
 #   writer lock is an open-file-description lock, and lockf only serves as a turnstile in _lock.
 # - An flock belongs to the open file description, which a fork shares: see "Forks" below.
-# - HDF5 1.10's superblock marks a file open for writing: the files are written in the 1.8 format.
-#
-# The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
-# reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a
-# file open for writing, so a process killed while appending would leave the file refused.
+# - HDF5 1.10's superblock marks a file open for writing, so a process killed while appending would leave
+#   it refused: the files are written in the 1.8 format, which every HDF5 since 2008 reads and which
+#   checksums object headers (attributes, links), so that damaged meta data raises instead of misreading.
 _LIBVER = ("v108", "v108")
 _PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
@@ -786,12 +784,12 @@ class _LockHandle(io.FileIO):
             super().close()
 
 
-def _before_fork() -> None:
+def _take_fork_locks() -> None:
     _h5py_lock.acquire()
     _FORK_GUARD.acquire()
 
 
-def _after_fork_in_parent() -> None:
+def _release_fork_locks() -> None:
     _FORK_GUARD.release()
     _h5py_lock.release()
 
@@ -802,13 +800,12 @@ def _after_fork_in_child() -> None:
             handle.close()
     for series in list(_LAZY_SERIES):  # a thread that did not come along may have held one
         series._lock = threading.Lock()
-    _FORK_GUARD.release()
-    _h5py_lock.release()
+    _release_fork_locks()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+        before=_take_fork_locks, after_in_parent=_release_fork_locks, after_in_child=_after_fork_in_child
     )
 
 
@@ -895,11 +892,11 @@ def _lock(
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
             if writer:
-                _retry(functools.partial(_writer_lock, handle), deadline, label)
+                _retry(deadline, label, _writer_lock, handle)
             # flock is the lock (HDF5 takes the same); a POSIX lock on byte 0 is a turnstile
             # that a waiting writer holds, so that readers in a loop cannot starve it
-            if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, label):
-                _retry(functools.partial(_fcntl.flock, handle, kind), deadline, label)
+            if _retry(deadline, label, _fcntl.lockf, handle, kind, 1):
+                _retry(deadline, label, _fcntl.flock, handle, kind)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
             held = os.fstat(handle.fileno())
             now = os.stat(real)
@@ -928,16 +925,12 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
             _writer_lock(handle)
         os.link(temp, real)
         return handle, True
-    except FileExistsError:
+    except BaseException as exc:
         handle.close()
-        return None, False
-    except OSError as exc:
-        handle.close()
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+        # EEXIST: created by another call meanwhile, which the exclusive create below reports
+        no_links = (errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK)
+        if not isinstance(exc, OSError) or exc.errno not in no_links:
             raise
-    except BaseException:
-        handle.close()
-        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -958,7 +951,7 @@ _WRITER_BYTE = 2**62
 
 def _writer_lock(handle: IO[bytes]) -> None:
     """Take the writer lock without waiting (OSError EAGAIN while another writer holds it)."""
-    if _fcntl is None or _OFD_SETLK is None:  # pragma: no cover - not Linux: see _lock
+    if _OFD_SETLK is None:  # pragma: no cover - not Linux: see _lock
         return
     request = struct.pack("hhqqi", _fcntl.F_WRLCK, os.SEEK_SET, _WRITER_BYTE, 1, 0)
     _fcntl.fcntl(handle.fileno(), _OFD_SETLK, request)
@@ -980,7 +973,7 @@ class _ReaderGate:
     def alone(self, wait: float | None) -> bool:
         """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
         (None: wait as long as it takes, with a warning after _LOCK_WAIT s)."""
-        if self.alone_now or _fcntl is None or _OFD_SETLK is None:
+        if self.alone_now or _OFD_SETLK is None:
             return True
         started = time.monotonic()
         warned = False
@@ -1020,16 +1013,16 @@ class _ReaderGate:
 
     def shared(self) -> None:
         """Let readers in again after a commit."""
-        if self.alone_now and _fcntl is not None and _OFD_SETLK is not None:
+        if self.alone_now and _OFD_SETLK is not None:
             _fcntl.flock(self._handle, _fcntl.LOCK_SH)
             self.alone_now = False
 
 
-def _retry(lock: Callable[[], Any], deadline: float, label: str) -> bool:
+def _retry(deadline: float, label: str, lock: Callable[..., object], *args: object) -> bool:
     """Take a lock, retrying until the deadline; False on a file system without locks."""
     while True:
         try:
-            lock()
+            lock(*args)
             return True
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
