@@ -1189,8 +1189,7 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def _keeps_interrupts(method: _Method) -> _Method:
     """For the methods HDF5 calls: a Ctrl-C that lands in one is noted, and the method runs again
-    from where it began; check() raises it, outside HDF5's call. HDF5 1.12.0 crashed after a call
-    that failed so, and h5py reports one as SystemError."""
+    from where it began; check() raises it, outside HDF5's call (h5py would report it as SystemError)."""
 
     @functools.wraps(method)
     def run_whole(self: _HeldWrites, *args: Any) -> Any:
@@ -1255,7 +1254,7 @@ class _HeldWrites:
         self._position += count
         return count
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytes:  # h5py wants it, and reads with readinto
         buffer = bytearray(
             max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
         )
@@ -1316,8 +1315,7 @@ class _HeldWrites:
         if self._held:
             journal = []
             for offset, data in self._held.items():
-                self._handle.seek(offset)
-                journal.append((offset, _read_exactly(self._handle, len(data))))
+                journal.append((offset, _read_at(self._handle, offset, len(data))))
             _write_at(self._handle, end, _journal_bytes(end, self._old_size, journal))
             self._sync()
             self._journal = journal  # from here on, a rollback must restore these bytes
@@ -1336,17 +1334,12 @@ class _HeldWrites:
         length. If that fails, the journal stays in the file for the next call."""
         self.closed = True  # a late flush by HDF5 (at exit) must change nothing
         self._held.clear()
-        if self._journal is not None:
-            for offset, data in self._journal:
-                _write_at(self._handle, offset, data)
-            self._sync()
-        self._handle.truncate(self._old_size)
-        self._sync()
+        _restore(self._handle, self._old_size, self._journal or [])
+        self._outer.seek(0, os.SEEK_END)  # as in _sync
 
     def _sync(self) -> None:
         _sync_file(self._handle)
-        if self._outer is not self._handle:
-            self._outer.seek(0, os.SEEK_END)  # forget what the buffered object read before
+        self._outer.seek(0, os.SEEK_END)  # a buffered object forgets what it read before
 
 
 # The journal that a commit appends past the new end of the file: for each region it overwrites,
@@ -1368,19 +1361,16 @@ def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | No
     """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
     None without one, or with one torn by a power loss (which the commit never acted on)."""
     size = handle.seek(0, os.SEEK_END)
-    tail_size = _JOURNAL_TAIL.size + len(_JOURNAL_MARK)
-    if size < tail_size:
+    end = size - _JOURNAL_TAIL.size - len(_JOURNAL_MARK)  # where the tail begins
+    if end < 0:
         return None
-    handle.seek(size - tail_size)
-    tail = _read_exactly(handle, tail_size)
+    tail = _read_at(handle, end, size - end)
     if tail[_JOURNAL_TAIL.size :] != _JOURNAL_MARK:
         return None
     start, old_size, crc = _JOURNAL_TAIL.unpack_from(tail)
-    end = size - tail_size
     if not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
         return None
-    handle.seek(start)
-    body = _read_exactly(handle, end - start)
+    body = _read_at(handle, start, end - start)
     if zlib.crc32(body + tail[:16]) != crc:
         return None
     regions = []
@@ -1395,20 +1385,23 @@ def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | No
     return (old_size, regions) if position == len(body) else None
 
 
-def _roll_back(handle: IO[bytes]) -> bool:
+def _roll_back(handle: IO[bytes]) -> None:
     """Roll back the commit a kill, Ctrl-C or power loss interrupted, from the journal it left
-    (see _HeldWrites); False when there is none. The caller holds the file alone."""
+    (see _HeldWrites), if any. The caller holds the file alone."""
     journal = _read_journal(handle)
-    if journal is None:
-        return False
-    old_size, regions = journal
-    with _signals_deferred():
-        for offset, data in regions:
-            _write_at(handle, offset, data)
+    if journal is not None:
+        with _signals_deferred():
+            _restore(handle, *journal)
+
+
+def _restore(handle: IO[bytes], old_size: int, regions: list[tuple[int, bytes]]) -> None:
+    """Write the old bytes back, then cut the file to its old length, each step durable."""
+    for offset, data in regions:
+        _write_at(handle, offset, data)
+    if regions:
         _sync_file(handle)
-        handle.truncate(old_size)
-        _sync_file(handle)
-    return True
+    handle.truncate(old_size)
+    _sync_file(handle)
 
 
 def _sync_file(handle: IO[bytes]) -> None:
@@ -1418,7 +1411,8 @@ def _sync_file(handle: IO[bytes]) -> None:
         os.fsync(handle.fileno())
 
 
-def _read_exactly(handle: Any, size: int) -> bytes:
+def _read_at(handle: Any, offset: int, size: int) -> bytes:
+    handle.seek(offset)
     data = bytearray(size)
     view = memoryview(data)
     while view:
