@@ -1462,14 +1462,9 @@ def _signals_deferred() -> Iterator[None]:
             handlers[number](number, frame)
 
 
-class _WriteTarget(NamedTuple):
-    """A target to write, resolved once: checked, named, and one of a group, a path's real path
-    (symlinks followed) or a file object."""
-
-    label: str
-    group: h5py.Group | None = None
-    real: str | None = None
-    handle: IO[bytes] | None = None
+# A target to write, resolved once and checked: its label, and a group, the real path of a path
+# (symlinks followed) or a file object
+_WriteTarget = tuple[str, Union[h5py.Group, str, IO[bytes]]]
 
 
 def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
@@ -1481,12 +1476,12 @@ def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
             raise ValueError(
                 f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'"
             )
-        return _WriteTarget(label, group=h5file)
+        return label, h5file
     if isinstance(h5file, _PATHS):
         label, real, info = _real_path(h5file, write=True)
         _check_writable(label, real, info, append=append)
-        return _WriteTarget(label, real=real)
-    return _WriteTarget(_fileobj_label(h5file, write=True, read=append), handle=h5file)
+        return label, real
+    return _fileobj_label(h5file, write=True, read=append), h5file
 
 
 @contextlib.contextmanager
@@ -1495,8 +1490,9 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
     commit left it. A path is written to a temporary file beside its real target and moved into
     place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
     the members and attributes it had. A ``streaming`` append waits for readers at its end."""
-    label, group, real, handle = target
-    if group is not None:
+    label, resolved = target
+    if isinstance(resolved, h5py.Group):
+        group = resolved
         members = set(group)
         attributes = set(group.attrs)
         try:
@@ -1507,10 +1503,12 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
             for name in set(group.attrs) - attributes:
                 del group.attrs[name]
             raise
-    elif real is not None:
-        with _append_path(label, real, streaming) if append else _replace_path(label, real) as writing:
+    elif isinstance(resolved, str):
+        path = resolved
+        with _append_path(label, path, streaming) if append else _replace_path(label, path) as writing:
             yield writing
-    elif handle is not None:
+    else:
+        handle = resolved
         if append:
             handle.flush()
             _roll_back(getattr(handle, "raw", handle))
