@@ -943,8 +943,8 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
 
 # The writer lock: an open-file-description lock (Linux) on one byte far past any data. Unlike flock it
 # is independent of the readers' lock, so a streaming append keeps other writers out for its whole call
-# while readers come and go between its commits; unlike a POSIX lock it is not dropped when the process
-# closes another handle of the file, and it keeps threads of one process apart too.
+# while readers come and go between its commits; unlike a POSIX lock it stays while the process closes
+# other handles of the file, and it keeps threads of one process apart too.
 _OFD_SETLK: int | None = getattr(_fcntl, "F_OFD_SETLK", None)
 _WRITER_BYTE = 2**62
 
@@ -1129,10 +1129,9 @@ def _interrupted_error(label: str) -> PermissionError:
 
 
 # The files this process appends to and reads, by (device, inode). A read in another thread of the
-# process waits for the append to end, and an append for such reads: h5py 3.0 with HDF5 1.12.0 crashed
-# (segfaults, "no VOL object wrap context") or misread when one process read a file it was appending
-# to in another thread. Other processes read between commits. A read by the appending call itself
-# (its own lazy images) is refused at once, instead of waiting for itself.
+# process waits for the append to end, and an append for such reads (h5py 3.0 crashed with segfaults
+# or "no VOL object wrap context"); other processes read between commits. A read by the appending call
+# itself (its own lazy images) is refused at once, instead of waiting for itself.
 _IN_PROCESS = threading.Condition()
 _APPENDING: dict[tuple[int, int], int] = {}  # -> the appending thread
 _READING: collections.Counter[tuple[int, int]] = collections.Counter()
@@ -1254,10 +1253,8 @@ class _HeldWrites:
         self._position += count
         return count
 
-    def read(self, size: int = -1) -> bytes:  # h5py wants it, and reads with readinto
-        buffer = bytearray(
-            max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
-        )
+    def read(self, size: int) -> bytes:  # h5py wants it, and reads with readinto
+        buffer = bytearray(size)
         return bytes(buffer[: self.readinto(buffer)])
 
     @_keeps_interrupts
@@ -1288,12 +1285,10 @@ class _HeldWrites:
     @_keeps_interrupts
     def truncate(self, size: int | None = None) -> int:
         size = self._position if size is None else size
-        if not self._wrote and size < self._old_size:
+        if not self._wrote:
             # HDF5's end of allocation, told before its first write (see _transaction): what lies
             # past it is a killed append's leftovers, no part of the file; cut, they would be held
-            self._handle.truncate(size)
-            self._old_size = size
-            return size
+            self._old_size = min(self._old_size, size)
         # never below the old end before the commit; HDF5 only grows a file here
         return int(self._handle.truncate(max(self._old_size, size)))
 
@@ -1512,11 +1507,11 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
         if append:
             handle.flush()
             _roll_back(getattr(handle, "raw", handle))
-        size = handle.seek(0, os.SEEK_END)
-        if not (append and size):
+        size = handle.seek(0, os.SEEK_END) if append else 0
+        if not size:
             handle.seek(0)
             handle.truncate()
-        with _transaction(handle, size if append else 0, label) as writing:
+        with _transaction(handle, size, label) as writing:
             yield writing
 
 
