@@ -1227,7 +1227,7 @@ class _HeldWrites:
         self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
         self.interrupted = False  # a Ctrl-C landed in a method HDF5 called: check() raises it
-        self.closed = False
+        self.closed = False  # after the last commit or a rollback: nothing changes the file any more
 
     @_keeps_interrupts
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -1538,8 +1538,6 @@ def _transaction(
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", label)
 
-    ended: list[bool] = []  # gets an item at the end of the last commit
-
     def write_commit(last: bool) -> None:
         with _signals_deferred():  # a signal held back lands after the commit
             try:
@@ -1547,8 +1545,7 @@ def _transaction(
             except OSError as exc:  # e.g. a full disk while the journal is written: named below
                 held.error = held.error or OSError(exc.errno, exc.strerror)
                 raise
-            if last:
-                ended.append(True)
+            held.closed = last  # a signal held back during the last commit undoes nothing
 
     def commit() -> bool:
         held.check()
@@ -1573,7 +1570,7 @@ def _transaction(
             raise _in_use_error(label)
         write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
-        if not ended:
+        if not held.closed:
             with contextlib.suppress(OSError), _signals_deferred():
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
