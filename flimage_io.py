@@ -915,10 +915,7 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
     """Create ``real`` for an append: (handle, True) with the new file already locked, made under a
     temporary name and linked into place, so that no reader finds it empty before its first commit;
     (None, False) if it exists; (None, True) created unlocked where the file system has no links."""
-    directory, base = os.path.split(real)
-    _remove_stale_temporaries(directory, base)
-    temp = os.path.join(directory, _temp_name(base))
-    handle = _LockHandle(temp, "x+b")  # the umask applies
+    temp, handle = _new_temporary(real)
     try:
         if _fcntl is not None:
             _fcntl.flock(handle, _fcntl.LOCK_EX)
@@ -1633,7 +1630,7 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
 
 @contextlib.contextmanager
 def _replace_path(label: str, real: str) -> Iterator[_Writing]:
-    directory, base = os.path.split(real)
+    directory = os.path.dirname(real)
     info: os.stat_result | None = None
     with contextlib.suppress(FileNotFoundError):
         info = os.stat(real)  # now: a generator's first image may have taken a while since the check
@@ -1644,11 +1641,9 @@ def _replace_path(label: str, real: str) -> Iterator[_Writing]:
             old = stack.enter_context(_lock(label, real, exclusive=True, writer=True)[0])
             if _fcntl is not None:
                 _fcntl.flock(old, _fcntl.LOCK_SH)
-        _remove_stale_temporaries(directory, base)
-        temp = os.path.join(directory, _temp_name(base))
         try:
-            # the umask applies; a forked child closes its copy
-            handle = stack.enter_context(_LockHandle(temp, "x+b"))
+            temp, handle = _new_temporary(real)
+            stack.enter_context(handle)
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
             raise OSError(exc.errno, f"cannot write {label}: {exc.strerror}") from None
         try:
@@ -1679,18 +1674,21 @@ def _sync_directory(directory: str) -> None:
             os.close(fd)
 
 
-def _temp_name(base: str) -> str:
-    """A hidden name beside the target that fits wherever the target's name fits."""
+def _new_temporary(real: str) -> tuple[str, _LockHandle]:
+    """A new file beside ``real`` (the umask applies), hidden, named to fit wherever the name of
+    ``real`` fits, after the temporaries that a killed writer of ``real`` left are deleted."""
+    directory, base = os.path.split(real)
     short = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
-    return f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}"
+    _remove_stale_temporaries(directory, f".{short}.")
+    temp = os.path.join(directory, f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}")
+    return temp, _LockHandle(temp, "x+b")
 
 
-def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Delete temporaries a killed writer of this path left: older than a minute and not locked
-    (a live writer holds its lock); other files are never touched."""
+def _remove_stale_temporaries(directory: str, prefix: str) -> None:
+    """Delete the temporaries (``prefix``, 8 random hex digits, the suffix) that a killed writer left:
+    older than a minute and not locked (a live writer holds its lock); other files are never touched."""
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
-    prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]  # without the 8 random hex digits
     # longer: another target's, whose name begins like this one
     length = len(prefix) + 8 + len(_TEMP_SUFFIX)
     with contextlib.suppress(OSError):
