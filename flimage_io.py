@@ -1338,32 +1338,29 @@ class _HeldWrites:
 # offset and length (two little-endian uint64) and the old bytes; then the tail: where the journal
 # starts and the old length of the file (uint64 each), the CRC-32 of the journal up to it, and a
 # marker. HDF5 ignores bytes past its end of allocation, so the file stays valid HDF5 meanwhile.
-_JOURNAL_TAIL = struct.Struct("<QQI")
+_JOURNAL_TAIL = struct.Struct("<QQI16s")
 _JOURNAL_MARK = b"\x89flimage_io-jnl\n"
 _JOURNAL_LIMIT = 1 << 30  # larger is no journal of ours (commits hold meta data only)
 
 
 def _journal_bytes(start: int, old_size: int, regions: list[tuple[int, bytes]]) -> bytes:
     body = b"".join(struct.pack("<QQ", offset, len(data)) + data for offset, data in regions)
-    body += struct.pack("<QQ", start, old_size)
-    return body + struct.pack("<I", zlib.crc32(body)) + _JOURNAL_MARK
+    crc = zlib.crc32(body + struct.pack("<QQ", start, old_size))
+    return body + _JOURNAL_TAIL.pack(start, old_size, crc, _JOURNAL_MARK)
 
 
 def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | None:
     """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
     None without one, or with one torn by a power loss (which the commit never acted on)."""
     size = handle.seek(0, os.SEEK_END)
-    end = size - _JOURNAL_TAIL.size - len(_JOURNAL_MARK)  # where the tail begins
+    end = size - _JOURNAL_TAIL.size  # where the tail begins
     if end < 0:
         return None
-    tail = _read_at(handle, end, size - end)
-    if tail[_JOURNAL_TAIL.size :] != _JOURNAL_MARK:
-        return None
-    start, old_size, crc = _JOURNAL_TAIL.unpack_from(tail)
-    if not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
+    start, old_size, crc, mark = _JOURNAL_TAIL.unpack(_read_at(handle, end, _JOURNAL_TAIL.size))
+    if mark != _JOURNAL_MARK or not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
         return None
     body = _read_at(handle, start, end - start)
-    if zlib.crc32(body + tail[:16]) != crc:
+    if zlib.crc32(body + struct.pack("<QQ", start, old_size)) != crc:
         return None
     regions = []
     position = 0
