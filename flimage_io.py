@@ -881,7 +881,7 @@ def _lock(
             handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", label)
         except FileNotFoundError:
             if not create:
-                raise
+                raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
             continue  # removed since we looked: create it
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
@@ -899,12 +899,10 @@ def _lock(
                 _retry(deadline, label, _fcntl.flock, handle, kind)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
             held = os.fstat(handle.fileno())
-            now = os.stat(real)
-            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-                return handle, created
-        except FileNotFoundError:
-            if not create:
-                raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(real)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    return handle, created
         except BaseException:
             handle.close()
             raise
