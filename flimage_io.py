@@ -735,11 +735,9 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # - A POSIX lock (lockf) belongs to the process and goes when it closes any handle of the file: the
 #   writer lock is an open-file-description lock, and lockf only serves as a turnstile in _lock.
 # - An flock belongs to the open file description, which a fork shares: see "Forks" below.
-# - HDF5 1.10's superblock marks a file open for writing: the files are written in the 1.8 format.
-#
-# The HDF5 1.8 format checksums object headers (attributes, links): damaged meta data raises instead of
-# reading as other values, and every HDF5 since 1.8 (2008) reads it. Not 1.10: its superblock marks a
-# file open for writing, so a process killed while appending would leave the file refused.
+# - HDF5 1.10's superblock marks a file open for writing, so a process killed while appending would leave
+#   it refused: the files are written in the 1.8 format, which every HDF5 since 2008 reads and which
+#   checksums object headers (attributes, links), so that damaged meta data raises instead of misreading.
 _LIBVER = ("v108", "v108")
 _PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
@@ -787,12 +785,12 @@ class _LockHandle(io.FileIO):
             super().close()
 
 
-def _before_fork() -> None:
+def _take_fork_locks() -> None:
     _h5py_lock.acquire()
     _FORK_GUARD.acquire()
 
 
-def _after_fork_in_parent() -> None:
+def _release_fork_locks() -> None:
     _FORK_GUARD.release()
     _h5py_lock.release()
 
@@ -803,13 +801,12 @@ def _after_fork_in_child() -> None:
             handle.close()
     for series in list(_LAZY_SERIES):  # a thread that did not come along may have held one
         series._lock = threading.Lock()
-    _FORK_GUARD.release()
-    _h5py_lock.release()
+    _release_fork_locks()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+        before=_take_fork_locks, after_in_parent=_release_fork_locks, after_in_child=_after_fork_in_child
     )
 
 
@@ -885,7 +882,7 @@ def _lock(
             handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", label)
         except FileNotFoundError:
             if not create:
-                raise
+                raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
             continue  # removed since we looked: create it
         if _fcntl is None:  # pragma: no cover - not POSIX
             return handle, created
@@ -896,19 +893,17 @@ def _lock(
         kind = (_fcntl.LOCK_EX if exclusive else _fcntl.LOCK_SH) | _fcntl.LOCK_NB
         try:
             if writer:
-                _retry(functools.partial(_writer_lock, handle), deadline, label)
+                _retry(deadline, label, _writer_lock, handle)
             # flock is the lock (HDF5 takes the same); a POSIX lock on byte 0 is a turnstile
             # that a waiting writer holds, so that readers in a loop cannot starve it
-            if _retry(functools.partial(_fcntl.lockf, handle, kind, 1), deadline, label):
-                _retry(functools.partial(_fcntl.flock, handle, kind), deadline, label)
+            if _retry(deadline, label, _fcntl.lockf, handle, kind, 1):
+                _retry(deadline, label, _fcntl.flock, handle, kind)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
             held = os.fstat(handle.fileno())
-            now = os.stat(real)
-            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-                return handle, created
-        except FileNotFoundError:
-            if not create:
-                raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(real)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    return handle, created
         except BaseException:
             handle.close()
             raise
@@ -919,26 +914,19 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
     """Create ``real`` for an append: (handle, True) with the new file already locked, made under a
     temporary name and linked into place, so that no reader finds it empty before its first commit;
     (None, False) if it exists; (None, True) created unlocked where the file system has no links."""
-    directory, base = os.path.split(real)
-    _remove_stale_temporaries(directory, base)
-    temp = os.path.join(directory, _temp_name(base))
-    handle = _LockHandle(temp, "x+b")  # the umask applies
+    temp, handle = _new_temporary(real)
     try:
         if _fcntl is not None:
             _fcntl.flock(handle, _fcntl.LOCK_EX)
             _writer_lock(handle)
         os.link(temp, real)
         return handle, True
-    except FileExistsError:
+    except BaseException as exc:
         handle.close()
-        return None, False
-    except OSError as exc:
-        handle.close()
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+        # EEXIST: created by another call meanwhile, which the exclusive create below reports
+        no_links = (errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK)
+        if not isinstance(exc, OSError) or exc.errno not in no_links:
             raise
-    except BaseException:
-        handle.close()
-        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -951,15 +939,15 @@ def _create(real: str) -> tuple[IO[bytes] | None, bool]:
 
 # The writer lock: an open-file-description lock (Linux) on one byte far past any data. Unlike flock it
 # is independent of the readers' lock, so a streaming append keeps other writers out for its whole call
-# while readers come and go between its commits; unlike a POSIX lock it is not dropped when the process
-# closes another handle of the file, and it keeps threads of one process apart too.
+# while readers come and go between its commits; unlike a POSIX lock it stays while the process closes
+# other handles of the file, and it keeps threads of one process apart too.
 _OFD_SETLK: int | None = getattr(_fcntl, "F_OFD_SETLK", None)
 _WRITER_BYTE = 2**62
 
 
 def _writer_lock(handle: IO[bytes]) -> None:
     """Take the writer lock without waiting (OSError EAGAIN while another writer holds it)."""
-    if _fcntl is None or _OFD_SETLK is None:  # pragma: no cover - not Linux: see _lock
+    if _OFD_SETLK is None:  # pragma: no cover - not Linux: see _lock
         return
     request = struct.pack("hhqqi", _fcntl.F_WRLCK, os.SEEK_SET, _WRITER_BYTE, 1, 0)
     _fcntl.fcntl(handle.fileno(), _OFD_SETLK, request)
@@ -981,7 +969,7 @@ class _ReaderGate:
     def alone(self, wait: float | None) -> bool:
         """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
         (None: wait as long as it takes, with a warning after _LOCK_WAIT s)."""
-        if self.alone_now or _fcntl is None or _OFD_SETLK is None:
+        if self.alone_now or _OFD_SETLK is None:
             return True
         started = time.monotonic()
         warned = False
@@ -1021,16 +1009,16 @@ class _ReaderGate:
 
     def shared(self) -> None:
         """Let readers in again after a commit."""
-        if self.alone_now and _fcntl is not None and _OFD_SETLK is not None:
+        if self.alone_now and _OFD_SETLK is not None:
             _fcntl.flock(self._handle, _fcntl.LOCK_SH)
             self.alone_now = False
 
 
-def _retry(lock: Callable[[], Any], deadline: float, label: str) -> bool:
+def _retry(deadline: float, label: str, lock: Callable[..., object], *args: object) -> bool:
     """Take a lock, retrying until the deadline; False on a file system without locks."""
     while True:
         try:
-            lock()
+            lock(*args)
             return True
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
@@ -1115,10 +1103,9 @@ def _interrupted_error(label: str) -> PermissionError:
 
 
 # The files this process appends to and reads, by (device, inode). A read in another thread of the
-# process waits for the append to end, and an append for such reads: h5py 3.0 with HDF5 1.12.0 crashed
-# (segfaults, "no VOL object wrap context") or misread when one process read a file it was appending
-# to in another thread. Other processes read between commits. A read by the appending call itself
-# (its own lazy images) is refused at once, instead of waiting for itself.
+# process waits for the append to end, and an append for such reads (h5py 3.0 crashed with segfaults
+# or "no VOL object wrap context"); other processes read between commits. A read by the appending call
+# itself (its own lazy images) is refused at once, instead of waiting for itself.
 _IN_PROCESS = threading.Condition()
 _APPENDING: dict[tuple[int, int], int] = {}  # -> the appending thread
 _READING: collections.Counter[tuple[int, int]] = collections.Counter()
@@ -1175,8 +1162,7 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def _keeps_interrupts(method: _Method) -> _Method:
     """For the methods HDF5 calls: a Ctrl-C that lands in one is noted, and the method runs again
-    from where it began; check() raises it, outside HDF5's call. HDF5 1.12.0 crashed after a call
-    that failed so, and h5py reports one as SystemError."""
+    from where it began; check() raises it, outside HDF5's call (h5py would report it as SystemError)."""
 
     @functools.wraps(method)
     def run_whole(self: _HeldWrites, *args: Any) -> Any:
@@ -1215,7 +1201,7 @@ class _HeldWrites:
         self._wrote = False
         self.error: OSError | None = None  # the first I/O error, which HDF5 reports vaguely
         self.interrupted = False  # a Ctrl-C landed in a method HDF5 called: check() raises it
-        self.closed = False
+        self.closed = False  # after the last commit or a rollback: nothing changes the file any more
 
     @_keeps_interrupts
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -1241,10 +1227,8 @@ class _HeldWrites:
         self._position += count
         return count
 
-    def read(self, size: int = -1) -> bytes:
-        buffer = bytearray(
-            max(0, self._handle.seek(0, os.SEEK_END) - self._position) if size < 0 else size
-        )
+    def read(self, size: int) -> bytes:  # h5py wants it, and reads with readinto
+        buffer = bytearray(size)
         return bytes(buffer[: self.readinto(buffer)])
 
     @_keeps_interrupts
@@ -1275,12 +1259,10 @@ class _HeldWrites:
     @_keeps_interrupts
     def truncate(self, size: int | None = None) -> int:
         size = self._position if size is None else size
-        if not self._wrote and size < self._old_size:
+        if not self._wrote:
             # HDF5's end of allocation, told before its first write (see _transaction): what lies
             # past it is a killed append's leftovers, no part of the file; cut, they would be held
-            self._handle.truncate(size)
-            self._old_size = size
-            return size
+            self._old_size = min(self._old_size, size)
         # never below the old end before the commit; HDF5 only grows a file here
         return int(self._handle.truncate(max(self._old_size, size)))
 
@@ -1302,8 +1284,7 @@ class _HeldWrites:
         if self._held:
             journal = []
             for offset, data in self._held.items():
-                self._handle.seek(offset)
-                journal.append((offset, _read_exactly(self._handle, len(data))))
+                journal.append((offset, _read_at(self._handle, offset, len(data))))
             _write_at(self._handle, end, _journal_bytes(end, self._old_size, journal))
             self._sync()
             self._journal = journal  # from here on, a rollback must restore these bytes
@@ -1322,52 +1303,41 @@ class _HeldWrites:
         length. If that fails, the journal stays in the file for the next call."""
         self.closed = True  # a late flush by HDF5 (at exit) must change nothing
         self._held.clear()
-        if self._journal is not None:
-            for offset, data in self._journal:
-                _write_at(self._handle, offset, data)
-            self._sync()
-        self._handle.truncate(self._old_size)
-        self._sync()
+        _restore(self._handle, self._old_size, self._journal or [])
+        self._outer.seek(0, os.SEEK_END)  # as in _sync
 
     def _sync(self) -> None:
         _sync_file(self._handle)
-        if self._outer is not self._handle:
-            self._outer.seek(0, os.SEEK_END)  # forget what the buffered object read before
+        self._outer.seek(0, os.SEEK_END)  # a buffered object forgets what it read before
 
 
 # The journal that a commit appends past the new end of the file: for each region it overwrites,
 # offset and length (two little-endian uint64) and the old bytes; then the tail: where the journal
 # starts and the old length of the file (uint64 each), the CRC-32 of the journal up to it, and a
 # marker. HDF5 ignores bytes past its end of allocation, so the file stays valid HDF5 meanwhile.
-_JOURNAL_TAIL = struct.Struct("<QQI")
+_JOURNAL_TAIL = struct.Struct("<QQI16s")
 _JOURNAL_MARK = b"\x89flimage_io-jnl\n"
 _JOURNAL_LIMIT = 1 << 30  # larger is no journal of ours (commits hold meta data only)
 
 
 def _journal_bytes(start: int, old_size: int, regions: list[tuple[int, bytes]]) -> bytes:
     body = b"".join(struct.pack("<QQ", offset, len(data)) + data for offset, data in regions)
-    body += struct.pack("<QQ", start, old_size)
-    return body + struct.pack("<I", zlib.crc32(body)) + _JOURNAL_MARK
+    crc = zlib.crc32(body + struct.pack("<QQ", start, old_size))
+    return body + _JOURNAL_TAIL.pack(start, old_size, crc, _JOURNAL_MARK)
 
 
 def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | None:
     """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
     None without one, or with one torn by a power loss (which the commit never acted on)."""
     size = handle.seek(0, os.SEEK_END)
-    tail_size = _JOURNAL_TAIL.size + len(_JOURNAL_MARK)
-    if size < tail_size:
+    end = size - _JOURNAL_TAIL.size  # where the tail begins
+    if end < 0:
         return None
-    handle.seek(size - tail_size)
-    tail = _read_exactly(handle, tail_size)
-    if tail[_JOURNAL_TAIL.size :] != _JOURNAL_MARK:
+    start, old_size, crc, mark = _JOURNAL_TAIL.unpack(_read_at(handle, end, _JOURNAL_TAIL.size))
+    if mark != _JOURNAL_MARK or not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
         return None
-    start, old_size, crc = _JOURNAL_TAIL.unpack_from(tail)
-    end = size - tail_size
-    if not old_size <= start <= end or end - start > _JOURNAL_LIMIT:
-        return None
-    handle.seek(start)
-    body = _read_exactly(handle, end - start)
-    if zlib.crc32(body + tail[:16]) != crc:
+    body = _read_at(handle, start, end - start)
+    if zlib.crc32(body + struct.pack("<QQ", start, old_size)) != crc:
         return None
     regions = []
     position = 0
@@ -1381,20 +1351,23 @@ def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | No
     return (old_size, regions) if position == len(body) else None
 
 
-def _roll_back(handle: IO[bytes]) -> bool:
+def _roll_back(handle: IO[bytes]) -> None:
     """Roll back the commit a kill, Ctrl-C or power loss interrupted, from the journal it left
-    (see _HeldWrites); False when there is none. The caller holds the file alone."""
+    (see _HeldWrites), if any. The caller holds the file alone."""
     journal = _read_journal(handle)
-    if journal is None:
-        return False
-    old_size, regions = journal
-    with _signals_deferred():
-        for offset, data in regions:
-            _write_at(handle, offset, data)
+    if journal is not None:
+        with _signals_deferred():
+            _restore(handle, *journal)
+
+
+def _restore(handle: IO[bytes], old_size: int, regions: list[tuple[int, bytes]]) -> None:
+    """Write the old bytes back, then cut the file to its old length, each step durable."""
+    for offset, data in regions:
+        _write_at(handle, offset, data)
+    if regions:
         _sync_file(handle)
-        handle.truncate(old_size)
-        _sync_file(handle)
-    return True
+    handle.truncate(old_size)
+    _sync_file(handle)
 
 
 def _sync_file(handle: IO[bytes]) -> None:
@@ -1404,7 +1377,8 @@ def _sync_file(handle: IO[bytes]) -> None:
         os.fsync(handle.fileno())
 
 
-def _read_exactly(handle: Any, size: int) -> bytes:
+def _read_at(handle: Any, offset: int, size: int) -> bytes:
+    handle.seek(offset)
     data = bytearray(size)
     view = memoryview(data)
     while view:
@@ -1454,14 +1428,9 @@ def _signals_deferred() -> Iterator[None]:
             handlers[number](number, frame)
 
 
-class _WriteTarget(NamedTuple):
-    """A target to write, resolved once: checked, named, and one of a group, a path's real path
-    (symlinks followed) or a file object."""
-
-    label: str
-    group: h5py.Group | None = None
-    real: str | None = None
-    handle: IO[bytes] | None = None
+# A target to write, resolved once and checked: its label, and a group, the real path of a path
+# (symlinks followed) or a file object
+_WriteTarget = tuple[str, Union[h5py.Group, str, IO[bytes]]]
 
 
 def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
@@ -1473,12 +1442,12 @@ def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
             raise ValueError(
                 f"the h5py group {label} is closed or read-only; open the file with 'r+' or 'a'"
             )
-        return _WriteTarget(label, group=h5file)
+        return label, h5file
     if isinstance(h5file, _PATHS):
         label, real, info = _real_path(h5file, write=True)
         _check_writable(label, real, info, append=append)
-        return _WriteTarget(label, real=real)
-    return _WriteTarget(_fileobj_label(h5file, write=True, read=append), handle=h5file)
+        return label, real
+    return _fileobj_label(h5file, write=True, read=append), h5file
 
 
 @contextlib.contextmanager
@@ -1487,8 +1456,9 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
     commit left it. A path is written to a temporary file beside its real target and moved into
     place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
     the members and attributes it had. A ``streaming`` append waits for readers at its end."""
-    label, group, real, handle = target
-    if group is not None:
+    label, resolved = target
+    if isinstance(resolved, h5py.Group):
+        group = resolved
         members = set(group)
         attributes = set(group.attrs)
         try:
@@ -1499,18 +1469,20 @@ def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) 
             for name in set(group.attrs) - attributes:
                 del group.attrs[name]
             raise
-    elif real is not None:
-        with _append_path(label, real, streaming) if append else _replace_path(label, real) as writing:
+    elif isinstance(resolved, str):
+        path = resolved
+        with _append_path(label, path, streaming) if append else _replace_path(label, path) as writing:
             yield writing
-    elif handle is not None:
+    else:
+        handle = resolved
         if append:
             handle.flush()
             _roll_back(getattr(handle, "raw", handle))
-        size = handle.seek(0, os.SEEK_END)
-        if not (append and size):
+        size = handle.seek(0, os.SEEK_END) if append else 0
+        if not size:
             handle.seek(0)
             handle.truncate()
-        with _transaction(handle, size if append else 0, label) as writing:
+        with _transaction(handle, size, label) as writing:
             yield writing
 
 
@@ -1537,8 +1509,6 @@ def _transaction(
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", label)
 
-    ended: list[bool] = []  # gets an item at the end of the last commit
-
     def write_commit(last: bool) -> None:
         with _signals_deferred():  # a signal held back lands after the commit
             try:
@@ -1546,8 +1516,7 @@ def _transaction(
             except OSError as exc:  # e.g. a full disk while the journal is written: named below
                 held.error = held.error or OSError(exc.errno, exc.strerror)
                 raise
-            if last:
-                ended.append(True)
+            held.closed = last  # a signal held back during the last commit undoes nothing
 
     def commit() -> bool:
         held.check()
@@ -1572,7 +1541,7 @@ def _transaction(
             raise _in_use_error(label)
         write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
-        if not ended:
+        if not held.closed:
             with contextlib.suppress(OSError), _signals_deferred():
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
@@ -1635,7 +1604,7 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
 
 @contextlib.contextmanager
 def _replace_path(label: str, real: str) -> Iterator[_Writing]:
-    directory, base = os.path.split(real)
+    directory = os.path.dirname(real)
     info: os.stat_result | None = None
     with contextlib.suppress(FileNotFoundError):
         info = os.stat(real)  # now: a generator's first image may have taken a while since the check
@@ -1646,11 +1615,9 @@ def _replace_path(label: str, real: str) -> Iterator[_Writing]:
             old = stack.enter_context(_lock(label, real, exclusive=True, writer=True)[0])
             if _fcntl is not None:
                 _fcntl.flock(old, _fcntl.LOCK_SH)
-        _remove_stale_temporaries(directory, base)
-        temp = os.path.join(directory, _temp_name(base))
         try:
-            # the umask applies; a forked child closes its copy
-            handle = stack.enter_context(_LockHandle(temp, "x+b"))
+            temp, handle = _new_temporary(real)
+            stack.enter_context(handle)
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
             raise OSError(exc.errno, f"cannot write {label}: {exc.strerror}") from None
         try:
@@ -1681,18 +1648,21 @@ def _sync_directory(directory: str) -> None:
             os.close(fd)
 
 
-def _temp_name(base: str) -> str:
-    """A hidden name beside the target that fits wherever the target's name fits."""
+def _new_temporary(real: str) -> tuple[str, _LockHandle]:
+    """A new file beside ``real`` (the umask applies), hidden, named to fit wherever the name of
+    ``real`` fits, after the temporaries that a killed writer of ``real`` left are deleted."""
+    directory, base = os.path.split(real)
     short = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
-    return f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}"
+    _remove_stale_temporaries(directory, f".{short}.")
+    temp = os.path.join(directory, f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}")
+    return temp, _LockHandle(temp, "x+b")
 
 
-def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Delete temporaries a killed writer of this path left: older than a minute and not locked
-    (a live writer holds its lock); other files are never touched."""
+def _remove_stale_temporaries(directory: str, prefix: str) -> None:
+    """Delete the temporaries (``prefix``, 8 random hex digits, the suffix) that a killed writer left:
+    older than a minute and not locked (a live writer holds its lock); other files are never touched."""
     if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
         return
-    prefix = _temp_name(base)[: -len(_TEMP_SUFFIX) - 8]  # without the 8 random hex digits
     # longer: another target's, whose name begins like this one
     length = len(prefix) + 8 + len(_TEMP_SUFFIX)
     with contextlib.suppress(OSError):
