@@ -3068,14 +3068,7 @@ _CODES = (
     "446550 206270 101152 445650 622270 007750 006550 002520 006564 003531 005640 003260 227230 005530 "
     "005520 005770 005250 005536 007270 005564 22202 51245 22000 64446 31113 02024"
 )
-_FONT = types.MappingProxyType(
-    {
-        ch: np.array(
-            [[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code.ljust(6, "0")], dtype=bool
-        )
-        for ch, code in zip(_CHARS, _CODES.split())
-    }
-)
+_FONT = types.MappingProxyType(dict(zip(_CHARS, _CODES.split())))
 _BACKGROUND = 48  # dark gray for gaps and unused cells, so tile edges show against black image content
 _GAP = 2  # px between cells
 _TILE = 256  # px: the longer side of a frame on a contact sheet
@@ -3149,27 +3142,28 @@ def _range(frames: Sequence[_Frame]) -> tuple[float, float]:
 def _tile(frame: _Frame, low: float, high: float, each: bool) -> npt.NDArray[np.uint8]:
     """The frame stretched from ``low`` (black) to ``high`` (white) and enlarged, with its label (and
     with ``each`` its range) at the top left and a scale bar at the bottom left."""
-    gray = frame.means.copy()
-    finite = np.isfinite(gray)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if 0.0 < high - low < math.inf:  # false for a constant image and for a range beyond float64
-            gray -= low
-            gray *= 255.0 / (high - low)
-        else:
-            gray.fill(128.0)  # constant image: mid-gray, so it is not mistaken for an empty one
-    gray[~finite] = 0.0  # before the cast: casting NaN to uint8 warns
-    np.clip(gray, 0.0, 255.0, out=gray)
+    if 0.0 < high - low < math.inf:  # false for a constant image and for a range beyond float64
+        gray = np.interp(frame.means, (low, high), (0.0, 255.0))
+    else:
+        gray = np.full(frame.means.shape, 128.0)  # mid-gray, so it is not mistaken for an empty image
+    gray[~np.isfinite(frame.means)] = 0.0  # before the cast: casting NaN to uint8 warns
     up = max(1, _TILE // max(gray.shape))  # a whole factor: the pixels of a small frame stay square
     tile = np.rint(gray).astype(np.uint8).repeat(up, axis=0).repeat(up, axis=1)
     lines = [frame.label] + ([f"{_number(low)} to {_number(high)}"] if each else [])
     if any(lines):
-        _paste(tile, _text(*lines), 0)
-    if frame.metres is not None:
-        bar_px, length = _scale_bar(frame.metres / up, tile.shape[1])
-        bar = _text(length)  # the length over a white bar, on black
+        text = _text(*lines)
+        tile[: text.shape[0], : text.shape[1]] = text[: tile.shape[0], : tile.shape[1]]
+    if frame.metres is not None:  # a bar of a round length, about a fifth of the tile, over its length
+        metres = frame.metres / up  # of a pixel of the tile
+        target = tile.shape[1] / 5 * metres
+        power = 10.0 ** math.floor(math.log10(target))
+        length = max(step * power for step in (1, 2, 5) if step * power <= target * (1 + 1e-9))
+        bar_px = round(length / metres)
+        bar = _text(_quantity(length, "m"))
         bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, bar_px + 2 * _SCALE - bar.shape[1]))))
         bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + bar_px] = 255
-        _paste(tile, bar, max(0, tile.shape[0] - bar.shape[0]))
+        top = max(0, tile.shape[0] - bar.shape[0])
+        tile[top:, : bar.shape[1]] = bar[: tile.shape[0] - top, : tile.shape[1]]
     return tile
 
 
@@ -3178,23 +3172,10 @@ def _text(*lines: str) -> npt.NDArray[np.uint8]:
     box = np.zeros((8 * len(lines), 4 * max(map(len, lines)) + 1), dtype=bool)
     for row, line in enumerate(lines):
         for k, ch in enumerate(line):
-            box[8 * row + 1 : 8 * row + 7, 1 + 4 * k : 4 + 4 * k] = _FONT.get(ch, _FONT["?"])
+            code = _FONT.get(ch, _FONT["?"]).ljust(6, "0")
+            glyph = [[int(digit, 8) >> (2 - column) & 1 for column in range(3)] for digit in code]
+            box[8 * row + 1 : 8 * row + 7, 1 + 4 * k : 4 + 4 * k] = glyph
     return np.where(box, 255, 0).astype(np.uint8).repeat(_SCALE, axis=0).repeat(_SCALE, axis=1)
-
-
-def _paste(tile: npt.NDArray[np.uint8], pixels: npt.NDArray[np.uint8], top: int) -> None:
-    """Put ``pixels`` on ``tile`` at row ``top`` of its left edge, cut to the tile."""
-    part = pixels[: tile.shape[0] - top, : tile.shape[1]]
-    tile[top : top + part.shape[0], : part.shape[1]] = part
-
-
-def _scale_bar(metres: float, width: int) -> tuple[int, str]:
-    """A bar about a fifth of ``width`` px long at a round length (1, 2 or 5 times a power of ten):
-    (its length in px, the length as text)."""
-    target = width / 5 * metres
-    power = 10.0 ** math.floor(math.log10(target))
-    length = max(step * power for step in (1, 2, 5) if step * power <= target * (1 + 1e-9))
-    return round(length / metres), _quantity(length, "m")
 
 
 def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8]:
@@ -3303,29 +3284,24 @@ def _split_spec(spec: str) -> tuple[str, str]:
 @contextlib.contextmanager
 def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
     """The group that ``FILE`` or ``FILE:/group`` names, open read-only in h5py under the readers'
-    lock, and its label; meanwhile unknown meta keys are not warned about (check lists them)."""
+    lock, and its label; unknown meta keys are not warned about meanwhile (check lists them)."""
     path, inner = _split_spec(spec)
-    with warnings.catch_warnings(), open(_readable(path), "rb") as shared:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownMetaWarning)
-        _share_with_readers(shared, path)
-        try:
-            opened = h5py.File(path, "r")
-        except OSError as exc:
-            damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format): {exc}"
-            raise FormatError(damaged) from None
-        with opened:
-            group = _group_at(opened, path, inner)
-            yield group, path if group.name == "/" else f"{path}:{group.name}"
-
-
-def _readable(path: str) -> str:
-    """``path``, once a read of it has refused what is no file (a FIFO would block the open), waited
-    out a commit and rolled back one that a kill cut short, which h5py would show half done. What the
-    read refuses as no image or series, h5py opens."""
-    with contextlib.suppress(FormatError), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnknownMetaWarning)
-        read_series(path, [], lazy=True)
-    return path
+        # Our read first: it refuses what is no file (a FIFO would block the open), waits out a commit
+        # and rolls back one that a kill cut short. What it refuses as no image or series, h5py opens.
+        with contextlib.suppress(FormatError):
+            read_series(path, [], lazy=True)
+        with open(path, "rb") as shared:
+            _share_with_readers(shared, path)
+            try:
+                opened = h5py.File(path, "r")
+            except OSError as exc:
+                damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format)"
+                raise FormatError(f"{damaged}: {exc}") from None
+            with opened:
+                group = _group_at(opened, path, inner)
+                yield group, path if group.name == "/" else f"{path}:{group.name}"
 
 
 def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
@@ -3337,9 +3313,8 @@ def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
         if link is None:
             raise FormatError(f"{path} has no group {inner}")
         if not isinstance(link, h5py.HardLink):
-            raise FormatError(
-                f"{path}:{inner} is a soft link or a link to another file, which are not followed"
-            )
+            why = "is a soft link or a link to another file, which are not followed"
+            raise FormatError(f"{path}:{inner} {why}")
         node = node[name]
     if not isinstance(node, h5py.Group):
         raise FormatError(f"{path}:{inner} is a {type(node).__name__.lower()}, not a group")
@@ -3388,8 +3363,6 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     import multiprocessing
 
     progress = _show_progress if sys.stderr.isatty() else None
-    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
-        return _check_spec(spec, progress)
     if limit is None:
         path = _split_spec(spec)[0]
         limit = 60.0 + 0.5 * (os.path.getsize(path) if os.path.isfile(path) else 0) / 2**20
@@ -3584,35 +3557,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
             return int(text)
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
 
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Read, check and look at FLImage / FLSeries HDF5 files.",
-        epilog="FILE may name an image or series inside a larger file as FILE:/group/path.",
-    )
+    about = "Read, check and look at FLImage / FLSeries HDF5 files."
+    inside = "FILE may name an image or series inside a larger file as FILE:/group/path."
+    parser = argparse.ArgumentParser(prog=prog, description=about, epilog=inside)
     versions = f"h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}"
     parser.add_argument("--version", action="version", version=f"flimage_io {__version__} ({versions})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="write a sample series and print what was read back")
-    demo.add_argument(
-        "path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)"
-    )
-    checking = commands.add_parser(
-        "check", help="list every problem; exit status 0 only when all are clean"
-    )
-    checking.add_argument("files", nargs="+", metavar="FILE")
+    demo.add_argument("path", nargs="?", metavar="PATH", help="keep the file here (default: not kept)")
+    checks = commands.add_parser("check", help="list every problem; exit 0 only when all are clean")
+    checks.add_argument("files", nargs="+", metavar="FILE")
     limit = "stop checking a file after this long (default: a minute and half a second per MiB)"
-    checking.add_argument("--time-limit", type=seconds, metavar="SECONDS", help=limit)
+    checks.add_argument("--time-limit", type=seconds, metavar="SECONDS", help=limit)
     info = commands.add_parser("info", help="summarise each file")
     info.add_argument("files", nargs="+", metavar="FILE")
     preview = commands.add_parser("preview", help="write a PNG contact sheet of a series or image")
     preview.add_argument("file", metavar="FILE")
-    preview.add_argument(
-        "-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix"
-    )
+    preview.add_argument("-o", "--output", metavar="OUT.png", help="default: FILE with the suffix .png")
     frames = "at most N frames (default 36)"
     preview.add_argument("-n", "--frames", type=frame_count, default=36, metavar="N", help=frames)
-    each = "stretch each frame from its own black to white (default: one range for all frames, so that "
-    each += "changes of intensity show)"
+    each = "stretch each frame to its own black and white (default: one range, so that changes show)"
     preview.add_argument("--each", action="store_true", help=each)
     args = parser.parse_args(argv)
     if args.command is None:
