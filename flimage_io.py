@@ -3235,9 +3235,7 @@ def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
 
 
 def _demo(path: str | None) -> None:
-    """Write a small sample series (kept only at ``path``) and print what was read back."""
-    import tempfile
-
+    """Write a small sample series (to ``path``, else in memory) and print what was read back."""
     if path is not None and os.path.lexists(path):  # a typo must not replace a scientist's file
         raise FileExistsError(errno.EEXIST, f"{path} exists; name a new file for the sample series")
     rng = np.random.default_rng(7)
@@ -3251,24 +3249,22 @@ def _demo(path: str | None) -> None:
         }
         for t in range(5)
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        target = path or os.path.join(scratch, "demo_series.h5")
-        write_series(target, {"identifier": "demo run", "images": images})
-        series = read_series(target)
-        kept = f"wrote {target}" if path else "wrote a sample series (pass a PATH to keep it)"
-        print(f"{kept}, {os.path.getsize(target)} bytes, and read it back:")
-        print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
-        for position, image in enumerate(series["images"]):
-            raw = image["raw"]
-            meta = image["meta"]
-            # in floating point: uint16 counts minus a background would wrap around
-            mean = (raw - image["bg_data"]["data"].astype(np.float64)).mean()
-            stored = f"raw {raw.shape} {raw.dtype}, time {meta['time']} s"
-            print(
-                f"  fli_{position}: {meta['identifier']!r} {stored}, mean corrected intensity {mean:.1f}"
-            )
-        one = read_image(target, index="frame 3")
-        print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
+    memory = io.BytesIO()
+    write_series(path or memory, {"identifier": "demo run", "images": images})
+    series = read_series(path or memory)
+    kept = f"wrote {path}" if path else "wrote a sample series (pass a PATH to keep it)"
+    size = os.path.getsize(path) if path else len(memory.getvalue())
+    print(f"{kept}, {size} bytes, and read it back:")
+    print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
+    for position, image in enumerate(series["images"]):
+        raw = image["raw"]
+        meta = image["meta"]
+        # in floating point: uint16 counts minus a background would wrap around
+        mean = (raw - image["bg_data"]["data"].astype(np.float64)).mean()
+        stored = f"raw {raw.shape} {raw.dtype}, time {meta['time']} s"
+        print(f"  fli_{position}: {meta['identifier']!r} {stored}, mean corrected intensity {mean:.1f}")
+    one = read_image(path or memory, index="frame 3")
+    print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -3338,18 +3334,6 @@ def _share_with_readers(handle: IO[bytes], path: str) -> None:
             return
 
 
-def _check_spec(spec: str, progress: _Progress | None) -> list[str]:
-    """:func:`check` of ``FILE`` or ``FILE:/group``."""
-    path, inner = _split_spec(spec)
-    if inner == "/":  # by path: an append to the file may go on between the check's blocks
-        return check(path, progress=progress)
-    try:
-        with _open_spec(spec) as (group, _):
-            return check(group, progress=progress)
-    except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
-        return [_message(exc)]
-
-
 def _show_progress(label: str, checked: int, total: int) -> None:
     if checked < total:
         print(f"\r{label}: checked {checked} of {total} images", end="", file=sys.stderr, flush=True)
@@ -3358,13 +3342,13 @@ def _show_progress(label: str, checked: int, total: int) -> None:
 
 
 def _check_guarded(spec: str, limit: float | None) -> list[str]:
-    """:func:`_check_spec` in a forked child process, stopped after ``limit`` seconds (None: a minute
-    and half a second more per MiB); its progress on stderr when that is a terminal."""
+    """:func:`check` of ``FILE`` or ``FILE:/group`` in a forked child process, stopped after ``limit``
+    seconds (None: a minute and half a second more per MiB); its progress on stderr on a terminal."""
     import multiprocessing
 
     progress = _show_progress if sys.stderr.isatty() else None
+    path, inner = _split_spec(spec)
     if limit is None:
-        path = _split_spec(spec)[0]
         limit = 60.0 + 0.5 * (os.path.getsize(path) if os.path.isfile(path) else 0) / 2**20
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
@@ -3377,7 +3361,15 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before that took hold
             os._exit(1)
-        sender.send(_check_spec(spec, progress))
+        try:
+            if inner == "/":  # by path: an append to the file may go on between the check's blocks
+                problems = check(path, progress=progress)
+            else:
+                with _open_spec(spec) as (group, _):
+                    problems = check(group, progress=progress)
+        except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+            problems = [_message(exc)]
+        sender.send(problems)
 
     child = context.Process(target=check_in_child, daemon=True)
     child.start()
@@ -3385,9 +3377,8 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     try:
         if receiver.poll(limit):
             return list(receiver.recv())
-        return [
-            f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"
-        ]
+        stopped = f"checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"
+        return [f"{spec}: {stopped}"]
     except EOFError:
         return [f"{spec}: the check crashed (exit code {child.exitcode}); the file is damaged"]
     finally:
