@@ -3268,8 +3268,7 @@ def _demo(path: str | None) -> None:
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
-    """'FILE', 'FILE:/group/path' or 'FILE:group/path' -> (file, '/group/path'); an existing file wins
-    over a split."""
+    """'FILE', 'FILE:/group' or 'FILE:group' -> (FILE, '/group'); an existing file wins over a split."""
     if not os.path.exists(spec):
         for at in (match.start() for match in re.finditer(":", spec)):
             if os.path.isfile(spec[:at]):
@@ -3301,8 +3300,7 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
 
 
 def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
-    """The group ``inner`` in the file, through hard links only: a soft link may loop, an external
-    one leads to another file."""
+    """The group ``inner``, reached through hard links only: soft links may loop, external ones leave."""
     node = opened
     for name in filter(None, inner.split("/")):
         link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
@@ -3437,8 +3435,7 @@ def _meta_text(meta: Mapping[str, Any]) -> str:
 
 
 def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
-    """The lines on the raw images, found as the readers find them but not read: shape and dtype,
-    background names, filters, chunks and sizes."""
+    """Shape, dtype, backgrounds, filters, chunks and sizes of raw images, found as the readers do."""
     groups = [_child(image, "fluorescence", label, h5py.Group) for image in images]
     raws = [_child(group, "raw", label, h5py.Dataset) for group in groups]
     for raw in raws:
@@ -3464,8 +3461,7 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
 
 
 def _summary(group: h5py.Group, label: str, file_size: int | None) -> str:
-    """An image or series: kind, images, raw data, file size, times, and the meta data of the first
-    and the last image."""
+    """Kind, images, raw data, file size, times, and the meta data of the first and the last image."""
     metas: list[Mapping[str, Any]]
     if "fluorescence" in group:
         metas = [read_image(group)["meta"]]
