@@ -3089,57 +3089,49 @@ _CODES = (
     "446550 206270 101152 445650 622270 007750 006550 002520 006564 003531 005640 003260 227230 005530 "
     "005520 005770 005250 005536 007270 005564 22202 51245 22000 64446 31113 02024"
 )
-_FONT = types.MappingProxyType(
-    {
-        ch: np.array(
-            [[int(d, 8) >> (2 - c) & 1 for c in range(3)] for d in code.ljust(6, "0")], dtype=bool
-        )
-        for ch, code in zip(_CHARS, _CODES.split())
-    }
-)
-# dark gray for gaps and unused cell area, so tile edges show against black image content
-_BACKGROUND = 48
+_FONT = types.MappingProxyType(dict(zip(_CHARS, _CODES.split())))
+_BACKGROUND = 48  # dark gray for gaps and unused cells, so tile edges show against black image content
 _GAP = 2  # px between cells
 _TILE = 256  # px: the longer side of a frame on a contact sheet
 _SCALE = 2  # text at twice the font's size is readable on a 256 px tile
 _LINE = 8 * _SCALE  # px: a line of text, with a margin of one font pixel above and below
 _PERCENTILES = (0.5, 99.5)  # black and white: a few hot or dead pixels do not set the range
 _RAMP = 64  # px: the gray ramp under the sheet, from black to white
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    # The CRC covers the chunk type and data, not the length field.
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
     """Encode a non-empty 2-D uint8 array as an 8-bit grayscale PNG."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:  # the CRC covers the type and data, not the length
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
     height, width = pixels.shape
-    # a 0 before each row: filter None
-    data = zlib.compress(np.pad(pixels, ((0, 0), (1, 0))).tobytes(), 6)
+    data = zlib.compress(np.pad(pixels, ((0, 0), (1, 0))).tobytes(), 6)  # each row: 0, filter None
     step = 1 << 20  # several IDAT chunks keep each chunk small; decoders concatenate them
-    idat = b"".join(_png_chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step))
+    idat = b"".join(chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + idat + _png_chunk(b"IEND", b"")
+    return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 class _Frame(NamedTuple):
-    """A frame reduced for a contact sheet as it is read, so that no full-size frame is kept."""
+    """A frame as a contact sheet shows it, reduced as it was read: no full-size frame is kept."""
 
-    # block means, at most _TILE px on the longer side; NaN: nothing finite
-    means: npt.NDArray[np.float64]
-    up: int  # the integer enlargement of a small frame: its pixels stay square
+    means: npt.NDArray[np.float64]  # of blocks, at most _TILE on the longer side; NaN: nothing finite
     label: str
-    metres: float | None  # per pixel of the tile, when the pixel size is known
+    metres: float | None  # the size of a block, when the pixel size is known
 
 
-def _reduce(raw: npt.NDArray[Any], meta: Mapping[str, Any], label: str) -> _Frame:
-    """A raw frame as the block means of its ``down`` x ``down`` blocks, ``down`` the least that brings
-    it to _TILE px or less; a strip of blocks at a time is converted to float64, never the frame."""
+def _reduce(image: Image, position: int | None) -> _Frame:
+    """The image as the means of its ``down`` x ``down`` blocks, ``down`` the least that brings it to
+    _TILE px or less (a strip of blocks at a time is converted to float64, never the frame), and its
+    label: its identifier, else its time, else its name in the series."""
+    raw = image["raw"]
     down = max(1, -(-max(raw.shape) // _TILE))
     starts = np.arange(0, raw.shape[1], down)
-    means = np.empty((len(range(0, raw.shape[0], down)), len(starts)))
-    for row, top in enumerate(range(0, raw.shape[0], down)):
+    tops = range(0, raw.shape[0], down)
+    means = np.empty((len(tops), len(starts)))
+    for row, top in enumerate(tops):
         strip = raw[top : top + down].astype(np.float64)
         finite = np.isfinite(strip)
         strip[~finite] = 0.0  # NaN and inf are left out of the means, and show black where alone
@@ -3147,10 +3139,15 @@ def _reduce(raw: npt.NDArray[Any], meta: Mapping[str, Any], label: str) -> _Fram
         counts = np.add.reduceat(finite.sum(axis=0), starts)
         with np.errstate(over="ignore", invalid="ignore"):  # huge sums become inf; 0 / 0 becomes NaN
             means[row] = sums / counts
-    up = max(1, _TILE // max(means.shape))
-    size = meta.get("pixel size")
-    metres = size * down / up if isinstance(size, float) and 0 < size < math.inf else None
-    return _Frame(means, up, label, metres)
+    size = image["meta"].get("pixel size")
+    metres = size * down if isinstance(size, float) and 0 < size < math.inf else None
+    identifier = image["meta"].get("identifier")
+    seconds = image["meta"].get("time")
+    if isinstance(identifier, str) and identifier:
+        return _Frame(means, identifier, metres)
+    if isinstance(seconds, float):
+        return _Frame(means, f"t={_quantity(seconds, 's')}", metres)
+    return _Frame(means, "" if position is None else f"fli_{position}", metres)
 
 
 def _range(frames: Sequence[_Frame]) -> tuple[float, float]:
@@ -3158,115 +3155,108 @@ def _range(frames: Sequence[_Frame]) -> tuple[float, float]:
     values = np.concatenate([frame.means[np.isfinite(frame.means)] for frame in frames])
     if not values.size:
         return 0.0, 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # a range beyond float64 is handled by _gray
+    with np.errstate(over="ignore", invalid="ignore"):  # a range beyond float64 is handled by _tile
         low, high = np.percentile(values, _PERCENTILES)
     return float(low), float(high)
 
 
-def _gray(frame: _Frame, low: float, high: float) -> npt.NDArray[np.uint8]:
-    """The frame stretched from ``low`` (black) to ``high`` (white) and enlarged."""
-    f = frame.means.copy()
-    finite = np.isfinite(f)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if 0.0 < high - low < math.inf:  # false for a constant image and for a range beyond float64
-            f -= low
-            f *= 255.0 / (high - low)
-        else:
-            f.fill(128.0)  # constant image: mid-gray, so it is not mistaken for an empty one
-    f[~finite] = 0.0  # before the cast: casting NaN to uint8 warns
-    np.clip(f, 0.0, 255.0, out=f)
-    small = np.rint(f, out=f).astype(np.uint8)
-    return small.repeat(frame.up, axis=0).repeat(frame.up, axis=1)
+def _tile(frame: _Frame, low: float, high: float, each: bool) -> npt.NDArray[np.uint8]:
+    """The frame stretched from ``low`` (black) to ``high`` (white) and enlarged, with its label (and
+    with ``each`` its range) at the top left and a scale bar at the bottom left."""
+    if 0.0 < high - low < math.inf:  # false for a constant image and for a range beyond float64
+        gray = np.interp(frame.means, (low, high), (0.0, 255.0))
+    else:
+        gray = np.full(frame.means.shape, 128.0)  # mid-gray, so it is not mistaken for an empty image
+    gray[~np.isfinite(frame.means)] = 0.0  # before the cast: casting NaN to uint8 warns
+    up = max(1, _TILE // max(gray.shape))  # a whole factor: the pixels of a small frame stay square
+    tile = np.rint(gray).astype(np.uint8).repeat(up, axis=0).repeat(up, axis=1)
+    lines = [frame.label] + ([f"{_number(low)} to {_number(high)}"] if each else [])
+    if any(lines):
+        text = _text(*lines)
+        tile[: text.shape[0], : text.shape[1]] = text[: tile.shape[0], : tile.shape[1]]
+    if frame.metres is not None:  # a bar of a round length, about a fifth of the tile, over its length
+        metres = frame.metres / up  # of a pixel of the tile
+        target = tile.shape[1] / 5 * metres
+        power = 10.0 ** math.floor(math.log10(target))
+        length = max(step * power for step in (1, 2, 5) if step * power <= target * (1 + 1e-9))
+        bar_px = round(length / metres)
+        bar = _text(_quantity(length, "m"))
+        bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, bar_px + 2 * _SCALE - bar.shape[1]))))
+        bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + bar_px] = 255
+        top = max(0, tile.shape[0] - bar.shape[0])
+        tile[top:, : bar.shape[1]] = bar[: tile.shape[0] - top, : tile.shape[1]]
+    return tile
 
 
 def _text(*lines: str) -> npt.NDArray[np.uint8]:
     """White text on black, one line under another, at _SCALE times the font's size."""
-    width = 4 * max(map(len, lines)) + 1
-    box = np.zeros((8 * len(lines), width), dtype=bool)
+    box = np.zeros((8 * len(lines), 4 * max(map(len, lines)) + 1), dtype=bool)
     for row, line in enumerate(lines):
         for k, ch in enumerate(line):
-            box[8 * row + 1 : 8 * row + 7, 1 + 4 * k : 4 + 4 * k] = _FONT.get(ch, _FONT["?"])
+            code = _FONT.get(ch, _FONT["?"]).ljust(6, "0")
+            glyph = [[int(digit, 8) >> (2 - column) & 1 for column in range(3)] for digit in code]
+            box[8 * row + 1 : 8 * row + 7, 1 + 4 * k : 4 + 4 * k] = glyph
     return np.where(box, 255, 0).astype(np.uint8).repeat(_SCALE, axis=0).repeat(_SCALE, axis=1)
 
 
-def _put(
-    sheet: npt.NDArray[np.uint8],
-    top: int,
-    left: int,
-    pixels: npt.NDArray[np.uint8],
-    bottom: int,
-    right: int,
-) -> None:
-    """Put ``pixels`` at (top, left), cut at row ``bottom`` and column ``right``."""
-    part = pixels[: max(0, bottom - top), : max(0, right - left)]
-    sheet[top : top + part.shape[0], left : left + part.shape[1]] = part
-
-
-def _scale_bar(metres: float, width: int) -> tuple[int, str]:
-    """A bar about a fifth of ``width`` px long at a round length (1, 2 or 5 times a power of ten):
-    (its length in px, the length as text)."""
-    target = width / 5 * metres
-    power = 10.0 ** math.floor(math.log10(target))
-    length = max(step * power for step in (1, 2, 5) if step * power <= target * (1 + 1e-9))
-    return round(length / metres), _quantity(length, "m")
-
-
 def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8]:
-    """Lay the frames out row-major in a grid, each cell as large as the largest tile, with its label at
-    the top left, a scale bar at the bottom left, and under the grid the range from black to white:
-    the same for all frames, or with ``each`` each frame's own."""
+    """The tiles row-major in a grid of cells as large as the largest tile and, under it, the range
+    from black to white with a gray ramp: the same for all frames, or with ``each`` each frame's own."""
     each = each and len(frames) > 1
     ranges = [_range([frame]) for frame in frames] if each else [_range(frames)] * len(frames)
-    tiles = [_gray(frame, *limits) for frame, limits in zip(frames, ranges)]
-    ncols = math.ceil(math.sqrt(len(tiles)))
-    nrows = -(-len(tiles) // ncols)
-    cell_h = max(tile.shape[0] for tile in tiles)
-    cell_w = max(tile.shape[1] for tile in tiles)
-    footer = _footer(ranges[0], each, len(frames))
-    height = nrows * (cell_h + _GAP) - _GAP
-    width = max(ncols * (cell_w + _GAP) - _GAP, footer.shape[1])  # a small image gets a wider sheet
-    sheet = np.full((height + _GAP + _LINE, width), _BACKGROUND, np.uint8)
-    sheet[height + _GAP :] = 0
-    sheet[height + _GAP :, : footer.shape[1]] = footer
-    for i, (frame, tile, (low, high)) in enumerate(zip(frames, tiles, ranges)):
-        r = (i // ncols) * (cell_h + _GAP)
-        c = (i % ncols) * (cell_w + _GAP)
-        bottom = r + tile.shape[0]
-        right = c + tile.shape[1]
-        sheet[r:bottom, c:right] = tile
-        lines = [frame.label] + ([f"{_number(low)} to {_number(high)}"] if each else [])
-        if any(lines):
-            _put(sheet, r, c, _text(*lines), bottom, right)
-        if frame.metres is not None:
-            bar_px, length = _scale_bar(frame.metres, tile.shape[1])
-            bar = _text(length)  # the length over a white bar, on black
-            bar = np.pad(bar, ((0, 4 * _SCALE), (0, max(0, bar_px + 2 * _SCALE - bar.shape[1]))))
-            bar[-3 * _SCALE : -_SCALE, _SCALE : _SCALE + bar_px] = 255
-            _put(sheet, max(r, bottom - bar.shape[0]), c, bar, bottom, right)
+    tiles = [_tile(frame, low, high, each) for frame, (low, high) in zip(frames, ranges)]
+    ramp = np.zeros((_LINE, _RAMP), np.uint8)
+    ramp[_SCALE:-_SCALE] = np.rint(np.linspace(0, 255, _RAMP))  # as tall as a glyph
+    if each:
+        words = [ramp, _text(" each frame from its own black to white, in its label")]
+    else:
+        words = [_text(f"{_number(ranges[0][0])} "), ramp, _text(f" {_number(ranges[0][1])}")]
+        words += [_text("  the same for all frames")] if len(frames) > 1 else []
+    footer = np.hstack(words)
+    columns = math.ceil(math.sqrt(len(tiles)))
+    cell_height = max(tile.shape[0] for tile in tiles) + _GAP
+    cell_width = max(tile.shape[1] for tile in tiles) + _GAP
+    height = -(-len(tiles) // columns) * cell_height  # with the gap above the footer
+    width = max(columns * cell_width - _GAP, footer.shape[1])  # a small image gets a wider sheet
+    sheet = np.full((height + _LINE, width), _BACKGROUND, np.uint8)
+    sheet[height:] = 0
+    sheet[height:, : footer.shape[1]] = footer
+    for i, tile in enumerate(tiles):
+        top = i // columns * cell_height
+        left = i % columns * cell_width
+        sheet[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
     return sheet
 
 
-def _footer(limits: tuple[float, float], each: bool, count: int) -> npt.NDArray[np.uint8]:
-    """The line under the sheet: the values shown black and white with a gray ramp between them."""
-    if each:
-        words = [_ramp(), _text(" each frame from its own black to white, in its label")]
-    else:
-        words = [_text(_number(limits[0]) + " "), _ramp(), _text(" " + _number(limits[1]))]
-        words += [_text("  the same for all frames")] if count > 1 else []
-    return np.hstack(words)
-
-
-def _ramp() -> npt.NDArray[np.uint8]:
-    """A gray ramp from black to white, as tall as a glyph, with a line's margin above and below."""
-    ramp = np.zeros((_LINE, _RAMP), np.uint8)
-    ramp[_SCALE : _LINE - _SCALE] = np.rint(np.linspace(0, 255, _RAMP))
-    return ramp
+def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
+    """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
+    target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
+    # before anything is read: an older PNG may go, never another file (the HDF5 file itself, through
+    # a typo or a symlink) nor a FIFO, which would block
+    png = False
+    if os.path.isfile(target):
+        with open(target, "rb") as existing:
+            png = existing.read(8) == _PNG_SIGNATURE
+    if os.path.lexists(target) and not png:
+        message = f"{target} exists and is no PNG file; name another output with -o"
+        raise FileExistsError(errno.EEXIST, message)
+    with _open_spec(spec) as (group, label):
+        positions: list[int | None] = [None]  # an image: the group itself
+        if "fluorescence" not in group:
+            count = len(read_series(group, lazy=True)["images"])
+            if count == 0:
+                raise FormatError(f"{label} is a series without images: nothing to show")
+            shown = min(limit, count)
+            positions = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
+        # each frame is reduced, and let go, before the next is read
+        frames = [_reduce(read_image(group, position), position) for position in positions]
+    with open(target, "wb") as handle:
+        handle.write(_png(_contact_sheet(frames, each)))
+    return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
 
 
 def _demo(path: str | None) -> None:
-    """Write a small sample series (kept only at ``path``) and print what was read back."""
-    import tempfile
-
+    """Write a small sample series (to ``path``, else in memory) and print what was read back."""
     if path is not None and os.path.lexists(path):  # a typo must not replace a scientist's file
         raise FileExistsError(errno.EEXIST, f"{path} exists; name a new file for the sample series")
     rng = np.random.default_rng(7)
@@ -3280,30 +3270,26 @@ def _demo(path: str | None) -> None:
         }
         for t in range(5)
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        target = path or os.path.join(scratch, "demo_series.h5")
-        write_series(target, {"identifier": "demo run", "images": images})
-        series = read_series(target)
-        kept = f"wrote {target}" if path else "wrote a sample series (pass a PATH to keep it)"
-        print(f"{kept}, {os.path.getsize(target)} bytes, and read it back:")
-        print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
-        for position, image in enumerate(series["images"]):
-            # correct in floating point: uint16 counts minus a background would wrap around
-            background = sum(b.astype(np.float64) for b in image["bg_data"].values())
-            corrected = image["raw"].astype(np.float64) - background
-            meta = image["meta"]
-            print(
-                f"  fli_{position}: {meta['identifier']!r} "
-                f"raw {image['raw'].shape} {image['raw'].dtype}, "
-                f"time {meta['time']} s, mean corrected intensity {corrected.mean():.1f}"
-            )
-        one = read_image(target, index="frame 3")
-        print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
+    memory = io.BytesIO()
+    write_series(path or memory, {"identifier": "demo run", "images": images})
+    series = read_series(path or memory)
+    kept = f"wrote {path}" if path else "wrote a sample series (pass a PATH to keep it)"
+    size = os.path.getsize(path) if path else len(memory.getvalue())
+    print(f"{kept}, {size} bytes, and read it back:")
+    print(f"series identifier: {series['identifier']!r}, {len(series['images'])} images")
+    for position, image in enumerate(series["images"]):
+        raw = image["raw"]
+        meta = image["meta"]
+        # in floating point: uint16 counts minus a background would wrap around
+        mean = (raw - image["bg_data"]["data"].astype(np.float64)).mean()
+        stored = f"raw {raw.shape} {raw.dtype}, time {meta['time']} s"
+        print(f"  fli_{position}: {meta['identifier']!r} {stored}, mean corrected intensity {mean:.1f}")
+    one = read_image(path or memory, index="frame 3")
+    print(f"read_image(path, index='frame 3'): time {one['meta']['time']} s")
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
-    """'FILE', 'FILE:/group/path' or 'FILE:group/path' -> (file, '/group/path'); an existing file wins
-    over a split."""
+    """'FILE', 'FILE:/group' or 'FILE:group' -> (FILE, '/group'); an existing file wins over a split."""
     if not os.path.exists(spec):
         for at in (match.start() for match in re.finditer(":", spec)):
             if os.path.isfile(spec[:at]):
@@ -3313,73 +3299,58 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
-    """The group that ``FILE`` or ``FILE:/group`` names, open read-only in h5py, and its label."""
+    """The group that ``FILE`` or ``FILE:/group`` names, open read-only in h5py under the readers'
+    lock, and its label; unknown meta keys are not warned about meanwhile (check lists them)."""
     path, inner = _split_spec(spec)
-    # Our read first: it refuses what is no file, waits out a commit and rolls back one that a kill
-    # cut short, which h5py would show half done. What it refuses as no image or series, h5py opens.
-    with contextlib.suppress(FormatError), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnknownMetaWarning)  # check lists them
-        read_series(path, [], lazy=True)
-    with open(path, "rb") as shared:
-        _share_with_readers(shared, path)
-        try:
-            opened = h5py.File(path, "r")
-        except OSError as exc:
-            damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format): {exc}"
-            raise FormatError(damaged) from None
-        with opened:
-            group = opened if inner == "/" else _hard(opened, inner.strip("/"))
-            if not isinstance(group, h5py.Group):
-                raise FormatError(_no_group(opened, path, inner, group))
-            yield group, path if group.name == "/" else f"{path}:{group.name}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownMetaWarning)
+        # Our read first: it refuses what is no file (a FIFO would block the open), waits out a commit
+        # and rolls back one that a kill cut short. What it refuses as no image or series, h5py opens.
+        with contextlib.suppress(FormatError):
+            read_series(path, [], lazy=True)
+        with open(path, "rb") as shared:
+            _share_with_readers(shared, path)
+            try:
+                opened = h5py.File(path, "r")
+            except OSError as exc:
+                damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format)"
+                raise FormatError(f"{damaged}: {exc}") from None
+            with opened:
+                group = _group_at(opened, path, inner)
+                yield group, path if group.name == "/" else f"{path}:{group.name}"
 
 
-def _no_group(opened: h5py.File, path: str, inner: str, found: h5py.HLObject | None) -> str:
-    """Why ``inner`` names no group that the command line reads."""
-    if found is not None:
-        return f"{path}:{inner} is a {type(found).__name__.lower()}, not a group"
-    if opened.get(inner, getlink=True) is not None:
-        return f"{path}:{inner} is a soft link or a link to another file, which are not followed"
-    return f"{path} has no group {inner}"
+def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
+    """The group ``inner``, reached through hard links only: soft links may loop, external ones leave."""
+    node = opened
+    for name in filter(None, inner.split("/")):
+        link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
+        if link is None:
+            raise FormatError(f"{path} has no group {inner}")
+        if not isinstance(link, h5py.HardLink):
+            why = "is a soft link or a link to another file, which are not followed"
+            raise FormatError(f"{path}:{inner} {why}")
+        node = node[name]
+    if not isinstance(node, h5py.Group):
+        raise FormatError(f"{path}:{inner} is a {type(node).__name__.lower()}, not a group")
+    return node
 
 
 def _share_with_readers(handle: IO[bytes], path: str) -> None:
     """Hold the lock that readers share (flock, as HDF5's own file lock): a commit of our writers
     waits for it, also where HDF5's locking is off (HDF5_USE_FILE_LOCKING=FALSE)."""
-    if _fcntl is None:  # pragma: no cover - not POSIX
-        return
     deadline = time.monotonic() + 5.0
-    while True:
+    while _fcntl is not None:  # else not POSIX
         try:
             _fcntl.flock(handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
             return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                return  # a file system without locks
+        except BlockingIOError:
             if time.monotonic() > deadline:
                 message = f"{path} is in use by another process (locked for over 5 s); try again later"
                 raise BlockingIOError(errno.EWOULDBLOCK, message) from None
             time.sleep(0.01)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error for the user: an OSError without its '[Errno N]' prefix."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
-    return str(exc)
-
-
-def _check_spec(spec: str, progress: bool = False) -> list[str]:
-    """:func:`check` of ``FILE`` or ``FILE:/group``, showing its progress on stderr."""
-    path, inner = _split_spec(spec)
-    display = _show_progress if progress else None
-    if inner == "/":  # by path: an append to the file may go on between the check's blocks
-        return check(path, progress=display)
-    try:
-        with _open_spec(spec) as (group, _):
-            return check(group, progress=display)
-    except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
-        return [_one_line(exc)]
+        except OSError:  # a file system without locks
+            return
 
 
 def _show_progress(label: str, checked: int, total: int) -> None:
@@ -3390,25 +3361,34 @@ def _show_progress(label: str, checked: int, total: int) -> None:
 
 
 def _check_guarded(spec: str, limit: float | None) -> list[str]:
-    """:func:`_check_spec` in a forked child process, stopped after ``limit`` seconds (None: a minute
-    and half a second more per MiB)."""
+    """:func:`check` of ``FILE`` or ``FILE:/group`` in a forked child process, stopped after ``limit``
+    seconds (None: a minute and half a second more per MiB); its progress on stderr on a terminal."""
     import multiprocessing
 
-    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
-        return _check_spec(spec)
+    progress = _show_progress if sys.stderr.isatty() else None
+    path, inner = _split_spec(spec)
     if limit is None:
-        size = 0
-        with contextlib.suppress(OSError):
-            size = os.path.getsize(_split_spec(spec)[0])
-        limit = 60.0 + 0.5 * size / 2**20
+        limit = 60.0 + 0.5 * (os.path.getsize(path) if os.path.isfile(path) else 0) / 2**20
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    progress = sys.stderr.isatty()
     parent = os.getpid()
 
     def check_in_child() -> None:
-        _die_with(parent)
-        sender.send(_check_spec(spec, progress))
+        # On Linux the kernel kills this child when its parent dies: a check killed from outside (kill
+        # -9, a timeout) leaves no child behind that reads, and locks, the file.
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that took hold
+            os._exit(1)
+        try:
+            if inner == "/":  # by path: an append to the file may go on between the check's blocks
+                problems = check(path, progress=progress)
+            else:
+                with _open_spec(spec) as (group, _):
+                    problems = check(group, progress=progress)
+        except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
+            problems = [_message(exc)]
+        sender.send(problems)
 
     child = context.Process(target=check_in_child, daemon=True)
     child.start()
@@ -3416,27 +3396,14 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     try:
         if receiver.poll(limit):
             return list(receiver.recv())
-        return [
-            f"{spec}: checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"
-        ]
+        stopped = f"checking took over {limit:.0f} s and was stopped; HDF5 may loop on damaged data"
+        return [f"{spec}: {stopped}"]
     except EOFError:
         return [f"{spec}: the check crashed (exit code {child.exitcode}); the file is damaged"]
     finally:
         child.kill()
         child.join()
         receiver.close()
-
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with(parent: int) -> None:
-    """Have the kernel kill this forked child when ``parent`` dies (on Linux), so that a check
-    killed from outside (kill -9, a timeout) leaves no child behind that reads, and locks, the file."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before that took hold
-        os._exit(1)
 
 
 def _size(count: int) -> str:
@@ -3469,10 +3436,9 @@ def _quantity(value: float, unit: str) -> str:
     return f"{_number(value)} {unit}".rstrip()
 
 
-# The meta data keys in the order info shows them: what tells images apart first, versions last.
-_META_ORDER = tuple(
-    dict.fromkeys(("identifier", "date", "time", *NUMBER_KEYS, *SEQUENCE_KEYS, *TEXT_KEYS))
-)
+# The meta data keys in the order info shows them: what tells images apart first, versions last (a key
+# that comes twice is sorted by its first place).
+_META_ORDER = ("identifier", "date", "time", *NUMBER_KEYS, *SEQUENCE_KEYS, *TEXT_KEYS)
 
 
 def _meta_text(meta: Mapping[str, Any]) -> str:
@@ -3481,209 +3447,82 @@ def _meta_text(meta: Mapping[str, Any]) -> str:
     for key in sorted(meta, key=_META_ORDER.index):  # the readers return no other keys
         value = meta[key]
         if isinstance(value, str):
-            text = repr(value)
+            shown.append(f"{key} {value!r}")
         elif isinstance(value, tuple):  # sim center
-            text = f"({', '.join(map(_number, value))}) px"
+            shown.append(f"{key} ({', '.join(map(_number, value))}) px")
         else:
-            text = _quantity(value, NUMBER_KEYS[key])
-        shown.append(f"{key} {text}")
+            shown.append(f"{key} {_quantity(value, NUMBER_KEYS[key])}")
     return ", ".join(shown) or "none"
 
 
-def _time_span(metas: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The times of the images as a line: their range and median interval, if two or more have one."""
-    times = [meta["time"] for meta in metas if "time" in meta]
-    if len(times) < 2:
-        return []
-    interval = _quantity(float(np.median(np.diff(times))), "s")
-    span = f"{_quantity(min(times), 's')} to {_quantity(max(times), 's')}"
-    line = f"  time: {span}, median interval {interval}"
-    return [
-        line + (f" ({len(times)} of {len(metas)} images have a time)" if len(times) < len(metas) else "")
-    ]
-
-
-def _hard(group: h5py.Group, path: str) -> h5py.HLObject | None:
-    """The object at ``path`` below ``group`` through hard links only (a soft link may loop, an
-    external one leads to another file); None if there is none."""
-    node: h5py.HLObject = group
-    for name in path.split("/"):
-        if not isinstance(node, h5py.Group) or not isinstance(
-            node.get(name, getlink=True), h5py.HardLink
-        ):
-            return None
-        node = node[name]
-    return node
-
-
-def _raw_dataset(group: h5py.Group, path: str, label: str) -> h5py.Dataset:
-    raw = _hard(group, path)
-    if not isinstance(raw, h5py.Dataset) or raw.shape is None or len(raw.shape) != 2:
-        found = (
-            "nothing" if raw is None else f"{type(raw).__name__} {getattr(raw, 'shape', '')}".rstrip()
-        )
-        raise FormatError(
-            f"{label}:{group.name.rstrip('/')}/{path} must be a 2-D dataset, but is {found}"
-        )
-    return raw
-
-
-def _storage(group: h5py.Group, paths: Sequence[str], label: str) -> list[str]:
-    """The lines on the raw images: shape and dtype, background names, filters, chunks and sizes."""
-    raws = [_raw_dataset(group, path, label) for path in paths]
+def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
+    """Shape, dtype, backgrounds, filters, chunks and sizes of raw images, found as the readers do."""
+    groups = [_child(image, "fluorescence", label, h5py.Group) for image in images]
+    raws = [_child(group, "raw", label, h5py.Dataset) for group in groups]
+    for raw in raws:
+        _check_dataset(raw, label, None)
     first = raws[0]
     kinds = len({(raw.shape, raw.dtype.str) for raw in raws})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
-    backgrounds = _hard(group, paths[0].replace("/raw", "/bg_data")) or {}
+    bg_data = _child(groups[0], "bg_data", label, h5py.Group) if "bg_data" in groups[0] else None
+    backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data))) or "none")
     stored = sum(raw.id.get_storage_size() for raw in raws)
     logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
     compression = first.compression
     if first.compression_opts:
         compression = f"{compression} level {first.compression_opts}"
     flags = (("shuffle", first.shuffle), (compression, compression), ("fletcher32", first.fletcher32))
-    filters = [name for name, on in flags if on]
+    filters = ", ".join(name for name, on in flags if on) or "none"
     chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
     return [
-        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
-        f"background: {', '.join(sorted(backgrounds)) or 'none'}",
-        f"  filters: {', '.join(filters) or 'none'}; chunks {chunks}; raw data stored in "
+        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; background: {backgrounds}",
+        f"  filters: {filters}; chunks {chunks}; raw data stored in "
         f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
     ]
 
 
 def _summary(group: h5py.Group, label: str, file_size: int | None) -> str:
-    """An image or series: kind, images, raw data, file size, times, and the meta data of the first
-    and the last image."""
+    """Kind, images, raw data, file size, times, and the meta data of the first and the last image."""
+    metas: list[Mapping[str, Any]]
     if "fluorescence" in group:
         metas = [read_image(group)["meta"]]
-        paths = ["fluorescence/raw"]
-        names = ["meta"]
-        title = f"{label}: FLImage"
+        images = [group]
+        lines = [f"{label}: FLImage"]
     else:
         series = read_series(group, lazy=True)
         metas = [image["meta"] for image in series["images"]]  # without pixels
+        images = [group[f"fli_{n}"] for n in range(len(metas))]  # as the readers found them
         named = "without identifier" if series["identifier"] is None else repr(series["identifier"])
-        title = f"{label}: FLSeries {named}, {len(metas)} image{'s' * (len(metas) != 1)}"
-        paths = [f"fli_{n}/fluorescence/raw" for n in range(len(metas))]
-        names = [f"meta of fli_{n}" for n in range(len(metas))]
-    lines = [title, *(_storage(group, paths, label) if paths else [])]
-    if file_size is not None:
-        lines.append(f"  file size: {_size(file_size)}")
-    lines += _time_span(metas)
-    shown = sorted({0, len(metas) - 1}) if metas else []
-    return "\n".join(lines + [f"  {names[n]}: {_meta_text(metas[n])}" for n in shown])
-
-
-_LAYOUTS_LOOKED_INTO = 10_000  # groups looked into for the images and series a file holds in groups
-
-
-def _holds_layout(group: h5py.Group) -> bool:
-    return "fluorescence" in group or any(str(name).startswith("fli_") for name in group)
-
-
-def _layouts_below(group: h5py.Group) -> list[h5py.Group]:
-    """The groups below ``group`` that hold an image or series, in name order, each once (h5py visits
-    objects through hard links only)."""
-    found: list[h5py.Group] = []
-    visited = 0
-
-    def visit(name: str, node: h5py.HLObject) -> bool | None:
-        nonlocal visited
-        visited += 1
-        inside = any(name.startswith(f"{outer.name[len(group.name) :].strip('/')}/") for outer in found)
-        if isinstance(node, h5py.Group) and not inside and _holds_layout(node):
-            found.append(node)
-        return True if visited >= _LAYOUTS_LOOKED_INTO else None
-
-    group.visititems(visit)
-    return found
+        lines = [f"{label}: FLSeries {named}, {len(metas)} image{'s' * (len(metas) != 1)}"]
+    lines += _storage(images, label) if images else []
+    lines += [] if file_size is None else [f"  file size: {_size(file_size)}"]
+    times = [meta["time"] for meta in metas if "time" in meta]
+    if len(times) > 1:
+        span = f"{_quantity(min(times), 's')} to {_quantity(max(times), 's')}"
+        interval = _quantity(float(np.median(np.diff(times))), "s")
+        some = f" ({len(times)} of {len(metas)} images have a time)" if len(times) < len(metas) else ""
+        lines.append(f"  time: {span}, median interval {interval}{some}")
+    for n in sorted({0, len(metas) - 1}) if metas else []:
+        name = "meta" if "fluorescence" in group else f"meta of fli_{n}"
+        lines.append(f"  {name}: {_meta_text(metas[n])}")
+    return "\n".join(lines)
 
 
 def _info(spec: str) -> str:
     """A summary of an image or series; of each one in the groups of a file that holds them in groups."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnknownMetaWarning)  # check lists them
-        with _open_spec(spec) as (group, label):
-            size = os.path.getsize(_split_spec(spec)[0])
-            found = [] if _holds_layout(group) or not len(group) else _layouts_below(group)
-            if not found:
-                return _summary(group, label, size)  # neither an image nor a series raises there
-            images = sum("fluorescence" in inner for inner in found)
-            kinds = [(images, "FLImage", "FLImages"), (len(found) - images, "FLSeries", "FLSeries")]
-            held = " and ".join(f"{n} {one if n == 1 else many}" for n, one, many in kinds if n)
-            head = f"{label}: {held} in groups; file size {_size(size)}"
-            path = _split_spec(spec)[0]
-            return "\n".join([head] + [_summary(inner, f"{path}:{inner.name}", None) for inner in found])
-
-
-def _refuse_to_replace(target: str) -> None:
-    """A preview may replace an older PNG, never another file (the HDF5 file itself, through a typo
-    or a symlink) nor a FIFO, which would block."""
-    if not os.path.lexists(target):
-        return
-    if os.path.isfile(target):
-        with open(target, "rb") as existing:
-            if existing.read(8) == b"\x89PNG\r\n\x1a\n":
-                return
-    message = f"{target} exists and is no PNG file; name another output with -o"
-    raise FileExistsError(errno.EEXIST, message)
-
-
-def _frame_label(meta: Mapping[str, Any], position: int | None) -> str:
-    """What tells a frame apart: its identifier, else its time, else its name in the series."""
-    identifier = meta.get("identifier")
-    time = meta.get("time")
-    if isinstance(identifier, str) and identifier:
-        return identifier
-    if isinstance(time, float):
-        return f"t={_quantity(time, 's')}"
-    return "" if position is None else f"fli_{position}"
-
-
-def _preview(spec: str, output: str | None, limit: int, each: bool) -> str:
-    """Write a PNG contact sheet of a series (at most ``limit`` frames, evenly spread) or an image."""
-    target = output or os.path.splitext(_split_spec(spec)[0])[0] + ".png"
-    _refuse_to_replace(target)  # before anything is read
-    frames: list[_Frame] = []
-    picked: list[int | None] = [None]  # an image: the group itself
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnknownMetaWarning)  # a preview shows pixels; check lists them
-        with _open_spec(spec) as (group, label):
-            if "fluorescence" not in group:
-                count = len(read_series(group, lazy=True)["images"])
-                if count == 0:
-                    raise FormatError(f"{label} is a series without images: nothing to show")
-                shown = min(limit, count)
-                picked = [round(i * (count - 1) / max(shown - 1, 1)) for i in range(shown)]
-            for position in picked:
-                image = read_image(group, position)
-                frames.append(
-                    _reduce(image["raw"], image["meta"], _frame_label(image["meta"], position))
-                )
-                del image  # before the next is read: one full-size frame in memory at a time
-    with open(target, "wb") as handle:
-        handle.write(_png(_contact_sheet(frames, each)))
-    return f"wrote {target}: {len(frames)} frame{'s' * (len(frames) != 1)}"
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        import argparse  # already imported by main, which calls this
-
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
-    return seconds
-
-
-def _frame_count(text: str) -> int:
-    if not text.lstrip("-").isdigit() or int(text) < 1:
-        import argparse  # already imported by main, which calls this
-
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return int(text)
+    path = _split_spec(spec)[0]
+    with _open_spec(spec) as (group, label):
+        size = os.path.getsize(path)
+        names = _names(group)
+        is_layout = not names or "fluorescence" in names or any(n.startswith("fli_") for n in names)
+        layouts = [] if is_layout else _layouts_in(group)
+        if not layouts:  # neither an image nor a series raises there
+            return _summary(group, label, size)
+        images = sum("fluorescence" in layout for layout in layouts)
+        kinds = [(images, "FLImage", "FLImages"), (len(layouts) - images, "FLSeries", "FLSeries")]
+        held = " and ".join(f"{n} {one if n == 1 else many}" for n, one, many in kinds if n)
+        summaries = [_summary(layout, f"{path}:{layout.name}", None) for layout in layouts]
+        return "\n".join([f"{label}: {held} in groups; file size {_size(size)}", *summaries])
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") -> int:
@@ -3715,49 +3554,38 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     """
     import argparse  # here: a project that vendors the module for its functions does not pay for it
 
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Read, check and look at FLImage / FLSeries HDF5 files.",
-        epilog="FILE may name an image or series inside a larger file as FILE:/group/path.",
-    )
+    def seconds(text: str) -> float:
+        with contextlib.suppress(ValueError):
+            if 0 < float(text) < math.inf:
+                return float(text)
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+
+    def frame_count(text: str) -> int:
+        if text.isdecimal() and int(text) >= 1:
+            return int(text)
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+
+    about = "Read, check and look at FLImage / FLSeries HDF5 files."
+    inside = "FILE may name an image or series inside a larger file as FILE:/group/path."
+    parser = argparse.ArgumentParser(prog=prog, description=about, epilog=inside)
     versions = f"h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}"
     parser.add_argument("--version", action="version", version=f"flimage_io {__version__} ({versions})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="write a sample series and print what was read back")
-    demo.add_argument(
-        "path", nargs="?", metavar="PATH", help="keep the sample file here (default: not kept)"
-    )
-    check_help = "list every problem; exit status 0 only when all are clean"
-    check_command = commands.add_parser("check", help=check_help)
-    check_command.add_argument("files", nargs="+", metavar="FILE")
-    check_command.add_argument(
-        "--time-limit",
-        type=_seconds,
-        metavar="SECONDS",
-        help="stop checking a file after this long (default: a minute and half a second per MiB)",
-    )
-    commands.add_parser("info", help="summarise each file").add_argument(
-        "files", nargs="+", metavar="FILE"
-    )
+    demo.add_argument("path", nargs="?", metavar="PATH", help="keep the file here (default: not kept)")
+    checks = commands.add_parser("check", help="list every problem; exit 0 only when all are clean")
+    checks.add_argument("files", nargs="+", metavar="FILE")
+    limit = "stop checking a file after this long (default: a minute and half a second per MiB)"
+    checks.add_argument("--time-limit", type=seconds, metavar="SECONDS", help=limit)
+    info = commands.add_parser("info", help="summarise each file")
+    info.add_argument("files", nargs="+", metavar="FILE")
     preview = commands.add_parser("preview", help="write a PNG contact sheet of a series or image")
     preview.add_argument("file", metavar="FILE")
-    preview.add_argument(
-        "-o", "--output", metavar="OUT.png", help="default: FILE with .png for its suffix"
-    )
-    preview.add_argument(
-        "-n",
-        "--frames",
-        type=_frame_count,
-        default=36,
-        metavar="N",
-        help="at most N frames (default 36)",
-    )
-    preview.add_argument(
-        "--each",
-        action="store_true",
-        help="stretch each frame from its own black to white (default: one range for all frames, "
-        "so that changes of intensity show)",
-    )
+    preview.add_argument("-o", "--output", metavar="OUT.png", help="default: FILE with the suffix .png")
+    frames = "at most N frames (default 36)"
+    preview.add_argument("-n", "--frames", type=frame_count, default=36, metavar="N", help=frames)
+    each = "stretch each frame to its own black and white (default: one range, so that changes show)"
+    preview.add_argument("--each", action="store_true", help=each)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("name a command: demo, check, info or preview")
@@ -3780,7 +3608,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
                 # FormatError, ValueError for a FIFO or device, and what h5py raises on damage
                 except (OSError, ValueError, RuntimeError, KeyError) as exc:
                     failed = True
-                    message = _one_line(exc)
+                    message = _message(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
                     print(named, file=sys.stderr)
                 else:
@@ -3791,7 +3619,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
         return 1
     # a user's mistake or a bad file: one line, no traceback
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
         return 1
 
 
