@@ -3465,7 +3465,7 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     kinds = len({(raw.shape, raw.dtype.str) for raw in raws})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
     bg_data = _child(groups[0], "bg_data", label, h5py.Group) if "bg_data" in groups[0] else None
-    backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data))) or "none")
+    backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data, label))) or "none")
     stored = sum(raw.id.get_storage_size() for raw in raws)
     logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
     compression = first.compression
@@ -3513,9 +3513,9 @@ def _info(spec: str) -> str:
     path = _split_spec(spec)[0]
     with _open_spec(spec) as (group, label):
         size = os.path.getsize(path)
-        names = _names(group)
+        names = _names(group, label)
         is_layout = not names or "fluorescence" in names or any(n.startswith("fli_") for n in names)
-        layouts = [] if is_layout else _layouts_in(group)
+        layouts = [] if is_layout else _layouts_in(group, label)
         if not layouts:  # neither an image nor a series raises there
             return _summary(group, label, size)
         images = sum("fluorescence" in layout for layout in layouts)
