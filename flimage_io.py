@@ -1743,11 +1743,9 @@ def _hard_links(group: h5py.Group, names: Iterable[str], label: str) -> list[str
         return [name for name in names if info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD]
 
 
-def _has_layout(group: h5py.Group, label: str) -> bool:
-    """Whether ``group`` holds an image or a series, by its member names."""
-    if _has(group, "fluorescence", label):
-        return True
-    return any(name.startswith("fli_") for name in _names(group, label))
+def _holds_layout(names: Collection[str]) -> bool:
+    """Whether a group with these member names holds an image or a series."""
+    return "fluorescence" in names or any(name.startswith("fli_") for name in names)
 
 
 def _layout_of(group: h5py.Group, label: str) -> str:
@@ -1763,7 +1761,7 @@ def _layout_of(group: h5py.Group, label: str) -> str:
     for name in _hard_links(group, [name for name in names[:100] if _has(group, name, label)], label):
         with _reading(label):
             member = group[name]
-        if isinstance(member, h5py.Group) and _has_layout(member, label):
+        if isinstance(member, h5py.Group) and _holds_layout(_names(member, label)):
             nested.append(member.name)
     hint = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
@@ -3051,7 +3049,7 @@ def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
     while pending and len(seen) < _WALK_LIMIT:
         node = pending.pop()
         names = _names(node, label)
-        if node is not group and ("fluorescence" in names or any(n.startswith("fli_") for n in names)):
+        if node is not group and _holds_layout(names):
             found.append(node)
             continue
         hard = _hard_links(node, [name for name in names if _has(node, name, label)], label)
@@ -3459,12 +3457,13 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     """Shape, dtype, backgrounds, filters, chunks and sizes of raw images, found as the readers do."""
     groups = [_child(image, "fluorescence", label, h5py.Group) for image in images]
     raws = [_child(group, "raw", label, h5py.Dataset) for group in groups]
-    for raw in raws:
-        _check_dataset(raw, label, None)
+    heads = [_check_dataset(raw, label, None) for raw in raws]
     first = raws[0]
-    kinds = len({(raw.shape, raw.dtype.str) for raw in raws})
+    kinds = len({(head.shape, head.dtype.str) for head in heads})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
-    bg_data = _child(groups[0], "bg_data", label, h5py.Group) if "bg_data" in groups[0] else None
+    bg_data = (
+        _child(groups[0], "bg_data", label, h5py.Group) if _has(groups[0], "bg_data", label) else None
+    )
     backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data, label))) or "none")
     stored = sum(raw.id.get_storage_size() for raw in raws)
     logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
@@ -3514,8 +3513,7 @@ def _info(spec: str) -> str:
     with _open_spec(spec) as (group, label):
         size = os.path.getsize(path)
         names = _names(group, label)
-        is_layout = not names or "fluorescence" in names or any(n.startswith("fli_") for n in names)
-        layouts = [] if is_layout else _layouts_in(group, label)
+        layouts = [] if not names or _holds_layout(names) else _layouts_in(group, label)
         if not layouts:  # neither an image nor a series raises there
             return _summary(group, label, size)
         images = sum("fluorescence" in layout for layout in layouts)
