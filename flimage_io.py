@@ -122,11 +122,10 @@ class ImageNotFoundError(KeyError, IndexError):
 
 
 class UnknownMetaWarning(UserWarning):
-    """A file holds attributes that the returned dicts have no place for, so they are left out
-    and a copy drops them: beyond the 16 meta data keys on an image (older ``flimage`` wrote
-    ``wavelength``, ``medium index``, ``sim index``), beyond ``identifier`` on a series root, and
-    on the groups and datasets below ``fluorescence`` (``flimage``'s ``bg_data/fit`` carries
-    ``fit_offset``, ``fit_profile``, ``border_px``)."""
+    """A file holds attributes that the returned dicts have no place for, so they are left out and a
+    copy drops them: beyond the 16 meta data keys on an image (older ``flimage`` wrote ``wavelength``,
+    ``medium index``, ``sim index``), beyond ``identifier`` on a series root, and on the groups and
+    datasets below ``fluorescence`` (``flimage``'s ``bg_data/fit`` carries ``fit_offset``, ...)."""
 
 
 def write_image(
@@ -224,26 +223,22 @@ def read_image(h5file: Target, index: int | str | None = None, *, workers: int |
     """
     if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
         index = int(index)  # numpy integers too
-    elif index is not None and not isinstance(index, str):
+    elif isinstance(index, str):
+        index = str(index)  # numpy's str_ too
+    elif index is not None:
         raise TypeError(f"index must be an int, a str or None, not {type(index).__name__}")
     workers = _check_workers(workers)
     unknown: list[tuple[str, str]] = []
     with _open_read(h5file) as (group, label):
-        if _layout_of(group, label) == "image":
-            if index is not None:
-                raise FormatError(
-                    f"{label} holds a single FLImage: read it with index=None, not {index!r}"
-                )
-            names: list[str | None] = [None]
-        elif index is None:
+        layout = _layout_of(group, label)
+        if layout == "image" and index is not None:
+            raise FormatError(f"{label} holds a single FLImage: read it with index=None, not {index!r}")
+        if layout == "series" and index is None:
             raise FormatError(
                 f"{label} holds an FLSeries of {_series_length(group, label)} images, not an FLImage: "
                 "pass index=<position or identifier>, or use read_series"
             )
-        else:
-            names = [
-                f"fli_{_select(group, label, [str(index) if isinstance(index, str) else index])[0]}"
-            ]
+        names = [None] if index is None else [f"fli_{_select(group, label, [index])[0]}"]
         (image,) = _load_images(group, label, names, workers, unknown)
     _warn_unknown(unknown)
     return image
@@ -279,17 +274,16 @@ def write_series(
         missing or empty). ``series["identifier"]`` must be None or match the file's. A failed
         append leaves the series as it was.
     commit_every
-        For a live acquisition (``append=True``, a path or a file object): every that many
-        seconds the images taken so far are committed: on disk (fsynced), visible to readers,
-        and kept through a crash or a power loss. An exception that the generator raises is
-        raised unchanged once the images before it are committed; an invalid image undoes the
-        images since the last commit. The images are taken from
-        ``series["images"]`` in a thread of the call's own, so an image is committed within
-        ``commit_every`` seconds of being taken even while the camera is quiet; if the call
-        fails, that thread drops the next image the generator yields and ends. Readers, ours and
-        plain h5py alike, open the file between commits; one that holds it open delays the next
-        commit, never the acquisition. At its end the call waits for such a reader to close
-        the file (a ``ResourceWarning`` after 5 s). ``None`` (default): one commit at the end.
+        For a live acquisition (``append=True``, a path or a file object): every that many seconds
+        the images taken so far are committed: on disk (fsynced), visible to readers, and kept
+        through a crash or a power loss. An exception that the generator raises is raised unchanged
+        once the images before it are committed; an invalid image undoes the images since the last
+        commit. The images are taken from ``series["images"]`` in a thread of the call's own, so an
+        image is committed within ``commit_every`` seconds of being taken even while the camera is
+        quiet; if the call fails, that thread drops the next image the generator yields and ends.
+        Readers, ours and plain h5py alike, open the file between commits; one that holds it open
+        delays the next commit, never the acquisition. At its end the call waits for such a reader
+        to close the file (a ``ResourceWarning`` after 5 s). ``None`` (default): one commit at the end.
 
     Raises
     ------
@@ -360,14 +354,14 @@ def read_series(
         ``None`` for every image; a ``slice`` or ``range``; or a sequence of positions
         (negative count from the end) and identifiers, in its order.
     lazy
-        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing; an image,
-        taken by position, identifier or slice, reads its ``meta`` without pixels and its arrays
-        on first access; iteration reads a few images ahead on the workers. ``np.asarray(images)``
-        reads the raw images into one (frames, rows, columns) array at the memory cost of that
-        array (ValueError for images of different shapes or dtypes, naming the first odd one).
-        No file stays open between accesses, so it pickles
-        (for a path) and survives forks; for a group, keep the group open. Appends to the file
-        leave it readable; if the path names another file by then, a read raises FormatError.
+        Return at once with ``images`` a read-only sequence: ``len()`` reads nothing; an image, taken
+        by position, identifier or slice, reads its ``meta`` without pixels and its arrays on first
+        access; iteration reads a few images ahead on the workers. ``np.asarray(images)`` reads the
+        raw images into one (frames, rows, columns) array at the memory cost of that array
+        (ValueError for images of different shapes or dtypes, naming the first odd one). No file
+        stays open between accesses, so it pickles (for a path) and survives forks; for a group,
+        keep the group open. Appends to the file leave it readable; if the path names another file
+        by then, a read raises FormatError.
     workers
         Threads that decode chunks (default: the CPUs available).
 
