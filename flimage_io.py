@@ -3307,48 +3307,31 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
         with contextlib.suppress(FormatError):
             read_series(path, [], lazy=True)
         with open(path, "rb") as shared:
-            _share_with_readers(shared, path)
+            # The readers' flock, as HDF5's own lock (which HDF5_USE_FILE_LOCKING=FALSE turns off): a
+            # commit of our writers waits for it. A commit begun since our read is short: wait for it.
+            if _fcntl is not None:
+                with contextlib.suppress(OSError):  # a file system without locks
+                    _fcntl.flock(shared, _fcntl.LOCK_SH)
             try:
                 opened = h5py.File(path, "r")
             except OSError as exc:
                 damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format)"
                 raise FormatError(f"{damaged}: {exc}") from None
             with opened:
-                group = _group_at(opened, path, inner)
-                yield group, path if group.name == "/" else f"{path}:{group.name}"
-
-
-def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
-    """The group ``inner``, reached through hard links only: soft links may loop, external ones leave."""
-    node = opened
-    for name in filter(None, inner.split("/")):
-        link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
-        if link is None:
-            raise FormatError(f"{path} has no group {inner}")
-        if not isinstance(link, h5py.HardLink):
-            why = "is a soft link or a link to another file, which are not followed"
-            raise FormatError(f"{path}:{inner} {why}")
-        node = node[name]
-    if not isinstance(node, h5py.Group):
-        raise FormatError(f"{path}:{inner} is a {type(node).__name__.lower()}, not a group")
-    return node
-
-
-def _share_with_readers(handle: IO[bytes], path: str) -> None:
-    """Hold the lock that readers share (flock, as HDF5's own file lock): a commit of our writers
-    waits for it, also where HDF5's locking is off (HDF5_USE_FILE_LOCKING=FALSE)."""
-    deadline = time.monotonic() + 5.0
-    while _fcntl is not None:  # else not POSIX
-        try:
-            _fcntl.flock(handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                message = f"{path} is in use by another process (locked for over 5 s); try again later"
-                raise BlockingIOError(errno.EWOULDBLOCK, message) from None
-            time.sleep(0.01)
-        except OSError:  # a file system without locks
-            return
+                node: h5py.Group | h5py.Dataset = opened
+                # through hard links only: soft links may loop, external ones leave the file
+                for name in filter(None, inner.split("/")):
+                    link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
+                    if link is None:
+                        raise FormatError(f"{path} has no group {inner}")
+                    if not isinstance(link, h5py.HardLink):
+                        why = "is a soft link or a link to another file, which are not followed"
+                        raise FormatError(f"{path}:{inner} {why}")
+                    node = node[name]
+                if not isinstance(node, h5py.Group):
+                    kind = type(node).__name__.lower()
+                    raise FormatError(f"{path}:{inner} is a {kind}, not a group")
+                yield node, path if node.name == "/" else f"{path}:{node.name}"
 
 
 def _show_progress(label: str, checked: int, total: int) -> None:
