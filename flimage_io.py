@@ -3212,13 +3212,11 @@ def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8
         words += [_text("  the same for all frames")] if len(frames) > 1 else []
     footer = np.hstack(words)
     columns = math.ceil(math.sqrt(len(tiles)))
-    cell_height = max(tile.shape[0] for tile in tiles) + _GAP
-    cell_width = max(tile.shape[1] for tile in tiles) + _GAP
+    cell_height, cell_width = np.max([tile.shape for tile in tiles], axis=0) + _GAP
     height = -(-len(tiles) // columns) * cell_height  # with the gap above the footer
     width = max(columns * cell_width - _GAP, footer.shape[1])  # a small image gets a wider sheet
     sheet = np.full((height + _LINE, width), _BACKGROUND, np.uint8)
-    sheet[height:] = 0
-    sheet[height:, : footer.shape[1]] = footer
+    sheet[height:] = np.pad(footer, ((0, 0), (0, width - footer.shape[1])))
     for i, tile in enumerate(tiles):
         top = i // columns * cell_height
         left = i % columns * cell_width
@@ -3334,19 +3332,17 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
                 yield node, path if node.name == "/" else f"{path}:{node.name}"
 
 
-def _show_progress(label: str, checked: int, total: int) -> None:
-    if checked < total:
-        print(f"\r{label}: checked {checked} of {total} images", end="", file=sys.stderr, flush=True)
-    else:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-
-
 def _check_guarded(spec: str, limit: float | None) -> list[str]:
     """:func:`check` of ``FILE`` or ``FILE:/group`` in a forked child process, stopped after ``limit``
     seconds (None: a minute and half a second more per MiB); its progress on stderr on a terminal."""
     import multiprocessing
 
-    progress = _show_progress if sys.stderr.isatty() else None
+    def show(label: str, checked: int, total: int) -> None:
+        done = checked >= total  # then the line is cleared
+        line = "\r\033[K" if done else f"\r{label}: checked {checked} of {total} images"
+        print(line, end="", file=sys.stderr, flush=True)
+
+    progress = show if sys.stderr.isatty() else None
     path, inner = _split_spec(spec)
     if limit is None:
         limit = 60.0 + 0.5 * (os.path.getsize(path) if os.path.isfile(path) else 0) / 2**20
@@ -3404,15 +3400,13 @@ def _number(value: float) -> str:
     return text
 
 
-_PREFIXES = (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12))
-
-
 def _quantity(value: float, unit: str) -> str:
     """A number with its unit; metres and seconds below 1 with the prefix that brings them to 1 or more:
     1.39e-07 m -> '139 nm', 0.04 s -> '40 ms'."""
     if unit in ("m", "s") and math.isfinite(value) and value != 0:
         rounded = float(f"{value:.4g}")  # 999.96 nm is 1 µm
-        prefix, scale = next((p for p in _PREFIXES if abs(rounded) >= p[1]), _PREFIXES[-1])
+        prefixes = (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12))
+        prefix, scale = next((p for p in prefixes if abs(rounded) >= p[1]), prefixes[-1])
         return f"{_number(rounded / scale)} {prefix}{unit}"
     return f"{_number(value)} {unit}".rstrip()
 
@@ -3444,10 +3438,8 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     first = raws[0]
     kinds = len({(head.shape, head.dtype.str) for head in heads})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
-    bg_data = (
-        _child(groups[0], "bg_data", label, h5py.Group) if _has(groups[0], "bg_data", label) else None
-    )
-    backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data, label))) or "none")
+    has_bg = _has(groups[0], "bg_data", label)
+    backgrounds = _names(_child(groups[0], "bg_data", label, h5py.Group), label) if has_bg else []
     stored = sum(raw.id.get_storage_size() for raw in raws)
     logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
     compression = first.compression
@@ -3457,7 +3449,8 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     filters = ", ".join(name for name, on in flags if on) or "none"
     chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
     return [
-        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; background: {backgrounds}",
+        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
+        f"background: {', '.join(sorted(backgrounds)) or 'none'}",
         f"  filters: {filters}; chunks {chunks}; raw data stored in "
         f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
     ]
