@@ -3121,9 +3121,8 @@ class _Frame(NamedTuple):
 
 
 def _reduce(image: Image, position: int | None) -> _Frame:
-    """The image as the means of its ``down`` x ``down`` blocks, ``down`` the least that brings it to
-    _TILE px or less (a strip of blocks at a time is converted to float64, never the frame), and its
-    label: its identifier, else its time, else its name in the series."""
+    """The means of the image's blocks, the smallest that bring it to _TILE px or less (converted to
+    float64 a strip at a time, never the frame), and its label: identifier, else time, else name."""
     raw = image["raw"]
     down = max(1, -(-max(raw.shape) // _TILE))
     starts = np.arange(0, raw.shape[1], down)
