@@ -3071,9 +3071,9 @@ def _message(exc: BaseException) -> str:
 # 9. command line ---------------------------------------------------------------------------------------
 
 # ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a
-# file checks it, sees what it holds and looks at its frames without writing a script. It uses the public
-# API above and h5py only, as any user's script would. ``check`` runs in a forked child that it stops
-# after a time limit: a damaged global heap (where HDF5 keeps text) can make HDF5 loop forever.
+# file checks it, sees what it holds and looks at its frames without a script. It uses only the public
+# API, h5py and the h5py-only helpers above. ``check`` runs in a forked child, stopped after a time
+# limit: on a damaged global heap (where HDF5 keeps text) HDF5 can loop forever.
 
 # 3x6 font: one octal digit per row (top to bottom), its value 4 = the left column; capitals and digits
 # use the top five rows, lower case letters drop below the line into the sixth. Small enough to review by
@@ -3562,6 +3562,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("name a command: demo, check, info or preview")
+    # a user's mistake or a bad file (FormatError, a FIFO, h5py on damage): one line, no traceback
+    errors = (OSError, ValueError, RuntimeError, KeyError)
     failed = False
     try:
         if args.command == "demo":
@@ -3578,8 +3580,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
             for spec in args.files:
                 try:
                     summary = _info(spec)
-                # FormatError, ValueError for a FIFO or device, and what h5py raises on damage
-                except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                except errors as exc:
                     failed = True
                     message = _message(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
@@ -3590,8 +3591,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    # a user's mistake or a bad file: one line, no traceback
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except errors as exc:
         print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
         return 1
 
