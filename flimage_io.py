@@ -3336,9 +3336,8 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     seconds (None: a minute and half a second more per MiB); its progress on stderr on a terminal."""
     import multiprocessing
 
-    def show(label: str, checked: int, total: int) -> None:
-        done = checked >= total  # then the line is cleared
-        line = "\r\033[K" if done else f"\r{label}: checked {checked} of {total} images"
+    def show(label: str, checked: int, total: int) -> None:  # the line is cleared when all are done
+        line = f"\r{label}: checked {checked} of {total} images" if checked < total else "\r\033[K"
         print(line, end="", file=sys.stderr, flush=True)
 
     progress = show if sys.stderr.isatty() else None
