@@ -3065,9 +3065,9 @@ def _message(exc: BaseException) -> str:
 # 9. command line ---------------------------------------------------------------------------------------
 
 # ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a
-# file checks it, sees what it holds and looks at its frames without writing a script. It uses the public
-# API above and h5py only, as any user's script would. ``check`` runs in a forked child that it stops
-# after a time limit: a damaged global heap (where HDF5 keeps text) can make HDF5 loop forever.
+# file checks it, sees what it holds and looks at its frames without a script. It uses only the public
+# API, h5py and the h5py-only helpers above. ``check`` runs in a forked child, stopped after a time
+# limit: on a damaged global heap (where HDF5 keeps text) HDF5 can loop forever.
 
 # 3x6 font: one octal digit per row (top to bottom), its value 4 = the left column; capitals and digits
 # use the top five rows, lower case letters drop below the line into the sixth. Small enough to review by
@@ -3115,9 +3115,8 @@ class _Frame(NamedTuple):
 
 
 def _reduce(image: Image, position: int | None) -> _Frame:
-    """The image as the means of its ``down`` x ``down`` blocks, ``down`` the least that brings it to
-    _TILE px or less (a strip of blocks at a time is converted to float64, never the frame), and its
-    label: its identifier, else its time, else its name in the series."""
+    """The means of the image's blocks, the smallest that bring it to _TILE px or less (converted to
+    float64 a strip at a time, never the frame), and its label: identifier, else time, else name."""
     raw = image["raw"]
     down = max(1, -(-max(raw.shape) // _TILE))
     starts = np.arange(0, raw.shape[1], down)
@@ -3206,13 +3205,11 @@ def _contact_sheet(frames: Sequence[_Frame], each: bool) -> npt.NDArray[np.uint8
         words += [_text("  the same for all frames")] if len(frames) > 1 else []
     footer = np.hstack(words)
     columns = math.ceil(math.sqrt(len(tiles)))
-    cell_height = max(tile.shape[0] for tile in tiles) + _GAP
-    cell_width = max(tile.shape[1] for tile in tiles) + _GAP
+    cell_height, cell_width = np.max([tile.shape for tile in tiles], axis=0) + _GAP
     height = -(-len(tiles) // columns) * cell_height  # with the gap above the footer
     width = max(columns * cell_width - _GAP, footer.shape[1])  # a small image gets a wider sheet
     sheet = np.full((height + _LINE, width), _BACKGROUND, np.uint8)
-    sheet[height:] = 0
-    sheet[height:, : footer.shape[1]] = footer
+    sheet[height:] = np.pad(footer, ((0, 0), (0, width - footer.shape[1])))
     for i, tile in enumerate(tiles):
         top = i // columns * cell_height
         left = i % columns * cell_width
@@ -3301,55 +3298,31 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
         with contextlib.suppress(FormatError):
             read_series(path, [], lazy=True)
         with open(path, "rb") as shared:
-            _share_with_readers(shared, path)
+            # The readers' flock, as HDF5's own lock (which HDF5_USE_FILE_LOCKING=FALSE turns off): a
+            # commit of our writers waits for it. A commit begun since our read is short: wait for it.
+            if _fcntl is not None:
+                with contextlib.suppress(OSError):  # a file system without locks
+                    _fcntl.flock(shared, _fcntl.LOCK_SH)
             try:
                 opened = h5py.File(path, "r")
             except OSError as exc:
                 damaged = f"{path} is not a readable HDF5 file (empty, truncated or another format)"
                 raise FormatError(f"{damaged}: {exc}") from None
             with opened:
-                group = _group_at(opened, path, inner)
-                yield group, path if group.name == "/" else f"{path}:{group.name}"
-
-
-def _group_at(opened: h5py.File, path: str, inner: str) -> h5py.Group:
-    """The group ``inner``, reached through hard links only: soft links may loop, external ones leave."""
-    node = opened
-    for name in filter(None, inner.split("/")):
-        link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
-        if link is None:
-            raise FormatError(f"{path} has no group {inner}")
-        if not isinstance(link, h5py.HardLink):
-            why = "is a soft link or a link to another file, which are not followed"
-            raise FormatError(f"{path}:{inner} {why}")
-        node = node[name]
-    if not isinstance(node, h5py.Group):
-        raise FormatError(f"{path}:{inner} is a {type(node).__name__.lower()}, not a group")
-    return node
-
-
-def _share_with_readers(handle: IO[bytes], path: str) -> None:
-    """Hold the lock that readers share (flock, as HDF5's own file lock): a commit of our writers
-    waits for it, also where HDF5's locking is off (HDF5_USE_FILE_LOCKING=FALSE)."""
-    deadline = time.monotonic() + 5.0
-    while _fcntl is not None:  # else not POSIX
-        try:
-            _fcntl.flock(handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                message = f"{path} is in use by another process (locked for over 5 s); try again later"
-                raise BlockingIOError(errno.EWOULDBLOCK, message) from None
-            time.sleep(0.01)
-        except OSError:  # a file system without locks
-            return
-
-
-def _show_progress(label: str, checked: int, total: int) -> None:
-    if checked < total:
-        print(f"\r{label}: checked {checked} of {total} images", end="", file=sys.stderr, flush=True)
-    else:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+                node: h5py.Group | h5py.Dataset = opened
+                # through hard links only: soft links may loop, external ones leave the file
+                for name in filter(None, inner.split("/")):
+                    link = node.get(name, getlink=True) if isinstance(node, h5py.Group) else None
+                    if link is None:
+                        raise FormatError(f"{path} has no group {inner}")
+                    if not isinstance(link, h5py.HardLink):
+                        why = "is a soft link or a link to another file, which are not followed"
+                        raise FormatError(f"{path}:{inner} {why}")
+                    node = node[name]
+                if not isinstance(node, h5py.Group):
+                    kind = type(node).__name__.lower()
+                    raise FormatError(f"{path}:{inner} is a {kind}, not a group")
+                yield node, path if node.name == "/" else f"{path}:{node.name}"
 
 
 def _check_guarded(spec: str, limit: float | None) -> list[str]:
@@ -3357,7 +3330,11 @@ def _check_guarded(spec: str, limit: float | None) -> list[str]:
     seconds (None: a minute and half a second more per MiB); its progress on stderr on a terminal."""
     import multiprocessing
 
-    progress = _show_progress if sys.stderr.isatty() else None
+    def show(label: str, checked: int, total: int) -> None:  # the line is cleared when all are done
+        line = f"\r{label}: checked {checked} of {total} images" if checked < total else "\r\033[K"
+        print(line, end="", file=sys.stderr, flush=True)
+
+    progress = show if sys.stderr.isatty() else None
     path, inner = _split_spec(spec)
     if limit is None:
         limit = 60.0 + 0.5 * (os.path.getsize(path) if os.path.isfile(path) else 0) / 2**20
@@ -3415,15 +3392,13 @@ def _number(value: float) -> str:
     return text
 
 
-_PREFIXES = (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12))
-
-
 def _quantity(value: float, unit: str) -> str:
     """A number with its unit; metres and seconds below 1 with the prefix that brings them to 1 or more:
     1.39e-07 m -> '139 nm', 0.04 s -> '40 ms'."""
     if unit in ("m", "s") and math.isfinite(value) and value != 0:
         rounded = float(f"{value:.4g}")  # 999.96 nm is 1 µm
-        prefix, scale = next((p for p in _PREFIXES if abs(rounded) >= p[1]), _PREFIXES[-1])
+        prefixes = (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12))
+        prefix, scale = next((p for p in prefixes if abs(rounded) >= p[1]), prefixes[-1])
         return f"{_number(rounded / scale)} {prefix}{unit}"
     return f"{_number(value)} {unit}".rstrip()
 
@@ -3455,10 +3430,8 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     first = raws[0]
     kinds = len({(head.shape, head.dtype.str) for head in heads})
     same = "" if len(raws) == 1 else " (all images)" if kinds == 1 else f" (fli_0; {kinds} kinds)"
-    bg_data = (
-        _child(groups[0], "bg_data", label, h5py.Group) if _has(groups[0], "bg_data", label) else None
-    )
-    backgrounds = "none" if bg_data is None else (", ".join(sorted(_names(bg_data, label))) or "none")
+    has_bg = _has(groups[0], "bg_data", label)
+    backgrounds = _names(_child(groups[0], "bg_data", label, h5py.Group), label) if has_bg else []
     stored = sum(raw.id.get_storage_size() for raw in raws)
     logical = sum(raw.size * raw.dtype.itemsize for raw in raws)
     compression = first.compression
@@ -3468,7 +3441,8 @@ def _storage(images: Sequence[h5py.Group], label: str) -> list[str]:
     filters = ", ".join(name for name, on in flags if on) or "none"
     chunks = "x".join(map(str, first.chunks)) if first.chunks else "contiguous"
     return [
-        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; background: {backgrounds}",
+        f"  raw: {'x'.join(map(str, first.shape))} {first.dtype}{same}; "
+        f"background: {', '.join(sorted(backgrounds)) or 'none'}",
         f"  filters: {filters}; chunks {chunks}; raw data stored in "
         f"{_size(stored)} of {_size(logical)} (ratio {logical / max(stored, 1):.2f})",
     ]
@@ -3581,6 +3555,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("name a command: demo, check, info or preview")
+    # a user's mistake or a bad file (FormatError, a FIFO, h5py on damage): one line, no traceback
+    errors = (OSError, ValueError, RuntimeError, KeyError)
     failed = False
     try:
         if args.command == "demo":
@@ -3597,8 +3573,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
             for spec in args.files:
                 try:
                     summary = _info(spec)
-                # FormatError, ValueError for a FIFO or device, and what h5py raises on damage
-                except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                except errors as exc:
                     failed = True
                     message = _message(exc)
                     named = message if _split_spec(spec)[0] in message else f"{spec}: {message}"
@@ -3609,8 +3584,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m flimage_io") 
     except BrokenPipeError:  # the reader of our output has gone (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    # a user's mistake or a bad file: one line, no traceback
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except errors as exc:
         print(f"{parser.prog}: error: {_message(exc)}", file=sys.stderr)
         return 1
 
