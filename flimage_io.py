@@ -3299,10 +3299,11 @@ def _open_spec(spec: str) -> Iterator[tuple[h5py.Group, str]]:
             read_series(path, [], lazy=True)
         with open(path, "rb") as shared:
             # The readers' flock, as HDF5's own lock (which HDF5_USE_FILE_LOCKING=FALSE turns off): a
-            # commit of our writers waits for it. A commit begun since our read is short: wait for it.
+            # commit of our writers waits for it. A commit begun since our read is short; another
+            # program's write lock is not, and is refused as in use after _LOCK_WAIT s.
             if _fcntl is not None:
-                with contextlib.suppress(OSError):  # a file system without locks
-                    _fcntl.flock(shared, _fcntl.LOCK_SH)
+                deadline = time.monotonic() + _LOCK_WAIT
+                _retry(deadline, path, _fcntl.flock, shared, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
             try:
                 opened = h5py.File(path, "r")
             except OSError as exc:
