@@ -2322,9 +2322,7 @@ def _store_run(
                 (fluorescence, "raw", image.raw),
                 *((background, key, array) for key, array in image.bg_data.items()),
             ]:
-                rows = max(
-                    1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize))
-                )
+                rows = min(array.shape[0], max(1, _CHUNK_BYTES // array[0].nbytes))
                 chunks = (rows, array.shape[1])
                 dataset = parent.create_dataset(key, array.shape, array.dtype, chunks=chunks, **filters)
                 for key, value in _IMAGE_ATTRIBUTES.items():
@@ -2332,8 +2330,7 @@ def _store_run(
                 for start in range(0, array.shape[0], rows):
                     block = array[start : start + rows]
                     if len(block) < rows:  # HDF5 stores edge chunks at full size
-                        padding = np.zeros((rows - len(block), array.shape[1]), array.dtype)
-                        block = np.concatenate([block, padding])
+                        block = np.pad(block, ((0, rows - len(block)), (0, 0)))
                     yield functools.partial(_encode_chunk, block, array.dtype, options), (dataset, start)
 
     for stored, (dataset, start) in _in_order(options.workers, encode_jobs()):
@@ -2495,7 +2492,7 @@ def _dataset_jobs(
 
 
 def _load_stack(
-    group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
+    group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: npt.DTypeLike | None
 ) -> npt.NDArray[Any]:
     """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``,
     each decoded straight into its part; an image unlike the first raises ValueError naming both."""
@@ -2734,8 +2731,7 @@ class _LazyImages(Sequence[Image]):
                 "forbids: leave copy out"
             )
         with self._open() as (group, label):
-            wanted = None if dtype is None else np.dtype(dtype)
-            return _load_stack(group, label, self._positions, self._workers, wanted)
+            return _load_stack(group, label, self._positions, self._workers, dtype)
 
     def _label(self) -> str:
         """The file (and group) as _open_read names it, without opening it."""
