@@ -2201,9 +2201,8 @@ def _store_images(
 
     def run() -> Iterator[tuple[str | None, _CheckedImage]]:
         nonlocal uncommitted, exhausted
-        while True:
-            if uncommitted and ready is not None and not ready(next_commit - time.monotonic()):
-                return  # the camera is quiet at the commit time: commit what it gave
+        # a camera quiet at the commit time ends the run: what it gave is committed
+        while not uncommitted or ready is None or ready(next_commit - time.monotonic()):
             item = next(images, None)
             if item is None:
                 exhausted = True
@@ -2247,9 +2246,8 @@ class _Feed(threading.Thread):
         self._stopped = False  # the call is over
 
     def run(self) -> None:
-        offset = self._start
         try:
-            while True:
+            for offset in itertools.count(self._start):
                 try:
                     image = next(self._images)
                 except StopIteration:
@@ -2258,7 +2256,6 @@ class _Feed(threading.Thread):
                     self.failure = exc
                     return
                 checked = _check_image(image, self._storage, f"series['images'][{offset}]")
-                offset += 1
                 with self._changed:
                     self._changed.wait_for(lambda: len(self._taken) < self._AHEAD or self._stopped)
                     if self._stopped:
@@ -2266,8 +2263,7 @@ class _Feed(threading.Thread):
                     self._taken.append(checked)
                     self._changed.notify_all()
         except BaseException as exc:  # an invalid image: the caller's to see, unchanged
-            with self._changed:
-                self._error = exc
+            self._error = exc  # read once _ended is set, under the lock
         finally:
             with self._changed:
                 self._ended = True
