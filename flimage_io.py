@@ -2644,10 +2644,9 @@ class _LazyImage(Mapping[str, Any]):
 
 
 class _LazyImages(Sequence[Image]):
-    """The images of a series, read on access; no file stays open between accesses. Meta data are read
-    a block at a time while visited in order, else one image at a time, and the last few hundred are kept
-    (an unknown key warns once); pixels for one image, or for the next few while visited in order
-    (bounded memory). ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
+    """The images of a series, read on access with no file open in between: meta data a block at a time
+    while visited in order (the last few hundred kept), pixels for the next few (bounded memory);
+    ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
 
     _META_BLOCK = 256
     _META_KEPT = 2 * _META_BLOCK
