@@ -2157,8 +2157,7 @@ def _numbered_unique(
         image_label = f"series['images'][{offset}]"
         if not isinstance(image, _CheckedImage):
             image = _check_image(image, options.dtype, image_label)
-        checked = image
-        identifier = checked.meta.get("identifier")
+        identifier = image.meta.get("identifier")
         if isinstance(identifier, str):
             if seen is None:
                 seen = _identifiers(group, label, start)
@@ -2166,7 +2165,7 @@ def _numbered_unique(
                 used = f"fli_{seen[identifier]}" if seen[identifier] >= 0 else "several images"
                 raise ValueError(f"{image_label} has identifier {identifier!r}, already used by {used}")
             seen[identifier] = start + offset
-        yield f"fli_{start + offset}", checked
+        yield f"fli_{start + offset}", image
 
 
 # The attributes with which HDFView shows a dataset as a grayscale picture: every writer (ours,
@@ -2183,11 +2182,9 @@ def _store_images(
     commit_every: float | None = None,
     ready: Callable[[float], bool] | None = None,
 ) -> None:
-    """Store the images; with ``commit_every``, commit the images stored so far each time that many
-    seconds have passed since the last commit. A commit needs every image before it whole and none
-    after it begun, so the images go in runs that end at a commit time, each stored to its end.
-    ``ready(timeout)`` says whether the next image comes within ``timeout`` seconds (see _Feed):
-    without it, a run ends only as an image arrives, so a quiet camera's last images would wait."""
+    """Store the images; with ``commit_every``, commit those stored so far every that many seconds. A
+    commit needs every image before it whole and none after it begun: the images go in runs, each
+    stored to its end. ``ready`` (see _Feed) ends a run when the camera is quiet at the commit time."""
     images = iter(images)
     if commit_every is None:
         _store_run(writing.group, images, options, writing.check)
@@ -2197,11 +2194,9 @@ def _store_images(
     exhausted = False
 
     def run() -> Iterator[tuple[str | None, _CheckedImage]]:
-        """The images up to the commit time; an image taken after it (a slow camera) ends the run."""
         nonlocal uncommitted, exhausted
-        while True:
-            if uncommitted and ready is not None and not ready(next_commit - time.monotonic()):
-                return  # the camera is quiet at the commit time: commit what it gave
+        # a camera quiet at the commit time ends the run: what it gave is committed
+        while not uncommitted or ready is None or ready(next_commit - time.monotonic()):
             item = next(images, None)
             if item is None:
                 exhausted = True
@@ -2223,13 +2218,11 @@ def _store_images(
 
 
 class _Feed(threading.Thread):
-    """The caller's images for a streaming append, taken and checked in a thread of their own, so
-    that the calling thread can commit while the caller's generator waits for its camera. Each
-    image is copied before the next is asked for (a camera may reuse its buffer), and at most
-    ``_AHEAD`` copies wait. An invalid image raises its error, unchanged, after the images before
-    it; an error raised by the generator itself ends the images and waits in ``failure``, for the
-    call to commit what the camera gave before raising it. A call that fails leaves this thread
-    in the generator until the camera's next image, which it drops."""
+    """The caller's images, taken and checked (copied: a camera may reuse its buffer) in a thread of
+    their own, so that a streaming append commits while the generator waits for its camera; at most
+    ``_AHEAD`` copies wait. An invalid image raises its error after the images before it; the
+    generator's own error waits in ``failure`` while the call commits what came before. A failed
+    call leaves this thread in the generator until the camera's next image, which it drops."""
 
     _AHEAD = 2
 
@@ -2247,9 +2240,8 @@ class _Feed(threading.Thread):
         self._stopped = False  # the call is over
 
     def run(self) -> None:
-        offset = self._start
         try:
-            while True:
+            for offset in itertools.count(self._start):
                 try:
                     image = next(self._images)
                 except StopIteration:
@@ -2258,7 +2250,6 @@ class _Feed(threading.Thread):
                     self.failure = exc
                     return
                 checked = _check_image(image, self._storage, f"series['images'][{offset}]")
-                offset += 1
                 with self._changed:
                     self._changed.wait_for(lambda: len(self._taken) < self._AHEAD or self._stopped)
                     if self._stopped:
@@ -2266,8 +2257,7 @@ class _Feed(threading.Thread):
                     self._taken.append(checked)
                     self._changed.notify_all()
         except BaseException as exc:  # an invalid image: the caller's to see, unchanged
-            with self._changed:
-                self._error = exc
+            self._error = exc  # read once _ended is set, under the lock
         finally:
             with self._changed:
                 self._ended = True
@@ -2322,9 +2312,7 @@ def _store_run(
                 (fluorescence, "raw", image.raw),
                 *((background, key, array) for key, array in image.bg_data.items()),
             ]:
-                rows = max(
-                    1, min(array.shape[0], _CHUNK_BYTES // (array.shape[1] * array.dtype.itemsize))
-                )
+                rows = min(array.shape[0], max(1, _CHUNK_BYTES // array[0].nbytes))
                 chunks = (rows, array.shape[1])
                 dataset = parent.create_dataset(key, array.shape, array.dtype, chunks=chunks, **filters)
                 for key, value in _IMAGE_ATTRIBUTES.items():
@@ -2332,8 +2320,7 @@ def _store_run(
                 for start in range(0, array.shape[0], rows):
                     block = array[start : start + rows]
                     if len(block) < rows:  # HDF5 stores edge chunks at full size
-                        padding = np.zeros((rows - len(block), array.shape[1]), array.dtype)
-                        block = np.concatenate([block, padding])
+                        block = np.pad(block, ((0, rows - len(block)), (0, 0)))
                     yield functools.partial(_encode_chunk, block, array.dtype, options), (dataset, start)
 
     for stored, (dataset, start) in _in_order(options.workers, encode_jobs()):
@@ -2351,9 +2338,9 @@ def _prepare_append(group: h5py.Group, label: str, identifier: str | None) -> in
     if identifier is not None and "identifier" in _attribute_names(group, label):
         existing = _text_attr(group, "identifier", label)
         if existing != identifier:
-            other = f"the series in {label} is {existing!r}"
             raise ValueError(
-                f"series['identifier'] is {identifier!r}, but {other}; pass None to keep it"
+                f"series['identifier'] is {identifier!r}, but the series in {label} is "
+                f"{existing!r}; pass None to keep it"
             )
     return count
 
@@ -2377,15 +2364,15 @@ def _load_images(
             raw_node = _child(fluorescence, "raw", label, h5py.Dataset)
             raw, jobs = _dataset_jobs(raw_node, label, None)
             bg_data: dict[str, npt.NDArray[Any]] = {}
-            background = None
+            nodes: list[h5py.Group | h5py.Dataset] = [fluorescence, raw_node]
             if _has(fluorescence, "bg_data", label):
                 background = _child(fluorescence, "bg_data", label, h5py.Group)
-            nodes = [fluorescence, raw_node, *([] if background is None else [background])]
-            for key in [] if background is None else _names(background, label):
-                node = _child(background, key, label, h5py.Dataset)
-                bg_data[key], more = _dataset_jobs(node, label, raw.shape)
-                jobs += more
-                nodes.append(node)
+                nodes.append(background)
+                for key in _names(background, label):
+                    node = _child(background, key, label, h5py.Dataset)
+                    bg_data[key], more = _dataset_jobs(node, label, raw.shape)
+                    jobs += more
+                    nodes.append(node)
             # the dict holds none of their attributes but HDFView's, which writers add
             for node in nodes:
                 kept = _IMAGE_ATTRIBUTES if isinstance(node, h5py.Dataset) else ()
@@ -2495,11 +2482,10 @@ def _dataset_jobs(
 
 
 def _load_stack(
-    group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: np.dtype[Any] | None
+    group: h5py.Group, label: str, positions: Sequence[int], workers: int, dtype: npt.DTypeLike | None
 ) -> npt.NDArray[Any]:
-    """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``:
-    each frame's chunks decode on the workers straight into its part, so the array is the one allocation
-    of its size. An image of another shape or dtype than the first raises ValueError naming both."""
+    """The raw images at ``positions`` as one (frames, rows, columns) array, of their dtype or ``dtype``,
+    each decoded straight into its part; an image unlike the first raises ValueError naming both."""
     if not positions:
         return np.empty((0, 0, 0), dtype=np.float64 if dtype is None else dtype)
     first_raw = _raw_of(group, label, positions[0])
@@ -2513,14 +2499,13 @@ def _load_stack(
             with _reading(label):
                 shape = raw.shape
                 stored = raw.dtype.newbyteorder("=")
-            if shape != first.shape or stored != kind:
+            if (shape, stored) != (first.shape, kind):
                 odd = _image_name(group, label, slot, position)
-                first_name = _image_name(group, label, 0, positions[0])
-                found = f"{odd} has shape {shape} and dtype {stored}"
-                expected = f"{first_name} has shape {first.shape} and dtype {kind}"
                 raise ValueError(
-                    f"{label}: {found}, but {expected}; one (frames, rows, columns) array needs "
-                    "images of one shape and dtype: take them one by one"
+                    f"{label}: {odd} has shape {shape} and dtype {stored}, but "
+                    f"{_image_name(group, label, 0, positions[0])} has shape {first.shape} and dtype "
+                    f"{kind}; one (frames, rows, columns) array needs images of one shape and dtype: "
+                    "take them one by one"
                 )
             yield from ((job, None) for job in _dataset_jobs(raw, label, None, out[slot])[1])
 
@@ -2547,17 +2532,14 @@ def _image_name(group: h5py.Group, label: str, slot: int, position: int) -> str:
 
 # 7. lazy series ----------------------------------------------------------------------------------------
 
-# A lazy series of a path reads the file anew at each access, and by then the path may name another file
-# (written anew by write_series, or moved there by os.replace): its pixels would go with the old meta
-# data unnoticed. So the series knows the file by its (device, inode), taken from the handle that
-# read_series read through and compared inside each later open; an append writes in place and keeps both.
-# Device numbers hold only within one running kernel (a pickle may go to another host, or outlive a
-# reboot), so elsewhere the inode alone is compared. An inode number that a replacement freed may be
-# given to a later file, and a file may be written over in place (shutil.copyfile, h5py's "w"): so the
-# series root must still have the identifier it had (if any; an append may give it one), and an image
-# whose pixels are read must still have the meta data it was read with. Not noticed: a file written over
-# in place or on a reused inode that keeps both, e.g. the same acquisition written again with other
-# pixels. Images and meta data read before the change are kept as read, not read again.
+# A lazy series of a path reads the file anew at each access, when the path may name another file
+# (write_series writes anew, os.replace moves one there) whose pixels would go with the old meta data.
+# So each open compares the file's (device, inode) with those of the handle read_series read through
+# (an append writes in place and keeps both); the device only within the same running kernel (a pickle
+# may go to another host or outlive a reboot). A freed inode may be reused and a file written over in
+# place (shutil.copyfile, h5py's "w"), so the series root must keep its identifier (if any; an append
+# may give it one) and an image's pixels the meta data it was read with. Missed: a file written over or
+# on a reused inode that keeps both. What was read before a change is kept as read.
 
 
 @functools.cache
@@ -2621,8 +2603,7 @@ class _LazyImage(Mapping[str, Any]):
         self._arrays: Image | None = None
 
     def __repr__(self) -> str:  # without reading pixels
-        if self._read_with is None:
-            self._meta_data()
+        self._meta_data()
         identifier = (self._read_with or {}).get("identifier")
         named = "" if identifier is None else f", identifier {identifier!r}"
         where = f"fli_{self._series._positions[self._slot]}{named}"
@@ -2657,10 +2638,9 @@ class _LazyImage(Mapping[str, Any]):
 
 
 class _LazyImages(Sequence[Image]):
-    """The images of a series, read on access; no file stays open between accesses. Meta data are read
-    a block at a time while visited in order, else one image at a time, and the last few hundred are kept
-    (an unknown key warns once); pixels for one image, or for the next few while visited in order
-    (bounded memory). ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
+    """The images of a series, read on access with no file open in between: meta data a block at a time
+    while visited in order (the last few hundred kept), pixels for the next few (bounded memory);
+    ``np.asarray`` reads the raw images into one (frames, rows, columns) array."""
 
     _META_BLOCK = 256
     _META_KEPT = 2 * _META_BLOCK
@@ -2688,7 +2668,7 @@ class _LazyImages(Sequence[Image]):
         """The file, the number of images and the first one's shape and dtype, read without pixels."""
         count = len(self)
         text = f"{count} {'image' if count == 1 else 'images'}"
-        if any(slot != position for slot, position in enumerate(self._positions)):
+        if self._positions != list(range(count)):
             text += " (a selection)"
         if count:
             try:
@@ -2740,8 +2720,7 @@ class _LazyImages(Sequence[Image]):
                 "forbids: leave copy out"
             )
         with self._open() as (group, label):
-            wanted = None if dtype is None else np.dtype(dtype)
-            return _load_stack(group, label, self._positions, self._workers, wanted)
+            return _load_stack(group, label, self._positions, self._workers, dtype)
 
     def _label(self) -> str:
         """The file (and group) as _open_read names it, without opening it."""
