@@ -2065,12 +2065,11 @@ def _decode_chunk(
     chunk: Any,
     out: Any,
 ) -> None:
-    """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image
-    (in ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
+    """Undo the filters of one stored chunk and write it into ``out``, its part of the image (in
+    ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
-    for position in reversed(range(len(codes))):
-        code = codes[position]
+    for position, code in reversed(list(enumerate(codes))):
         skipped = mask & (1 << position)
         # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
         # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
@@ -2096,35 +2095,23 @@ def _decode_chunk(
         raise FormatError(
             f"{label}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
         )
+    if _FILTER_SHUFFLE in codes and dtype.itemsize > 1:
+        planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, -1)
+        data = np.empty(planes.shape[::-1], dtype=np.uint8)
+        for byte, plane in enumerate(planes):  # one strided copy per byte plane: 3x a transposed copy
+            data[:, byte] = plane
     rows, cols = out.shape
-    if _FILTER_SHUFFLE not in codes or dtype.itemsize == 1:
-        out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
-        return
-    # unshuffle straight into the image: one strided copy per byte plane
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
-    # numpy < 1.23 can view only a contiguous array as bytes: a strided part goes through a copy, as
-    # does a part of another dtype
-    native = dtype.newbyteorder("=")
-    whole = out if out.flags.c_contiguous and out.dtype == native else np.empty(out.shape, native)
-    target = whole.view(np.uint8)
-    swap = dtype.byteorder == (">" if sys.byteorder == "little" else "<")  # stored in the other order
-    for byte in range(dtype.itemsize):
-        place = dtype.itemsize - 1 - byte if swap else byte
-        target[:, place :: dtype.itemsize] = planes[byte, :rows, :cols]
-    if whole is not out:
-        out[...] = whole
+    out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
 
 
 _Tag = TypeVar("_Tag")
-_Item = TypeVar("_Item")
 
 
 def _in_order(
     workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]
 ) -> Iterator[tuple[Any, _Tag]]:
-    """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order;
-    ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit.
-    """
+    """Run the jobs on ``workers`` threads, a bounded window ahead; yield (result, tag) in job order.
+    ``jobs`` is advanced in the calling thread, so it may call h5py; the rest is cancelled on exit."""
     if workers == 1:
         yield from ((function(), tag) for function, tag in jobs)
         return
