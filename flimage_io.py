@@ -519,8 +519,8 @@ def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], label: str, hin
 def _array_view(
     value: Any, storage: np.dtype[Any] | None, label: str, shape: tuple[int, ...] | None
 ) -> npt.NDArray[Any]:
-    """``value`` as an array without a copy where it is one, refused for its type, dtype or shape
-    first: a 3-D stack passed as an image is refused, never copied."""
+    """``value`` as an array, without a copy where it is one; refused for its type, dtype or shape
+    first, so that a 3-D stack passed as an image is never copied."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{label} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
@@ -535,8 +535,8 @@ def _array_view(
         source = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{label} is not an array: {exc}") from None
-    if source is not value:  # what it became: a list has no declared shape, an array-like may differ
-        _refuse_layout(source.shape, source.dtype, storage, label, shape)
+    # what it became: a list has no declared shape, an array-like may differ
+    _refuse_layout(source.shape, source.dtype, storage, label, shape)
     return source
 
 
@@ -569,8 +569,8 @@ def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dty
 def _stored_copy(
     source: npt.NDArray[Any], storage: np.dtype[Any] | None, label: str
 ) -> npt.NDArray[Any]:
-    """A private copy of a checked array in its storage dtype, made while the caller waits (a camera
-    may refill its buffer when the next image is asked for), or a clear error."""
+    """A private copy in the storage dtype, made while the caller waits: a camera may refill its buffer
+    when the next image is asked for."""
     target = _stored_dtype(source.dtype, storage)
     if target == source.dtype:
         return np.array(source, copy=True)
@@ -592,12 +592,11 @@ def _stored_copy(
 
 
 def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
-    """Validate meta data and convert it to the values that are stored."""
-    meta = {} if meta is None else meta
-    if not isinstance(meta, Mapping):
+    """Checked meta data as stored, with both version attributes."""
+    if meta is not None and not isinstance(meta, Mapping):
         raise TypeError(f"{label} must be a dict of meta data, not {type(meta).__name__}")
     checked: dict[str, Any] = {}
-    for key, value in meta.items():
+    for key, value in (meta or {}).items():
         if not isinstance(key, str):
             raise TypeError(f"{label} keys must be str, not {type(key).__name__} ({key!r})")
         key = str(key)
@@ -605,21 +604,20 @@ def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
         _refuse_unknown([key], META_KEYS, label, f"valid keys: {', '.join(sorted(META_KEYS))}")
         if key in NUMBER_KEYS:
             checked[key] = _check_number(value, key_label)
+        elif key == "date" and isinstance(value, datetime.date):  # and datetime: ISO 8601
+            checked[key] = value.isoformat()
         elif key in TEXT_KEYS:
-            expected = "a str"
-            if key == "date":
-                expected = "a str, datetime.date or datetime.datetime"
-                if isinstance(value, datetime.date):  # and datetime: ISO 8601, 'YYYY-MM-DD' first
-                    value = value.isoformat()
+            expected = "a str, datetime.date or datetime.datetime" if key == "date" else "a str"
             checked[key] = _check_text(value, key_label, expected)
+        elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"{key_label} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
+            )
+        elif isinstance(value, np.ndarray) and value.ndim != 1:
+            raise TypeError(
+                f"{key_label} must be a flat sequence of numbers, but has shape {value.shape}"
+            )
         else:
-            if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-                raise TypeError(
-                    f"{key_label} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
-                )
-            if isinstance(value, np.ndarray) and value.ndim != 1:
-                message = f"{key_label} must be a flat sequence of numbers, but has shape {value.shape}"
-                raise TypeError(message)
             checked[key] = np.array([_check_number(v, key_label) for v in value], dtype=np.float64)
     checked.setdefault("flimage version", f"flimage_io {__version__}")
     checked.setdefault("qpimage version", f"flimage_io {__version__}")
@@ -704,22 +702,15 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
 def _check_selection(index: Any) -> slice | range | list[int | str] | None:
     if index is None or isinstance(index, (slice, range)):
         return index
-    if isinstance(index, (str, bytes, numbers.Integral)) or not isinstance(
-        index, (Sequence, np.ndarray)
-    ):
+    if isinstance(index, (str, bytes)) or not isinstance(index, (Sequence, np.ndarray)):
         raise TypeError(
             "index must be None, a slice, a range or a list of positions and identifiers, "
             f"not {type(index).__name__} {index!r} (read one image with read_image)"
         )
-    chosen: list[int | str] = []
     for item in index:
-        if isinstance(item, numbers.Integral) and not isinstance(item, (bool, np.bool_)):
-            chosen.append(int(item))
-        elif isinstance(item, str):
-            chosen.append(str(item))
-        else:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (numbers.Integral, str)):
             raise TypeError(f"index items must be ints or strs, not {type(item).__name__} {item!r}")
-    return chosen
+    return [str(item) if isinstance(item, str) else int(item) for item in index]
 
 
 # 3. opening: one way in, one way out -------------------------------------------------------------------
