@@ -1692,9 +1692,8 @@ def _at(label: str, node: h5py.HLObject) -> str:
 
 @contextlib.contextmanager
 def _reading(label: str) -> Iterator[None]:
-    """Around h5py calls that read the file: an error they raise reports its bytes (damaged, or written
-    by a newer HDF5), so it becomes a FormatError naming ``label``. Only h5py calls go inside, so that
-    an error of our own code is never called damage."""
+    """Around h5py calls that read the file: their errors report its bytes (damaged, or from a newer
+    HDF5) and become a FormatError naming ``label``; only h5py calls go inside, never our own code."""
     try:
         yield
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
@@ -1726,12 +1725,15 @@ def _attribute(node: h5py.HLObject, key: str, label: str) -> Any:
         return node.attrs[key]
 
 
-def _hard_links(group: h5py.Group, names: Iterable[str], label: str) -> list[str]:
-    """Those of ``names`` that are hard links in ``group``: not soft links (which may loop) nor links to
-    other files."""
+def _linked_groups(group: h5py.Group, names: Iterable[str], label: str) -> list[h5py.Group]:
+    """The groups among the members ``names`` of ``group`` under hard links: no soft link (which may
+    loop) nor link to another file is followed, nor a name shown escaped."""
     with _reading(label):
         info = group.id.links.get_info
-        return [name for name in names if info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD]
+        hard = [
+            name for name in names if name in group and info(name.encode()).type == h5py.h5l.TYPE_HARD
+        ]
+        return [member for member in map(group.get, hard) if isinstance(member, h5py.Group)]
 
 
 def _holds_layout(names: Collection[str]) -> bool:
@@ -1748,12 +1750,8 @@ def _layout_of(group: h5py.Group, label: str) -> str:
     names = _names(group, label)
     if not names or any(name.startswith("fli_") for name in names):
         return "series"
-    nested = []
-    for name in _hard_links(group, [name for name in names[:100] if _has(group, name, label)], label):
-        with _reading(label):
-            member = group[name]
-        if isinstance(member, h5py.Group) and _holds_layout(_names(member, label)):
-            nested.append(member.name)
+    members = _linked_groups(group, names[:100], label)
+    nested = [member.name for member in members if _holds_layout(_names(member, label))]
     hint = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
         f"{label} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
@@ -1772,30 +1770,24 @@ def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Me
         member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind):
         return member
-    # built only for an error
-    member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"
     if link is None:
-        raise FormatError(f"{member_label} is missing")
-    if member is None:
-        raise FormatError(f"{member_label} is a link to another file, which flimage_io does not follow")
-    raise FormatError(
-        f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}"
-    )
+        problem = "is missing"
+    elif member is None:
+        problem = "is a link to another file, which flimage_io does not follow"
+    else:
+        problem = f"should be a {kind.__name__.lower()}, but is {type(member).__name__}"
+    raise FormatError(f"{_at(label, group)}{':' if group.name == '/' else ''}/{name} {problem}")
 
 
 def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
-    found: list[int] = []
-    problems: list[str] = []
-    for name in _names(group, label):
-        if _SERIES_NAME.match(name):
-            found.append(int(name[4:]))
-        elif name.startswith("fli_"):
-            invalid = (
-                f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
-            )
-            problems.append(invalid)
-    found.sort()
+    names = _names(group, label)
+    found = sorted(int(name[4:]) for name in names if _SERIES_NAME.match(name))
+    problems = [
+        f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+        for name in names
+        if name.startswith("fli_") and not _SERIES_NAME.match(name)
+    ]
     # the first ten absent numbers, in memory and time in proportion to the members, not to the largest
     gaps = (number for low, high in zip([-1, *found], found) for number in range(low + 1, high))
     missing = [f"fli_{number}" for number in itertools.islice(gaps, 10)]
@@ -1843,7 +1835,12 @@ def _select(
             position = item + count if item < 0 else item
             found = position if 0 <= position < count else None
         else:
-            found = _guess_identifier(group, label, item, count)
+            # an identifier costs an object header per image to read, so first try the positions its
+            # numbers suggest ("frame-0500" is usually fli_500 or fli_499)
+            digits = [int(d) for d in re.findall(r"[0-9]+", item)[-3:] if len(d) <= 18]
+            guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
+            hits = (p for p in dict.fromkeys(guesses) if _identifier_of(group, label, p) == item)
+            found = next(hits, None)
             if found is None:  # read every identifier, once per call
                 identifiers = _identifiers(group, label, count) if identifiers is None else identifiers
                 found = identifiers.get(item)
@@ -1861,17 +1858,6 @@ def _select(
     return chosen
 
 
-def _guess_identifier(group: h5py.Group, label: str, identifier: str, count: int) -> int | None:
-    """An identifier costs an object header per image to read, so first try the positions its
-    numbers suggest ("frame-0500" is usually fli_500 or fli_499)."""
-    digits = [int(d) for d in re.findall(r"[0-9]+", identifier)[-3:] if len(d) <= 18]
-    guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
-    for position in dict.fromkeys(guesses):
-        if _identifier_of(group, label, position) == identifier:
-            return position
-    return None
-
-
 _VARIABLE_TEXT = h5py.h5t.py_create(h5py.string_dtype())  # reads variable-length text as bytes objects
 
 
@@ -1886,10 +1872,9 @@ def _identifiers(group: h5py.Group, label: str, count: int) -> dict[str, int]:
 
 
 def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
-    """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
-    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at half the
-    cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
-    or read what old writers stored, so the low-level read need not know either."""
+    """The identifier of image ``position``. The usual one, a variable-length text on a group under a
+    hard link, is read through h5py's low-level API at half the cost; any other goes through _child and
+    _text_attr, which name what is wrong or read what old writers stored."""
     name = f"fli_{position}".encode()
     try:
         if group.id.links.get_info(name).type == h5py.h5l.TYPE_HARD:  # not followed to another file
@@ -1907,11 +1892,9 @@ def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
     except (KeyError, OSError, RuntimeError, ValueError):  # missing, damaged, not UTF-8: named below
         pass
     image = _child(group, f"fli_{position}", label, h5py.Group)
-    return (
-        _text_attr(image, "identifier", label)
-        if "identifier" in _attribute_names(image, label)
-        else None
-    )
+    if "identifier" not in _attribute_names(image, label):
+        return None
+    return _text_attr(image, "identifier", label)
 
 
 def _text_attr(group: h5py.Group, key: str, label: str) -> str:
@@ -1974,16 +1957,13 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
         + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
         for key, labels in places.items()
     ]
-    message = (
-        "left out attributes that are no meta data of the layout (a copy drops them): "
-        + "; ".join(parts)
-    )
+    message = "left out attributes that are no meta data of the layout (a copy drops them): "
     level = 2
     frame = sys._getframe(1)
     while frame.f_code.co_filename == __file__ and frame.f_back:  # point at the caller's line
-        level = level + 1
+        level += 1
         frame = frame.f_back
-    warnings.warn(UnknownMetaWarning(message), stacklevel=level)
+    warnings.warn(UnknownMetaWarning(message + "; ".join(parts)), stacklevel=level)
 
 
 # 5. chunks: HDF5's filters and the ordered thread pipeline ---------------------------------------------
@@ -3030,9 +3010,8 @@ def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
         if node is not group and _holds_layout(names):
             found.append(node)
             continue
-        hard = _hard_links(node, [name for name in names if _has(node, name, label)], label)
+        groups = _linked_groups(node, names, label)
         with _reading(label):
-            groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
             fresh = [member for member in groups if member.id not in seen]
         seen.update(member.id for member in fresh)
         pending += reversed(fresh)
