@@ -2869,14 +2869,12 @@ _Opener = Callable[[], contextlib.AbstractContextManager[tuple[h5py.Group, str]]
 _Progress = Callable[[str, int, int], None]  # (label, images checked, images in all)
 
 
-def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
+def _check(opener: _Opener, progress: _Progress | None) -> list[str]:
     """Every problem found in what ``opener`` opens, through the readers' own code; [] when clean.
-    A group that holds images or series in groups below it has each checked. Images that are
-    appended meanwhile may go unchecked."""
+    A group that holds images or series in groups below it has each checked."""
     problems: list[str] = []
     try:
         inner: list[str] = []
-        series_numbers = None
         with opener() as (group, label):
             try:
                 layout = _layout_of(group, label)
@@ -2884,37 +2882,16 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
                 inner = [found.name for found in _layouts_in(group, label)]
                 if not inner:
                     raise
-                layout = None
+                layout = "groups"
             if layout == "image":
                 _check_one_image(group, label, problems)
-            elif layout == "series":
-                series_numbers = _check_series_root(group, label, problems)
-        if series_numbers is not None:
-            _check_series_images(opener, label, series_numbers, problems, progress)
+        if layout == "series":
+            _check_a_series(opener, problems, progress)
         for name in inner:
             problems += _check(functools.partial(_open_below, opener, name), progress)
     except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
         problems.append(_message(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places
-
-
-def _check_series_root(group: h5py.Group, label: str, problems: list[str]) -> list[int]:
-    """What readers do not check of a series root: stray members and attributes; the image numbers."""
-    keys = _attribute_names(group, label)
-    for key in keys:
-        if key != "identifier":
-            problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
-    if "identifier" in keys:
-        try:
-            _text_attr(group, "identifier", label)
-        except FormatError as exc:
-            problems.append(str(exc))
-    for name in _names(group, label):
-        if not name.startswith("fli_"):
-            problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
-    numbers, numbering = _scan_series(group, label)
-    problems += numbering
-    return numbers
 
 
 @contextlib.contextmanager
@@ -2925,12 +2902,27 @@ def _open_below(opener: _Opener, name: str) -> Iterator[tuple[h5py.Group, str]]:
         yield below, _at(label, below)
 
 
-def _check_series_images(
-    opener: _Opener, label: str, numbers: list[int], problems: list[str], progress: _Progress | None
-) -> None:
-    """Check the images ``numbers`` of a series, opening the file anew for each block; then
-    duplicate identifiers."""
-    owners: dict[str, list[str]] = {}
+def _check_a_series(opener: _Opener, problems: list[str], progress: _Progress | None) -> None:
+    """What readers do not check of a series root (stray members and attributes), then its images, a
+    block at a time with the file opened anew for each, then duplicate identifiers. Images appended
+    meanwhile may go unchecked."""
+    with opener() as (group, label):
+        for key in _attribute_names(group, label):
+            if key != "identifier":
+                problems.append(
+                    f"{label} has the attribute {key!r}; a series root holds only 'identifier'"
+                )
+                continue
+            try:
+                _text_attr(group, key, label)
+            except FormatError as exc:
+                problems.append(str(exc))
+        for name in _names(group, label):
+            if not name.startswith("fli_"):
+                problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
+        numbers, numbering = _scan_series(group, label)
+        problems += numbering
+    owners: dict[str | None, list[str]] = {}  # identifier -> images
     checked = 0
     last_progress = time.monotonic()
     while checked < len(numbers):
@@ -2938,15 +2930,14 @@ def _check_series_images(
             opened = time.monotonic()
             while checked < len(numbers) and time.monotonic() - opened < _CHECK_BLOCK_SECONDS:
                 name = f"fli_{numbers[checked]}"
-                identifier = _check_one_image(group, label, problems, name)
-                if identifier is not None:
-                    owners.setdefault(identifier, []).append(name)
+                owners.setdefault(_check_one_image(group, label, problems, name), []).append(name)
                 checked += 1
                 if progress is not None and time.monotonic() - last_progress > 0.5:
                     last_progress = time.monotonic()
                     progress(label, checked, len(numbers))
     if progress is not None:
         progress(label, len(numbers), len(numbers))  # done: a display of it may go
+    owners.pop(None, None)
     for identifier, owner in owners.items():
         if len(owner) > 1:
             problems.append(
@@ -2964,8 +2955,9 @@ def _check_one_image(
         keys = _attribute_names(group, label)
         for key in ("flimage version", "qpimage version"):
             if key not in keys:
-                lacks = f"{image_label} lacks the attribute {key!r}"
-                problems.append(f"{lacks}: flimage cannot open it read-only")
+                problems.append(
+                    f"{image_label} lacks the attribute {key!r}: flimage cannot open it read-only"
+                )
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
         inner_label = _at(label, fluorescence)
         stray = _attribute_names(fluorescence, label)
@@ -2976,10 +2968,8 @@ def _check_one_image(
         with _reading(label):
             kind = group.attrs.get_id("identifier").get_type() if "identifier" in keys else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
-            problems.append(
-                f"{image_label} stores its identifier as fixed-length bytes: "
-                "flimage cannot find it by it"
-            )
+            fixed = f"{image_label} stores its identifier as fixed-length bytes"
+            problems.append(f"{fixed}: flimage cannot find it by it")
         unknown: list[tuple[str, str]] = []
         (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
         problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
