@@ -439,14 +439,18 @@ class _CheckedImage(NamedTuple):
     meta: dict[str, Any]
 
 
+def _refuse_type(value: Any, kinds: type | tuple[type, ...], label: str, expected: str) -> None:
+    """TypeError "LABEL must be EXPECTED" unless ``value`` is of ``kinds``; a bool is no number."""
+    if not isinstance(value, kinds) or (isinstance(value, (bool, np.bool_)) and kinds is not bool):
+        raise TypeError(f"{label} must be {expected}, not {type(value).__name__}")
+
+
 def _check_workers(workers: Any) -> int:
     if workers is None:
-        try:
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may use
             return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not on Linux
-            return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
-        raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+        return max(1, os.cpu_count() or 1)  # pragma: no cover - not on Linux
+    _refuse_type(workers, numbers.Integral, "workers", "an int or None")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     return int(workers)
@@ -468,24 +472,19 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
             f"compression must be 'gzip' or None (filters every HDF5 has), not {compression!r}"
         )
     if level is not None:
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise TypeError(f"level must be an int from 1 to 9 or None, not {type(level).__name__}")
+        _refuse_type(level, int, "level", "an int from 1 to 9 or None")
         if not 1 <= level <= 9:
             raise ValueError(f"level must be from 1 to 9 or None, not {level}")
         if compression is None:
             raise ValueError(f"level={level} needs compression='gzip', not compression=None")
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be True or False, not {type(shuffle).__name__}")
+    _refuse_type(shuffle, bool, "shuffle", "True or False")
     return _Options(storage, compression == "gzip", level, shuffle, _check_workers(workers))
 
 
 def _check_commit_every(commit_every: Any, append: bool, h5file: Target) -> None:
     if commit_every is None:
         return
-    if not isinstance(commit_every, numbers.Real) or isinstance(commit_every, (bool, np.bool_)):
-        raise TypeError(
-            f"commit_every must be a number of seconds or None, not {type(commit_every).__name__}"
-        )
+    _refuse_type(commit_every, numbers.Real, "commit_every", "a number of seconds or None")
     if not 0 < float(commit_every) < math.inf:
         raise ValueError(
             f"commit_every must be a positive, finite number of seconds, not {commit_every!r}"
@@ -530,25 +529,23 @@ def _array_view(
     declared = (getattr(value, "shape", None), getattr(value, "dtype", None))
     if isinstance(declared[0], tuple) and isinstance(declared[1], np.dtype):
         # an array, or an array-like that computes or reads its values (dask, h5py): refused unread
-        _refuse_layout(declared[0], declared[1], storage, label, shape)
+        _refuse_layout(value, storage, label, shape)
     try:
         source = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{label} is not an array: {exc}") from None
     # what it became: a list has no declared shape, an array-like may differ
-    _refuse_layout(source.shape, source.dtype, storage, label, shape)
+    _refuse_layout(source, storage, label, shape)
     return source
 
 
 def _refuse_layout(
-    found: tuple[int, ...],
-    dtype: np.dtype[Any],
-    storage: np.dtype[Any] | None,
-    label: str,
-    shape: tuple[int, ...] | None,
+    array: Any, storage: np.dtype[Any] | None, label: str, shape: tuple[int, ...] | None
 ) -> None:
-    if not _storable(dtype):
-        raise TypeError(f"{label} must hold real numbers or bools, but has dtype {dtype}")
+    """Refuse an array or array-like for its dtype or shape as it declares them, unread."""
+    found = array.shape
+    if not _storable(array.dtype):
+        raise TypeError(f"{label} must hold real numbers or bools, but has dtype {array.dtype}")
     if shape is None:
         if len(found) != 2:
             raise ValueError(f"{label} must be 2-D, but has shape {found}")
@@ -556,7 +553,7 @@ def _refuse_layout(
             raise ValueError(f"{label} must not be empty, but has shape {found}")
     elif found != shape:
         raise ValueError(f"{label} must have the shape of raw {shape}, but has shape {found}")
-    if found[-1] * _stored_dtype(dtype, storage).itemsize > _MAX_CHUNK_BYTES:
+    if found[-1] * _stored_dtype(array.dtype, storage).itemsize > _MAX_CHUNK_BYTES:
         raise ValueError(f"{label} has rows of over 4 GiB, HDF5's chunk limit (shape {found})")
 
 
@@ -593,8 +590,7 @@ def _stored_copy(
 
 def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
     """Checked meta data as stored, with both version attributes."""
-    if meta is not None and not isinstance(meta, Mapping):
-        raise TypeError(f"{label} must be a dict of meta data, not {type(meta).__name__}")
+    _refuse_type(meta, (Mapping, type(None)), label, "a dict of meta data")
     checked: dict[str, Any] = {}
     for key, value in (meta or {}).items():
         if not isinstance(key, str):
@@ -653,9 +649,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
     """Every array's shape and dtype and the meta data are checked before any array is copied."""
     if isinstance(image, np.ndarray):
         image = {"raw": image}
-    if not isinstance(image, Mapping):
-        expected = "a dict with 'raw', 'bg_data', 'meta' or an array"
-        raise TypeError(f"{label} must be {expected}, not {type(image)}")
+    _refuse_type(image, Mapping, label, "a dict with 'raw', 'bg_data', 'meta' or an array")
     _refuse_unknown(image, ("raw", "bg_data", "meta"), label, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
         raise KeyError(f"{label} has no 'raw' image")
@@ -679,10 +673,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
 
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
-    if not isinstance(series, Mapping):
-        raise TypeError(
-            f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}"
-        )
+    _refuse_type(series, Mapping, "series", "a dict with 'identifier' and 'images'")
     _refuse_unknown(series, ("identifier", "images"), "series", "a series has 'identifier' and 'images'")
     if "images" not in series:
         raise KeyError("series has no 'images'")
