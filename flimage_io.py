@@ -1892,18 +1892,15 @@ def _text_attr(group: h5py.Group, key: str, label: str) -> str:
     value = _attribute(group, key, label)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
+    where = f"{_at(label, group)} attribute {key!r}"
     if isinstance(value, (bytes, np.bytes_)):  # older writers stored bytes
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(
-                f"{_at(label, group)} attribute {key!r} is no UTF-8 text: {value!r}"
-            ) from None
+            raise FormatError(f"{where} is no UTF-8 text: {value!r}") from None
     if isinstance(value, str):
         return value
-    raise FormatError(
-        f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}"
-    )
+    raise FormatError(f"{where} must be text, but holds {type(value).__name__}")
 
 
 def _read_meta(
@@ -1972,10 +1969,10 @@ _FLETCHER_BLOCK = 1 << 20
 
 
 @functools.cache
-def _fletcher_weights(block: int) -> npt.NDArray[np.uint64]:
+def _fletcher_weights() -> npt.NDArray[np.uint64]:
     """Each word's count of additions to the second sum in a block: 8 MiB, made on first use
     rather than at import, which a project vendoring the module pays whether it writes or not."""
-    return np.arange(block, 0, -1, dtype=np.uint64)
+    return np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
 
 
 def _zlib() -> ModuleType:
@@ -1984,9 +1981,8 @@ def _zlib() -> ModuleType:
 
 
 def _fletcher32(data: bytes | memoryview) -> int:
-    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, computed blockwise. Its sums fold mod
-    65535 with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact
-    ``s``."""
+    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, blockwise. Its sums fold mod 65535
+    with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact ``s``."""
     words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
     blocks = [words[start : start + _FLETCHER_BLOCK] for start in range(0, len(words), _FLETCHER_BLOCK)]
     if len(data) % 2:  # HDF5 takes an odd last byte as the high byte of one more word
@@ -1995,9 +1991,7 @@ def _fletcher32(data: bytes | memoryview) -> int:
     for block in blocks:
         wide = block.astype(np.uint64)
         # each word is added to sum2 once for every word from it to the end
-        sum2 += len(wide) * sum1 + int(
-            np.dot(wide, _fletcher_weights(_FLETCHER_BLOCK)[_FLETCHER_BLOCK - len(wide) :])
-        )
+        sum2 += len(wide) * sum1 + int(np.dot(wide, _fletcher_weights()[_FLETCHER_BLOCK - len(wide) :]))
         sum1 += int(wide.sum())
     return ((sum2 - 1) % 65535 + 1) << 16 | ((sum1 - 1) % 65535 + 1) if sum1 else 0
 
