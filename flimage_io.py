@@ -1810,21 +1810,18 @@ def _select(
 ) -> list[int]:
     """The positions an index names, in its order; unknown ones raise ImageNotFoundError."""
     count = _series_length(group, label)
-    if selection is None:
-        return list(range(count))
-    if isinstance(selection, slice):
-        return list(range(count)[selection])
+    if selection is None or isinstance(selection, slice):
+        return list(range(count)[selection or slice(None)])
     if isinstance(selection, range) and (
         not selection or -count <= min(selection) <= max(selection) < count
     ):
-        return [p + count if p < 0 else p for p in selection]  # no per-item checks for a long range
+        return [p % count for p in selection]  # no per-item checks for a long range
     chosen: list[int] = []
     missing: list[str] = []
     identifiers: dict[str, int] | None = None
     for item in selection:
         if isinstance(item, int):
-            position = item + count if item < 0 else item
-            found = position if 0 <= position < count else None
+            found = item % count if -count <= item < count else None
         else:
             # an identifier costs an object header per image to read, so first try the positions its
             # numbers suggest ("frame-0500" is usually fli_500 or fli_499)
