@@ -433,14 +433,18 @@ class _CheckedImage(NamedTuple):
     meta: dict[str, Any]
 
 
+def _refuse_type(value: Any, kinds: type | tuple[type, ...], label: str, expected: str) -> None:
+    """TypeError "LABEL must be EXPECTED" unless ``value`` is of ``kinds``; a bool is no number."""
+    if not isinstance(value, kinds) or (isinstance(value, (bool, np.bool_)) and kinds is not bool):
+        raise TypeError(f"{label} must be {expected}, not {type(value).__name__}")
+
+
 def _check_workers(workers: Any) -> int:
     if workers is None:
-        try:
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may use
             return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not on Linux
-            return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
-        raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+        return max(1, os.cpu_count() or 1)  # pragma: no cover - not on Linux
+    _refuse_type(workers, numbers.Integral, "workers", "an int or None")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     return int(workers)
@@ -462,24 +466,19 @@ def _check_options(dtype: Any, compression: Any, level: Any, shuffle: Any, worke
             f"compression must be 'gzip' or None (filters every HDF5 has), not {compression!r}"
         )
     if level is not None:
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise TypeError(f"level must be an int from 1 to 9 or None, not {type(level).__name__}")
+        _refuse_type(level, int, "level", "an int from 1 to 9 or None")
         if not 1 <= level <= 9:
             raise ValueError(f"level must be from 1 to 9 or None, not {level}")
         if compression is None:
             raise ValueError(f"level={level} needs compression='gzip', not compression=None")
-    if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be True or False, not {type(shuffle).__name__}")
+    _refuse_type(shuffle, bool, "shuffle", "True or False")
     return _Options(storage, compression == "gzip", level, shuffle, _check_workers(workers))
 
 
 def _check_commit_every(commit_every: Any, append: bool, h5file: Target) -> None:
     if commit_every is None:
         return
-    if not isinstance(commit_every, numbers.Real) or isinstance(commit_every, (bool, np.bool_)):
-        raise TypeError(
-            f"commit_every must be a number of seconds or None, not {type(commit_every).__name__}"
-        )
+    _refuse_type(commit_every, numbers.Real, "commit_every", "a number of seconds or None")
     if not 0 < float(commit_every) < math.inf:
         raise ValueError(
             f"commit_every must be a positive, finite number of seconds, not {commit_every!r}"
@@ -513,8 +512,8 @@ def _refuse_unknown(keys: Iterable[Any], valid: Collection[str], label: str, hin
 def _array_view(
     value: Any, storage: np.dtype[Any] | None, label: str, shape: tuple[int, ...] | None
 ) -> npt.NDArray[Any]:
-    """``value`` as an array without a copy where it is one, refused for its type, dtype or shape
-    first: a 3-D stack passed as an image is refused, never copied."""
+    """``value`` as an array, without a copy where it is one; refused for its type, dtype or shape
+    first, so that a 3-D stack passed as an image is never copied."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{label} must be a 2-D numeric array, not {type(value).__name__}")
     if isinstance(value, np.ma.MaskedArray):
@@ -524,25 +523,23 @@ def _array_view(
     declared = (getattr(value, "shape", None), getattr(value, "dtype", None))
     if isinstance(declared[0], tuple) and isinstance(declared[1], np.dtype):
         # an array, or an array-like that computes or reads its values (dask, h5py): refused unread
-        _refuse_layout(declared[0], declared[1], storage, label, shape)
+        _refuse_layout(value, storage, label, shape)
     try:
         source = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{label} is not an array: {exc}") from None
-    if source is not value:  # what it became: a list has no declared shape, an array-like may differ
-        _refuse_layout(source.shape, source.dtype, storage, label, shape)
+    # what it became: a list has no declared shape, an array-like may differ
+    _refuse_layout(source, storage, label, shape)
     return source
 
 
 def _refuse_layout(
-    found: tuple[int, ...],
-    dtype: np.dtype[Any],
-    storage: np.dtype[Any] | None,
-    label: str,
-    shape: tuple[int, ...] | None,
+    array: Any, storage: np.dtype[Any] | None, label: str, shape: tuple[int, ...] | None
 ) -> None:
-    if not _storable(dtype):
-        raise TypeError(f"{label} must hold real numbers or bools, but has dtype {dtype}")
+    """Refuse an array or array-like for its dtype or shape as it declares them, unread."""
+    found = array.shape
+    if not _storable(array.dtype):
+        raise TypeError(f"{label} must hold real numbers or bools, but has dtype {array.dtype}")
     if shape is None:
         if len(found) != 2:
             raise ValueError(f"{label} must be 2-D, but has shape {found}")
@@ -550,7 +547,7 @@ def _refuse_layout(
             raise ValueError(f"{label} must not be empty, but has shape {found}")
     elif found != shape:
         raise ValueError(f"{label} must have the shape of raw {shape}, but has shape {found}")
-    if found[-1] * _stored_dtype(dtype, storage).itemsize > _MAX_CHUNK_BYTES:
+    if found[-1] * _stored_dtype(array.dtype, storage).itemsize > _MAX_CHUNK_BYTES:
         raise ValueError(f"{label} has rows of over 4 GiB, HDF5's chunk limit (shape {found})")
 
 
@@ -563,8 +560,8 @@ def _stored_dtype(dtype: np.dtype[Any], storage: np.dtype[Any] | None) -> np.dty
 def _stored_copy(
     source: npt.NDArray[Any], storage: np.dtype[Any] | None, label: str
 ) -> npt.NDArray[Any]:
-    """A private copy of a checked array in its storage dtype, made while the caller waits (a camera
-    may refill its buffer when the next image is asked for), or a clear error."""
+    """A private copy in the storage dtype, made while the caller waits: a camera may refill its buffer
+    when the next image is asked for."""
     target = _stored_dtype(source.dtype, storage)
     if target == source.dtype:
         return np.array(source, copy=True)
@@ -586,12 +583,10 @@ def _stored_copy(
 
 
 def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
-    """Validate meta data and convert it to the values that are stored."""
-    meta = {} if meta is None else meta
-    if not isinstance(meta, Mapping):
-        raise TypeError(f"{label} must be a dict of meta data, not {type(meta).__name__}")
+    """Checked meta data as stored, with both version attributes."""
+    _refuse_type(meta, (Mapping, type(None)), label, "a dict of meta data")
     checked: dict[str, Any] = {}
-    for key, value in meta.items():
+    for key, value in (meta or {}).items():
         if not isinstance(key, str):
             raise TypeError(f"{label} keys must be str, not {type(key).__name__} ({key!r})")
         key = str(key)
@@ -599,21 +594,20 @@ def _meta_to_store(meta: Any, label: str) -> dict[str, Any]:
         _refuse_unknown([key], META_KEYS, label, f"valid keys: {', '.join(sorted(META_KEYS))}")
         if key in NUMBER_KEYS:
             checked[key] = _check_number(value, key_label)
+        elif key == "date" and isinstance(value, datetime.date):  # and datetime: ISO 8601
+            checked[key] = value.isoformat()
         elif key in TEXT_KEYS:
-            expected = "a str"
-            if key == "date":
-                expected = "a str, datetime.date or datetime.datetime"
-                if isinstance(value, datetime.date):  # and datetime: ISO 8601, 'YYYY-MM-DD' first
-                    value = value.isoformat()
+            expected = "a str, datetime.date or datetime.datetime" if key == "date" else "a str"
             checked[key] = _check_text(value, key_label, expected)
+        elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"{key_label} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
+            )
+        elif isinstance(value, np.ndarray) and value.ndim != 1:
+            raise TypeError(
+                f"{key_label} must be a flat sequence of numbers, but has shape {value.shape}"
+            )
         else:
-            if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-                raise TypeError(
-                    f"{key_label} must be a sequence of numbers, not {type(value).__name__} ({value!r})"
-                )
-            if isinstance(value, np.ndarray) and value.ndim != 1:
-                message = f"{key_label} must be a flat sequence of numbers, but has shape {value.shape}"
-                raise TypeError(message)
             checked[key] = np.array([_check_number(v, key_label) for v in value], dtype=np.float64)
     checked.setdefault("flimage version", f"flimage_io {__version__}")
     checked.setdefault("qpimage version", f"flimage_io {__version__}")
@@ -649,9 +643,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
     """Every array's shape and dtype and the meta data are checked before any array is copied."""
     if isinstance(image, np.ndarray):
         image = {"raw": image}
-    if not isinstance(image, Mapping):
-        expected = "a dict with 'raw', 'bg_data', 'meta' or an array"
-        raise TypeError(f"{label} must be {expected}, not {type(image)}")
+    _refuse_type(image, Mapping, label, "a dict with 'raw', 'bg_data', 'meta' or an array")
     _refuse_unknown(image, ("raw", "bg_data", "meta"), label, "an image has 'raw', 'bg_data' and 'meta'")
     if "raw" not in image:
         raise KeyError(f"{label} has no 'raw' image")
@@ -675,10 +667,7 @@ def _check_image(image: Any, storage: np.dtype[Any] | None, label: str) -> _Chec
 
 
 def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
-    if not isinstance(series, Mapping):
-        raise TypeError(
-            f"series must be a dict with 'identifier' and 'images', not {type(series).__name__}"
-        )
+    _refuse_type(series, Mapping, "series", "a dict with 'identifier' and 'images'")
     _refuse_unknown(series, ("identifier", "images"), "series", "a series has 'identifier' and 'images'")
     if "images" not in series:
         raise KeyError("series has no 'images'")
@@ -698,22 +687,15 @@ def _check_series(series: Any) -> tuple[str | None, Iterator[Any]]:
 def _check_selection(index: Any) -> slice | range | list[int | str] | None:
     if index is None or isinstance(index, (slice, range)):
         return index
-    if isinstance(index, (str, bytes, numbers.Integral)) or not isinstance(
-        index, (Sequence, np.ndarray)
-    ):
+    if isinstance(index, (str, bytes)) or not isinstance(index, (Sequence, np.ndarray)):
         raise TypeError(
             "index must be None, a slice, a range or a list of positions and identifiers, "
             f"not {type(index).__name__} {index!r} (read one image with read_image)"
         )
-    chosen: list[int | str] = []
     for item in index:
-        if isinstance(item, numbers.Integral) and not isinstance(item, (bool, np.bool_)):
-            chosen.append(int(item))
-        elif isinstance(item, str):
-            chosen.append(str(item))
-        else:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (numbers.Integral, str)):
             raise TypeError(f"index items must be ints or strs, not {type(item).__name__} {item!r}")
-    return chosen
+    return [str(item) if isinstance(item, str) else int(item) for item in index]
 
 
 # 3. opening: one way in, one way out -------------------------------------------------------------------
@@ -1695,9 +1677,8 @@ def _at(label: str, node: h5py.HLObject) -> str:
 
 @contextlib.contextmanager
 def _reading(label: str) -> Iterator[None]:
-    """Around h5py calls that read the file: an error they raise reports its bytes (damaged, or written
-    by a newer HDF5), so it becomes a FormatError naming ``label``. Only h5py calls go inside, so that
-    an error of our own code is never called damage."""
+    """Around h5py calls that read the file: their errors report its bytes (damaged, or from a newer
+    HDF5) and become a FormatError naming ``label``; only h5py calls go inside, never our own code."""
     try:
         yield
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
@@ -1729,12 +1710,15 @@ def _attribute(node: h5py.HLObject, key: str, label: str) -> Any:
         return node.attrs[key]
 
 
-def _hard_links(group: h5py.Group, names: Iterable[str], label: str) -> list[str]:
-    """Those of ``names`` that are hard links in ``group``: not soft links (which may loop) nor links to
-    other files."""
+def _linked_groups(group: h5py.Group, names: Iterable[str], label: str) -> list[h5py.Group]:
+    """The groups among the members ``names`` of ``group`` under hard links: no soft link (which may
+    loop) nor link to another file is followed, nor a name shown escaped."""
     with _reading(label):
         info = group.id.links.get_info
-        return [name for name in names if info(name.encode("utf-8")).type == h5py.h5l.TYPE_HARD]
+        hard = [
+            name for name in names if name in group and info(name.encode()).type == h5py.h5l.TYPE_HARD
+        ]
+        return [member for member in map(group.get, hard) if isinstance(member, h5py.Group)]
 
 
 def _holds_layout(names: Collection[str]) -> bool:
@@ -1751,12 +1735,8 @@ def _layout_of(group: h5py.Group, label: str) -> str:
     names = _names(group, label)
     if not names or any(name.startswith("fli_") for name in names):
         return "series"
-    nested = []
-    for name in _hard_links(group, [name for name in names[:100] if _has(group, name, label)], label):
-        with _reading(label):
-            member = group[name]
-        if isinstance(member, h5py.Group) and _holds_layout(_names(member, label)):
-            nested.append(member.name)
+    members = _linked_groups(group, names[:100], label)
+    nested = [member.name for member in members if _holds_layout(_names(member, label))]
     hint = f"; it holds them in {', '.join(nested)}: name one as FILE:{nested[0]}" if nested else ""
     raise FormatError(
         f"{label} holds neither an FLImage (no 'fluorescence' group) nor an FLSeries "
@@ -1775,30 +1755,24 @@ def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Me
         member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind):
         return member
-    # built only for an error
-    member_label = f"{_at(label, group)}{':' if group.name == '/' else ''}/{name}"
     if link is None:
-        raise FormatError(f"{member_label} is missing")
-    if member is None:
-        raise FormatError(f"{member_label} is a link to another file, which flimage_io does not follow")
-    raise FormatError(
-        f"{member_label} should be a {kind.__name__.lower()}, but is {type(member).__name__}"
-    )
+        problem = "is missing"
+    elif member is None:
+        problem = "is a link to another file, which flimage_io does not follow"
+    else:
+        problem = f"should be a {kind.__name__.lower()}, but is {type(member).__name__}"
+    raise FormatError(f"{_at(label, group)}{':' if group.name == '/' else ''}/{name} {problem}")
 
 
 def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
     """The image numbers present, sorted, and the problems of the numbering."""
-    found: list[int] = []
-    problems: list[str] = []
-    for name in _names(group, label):
-        if _SERIES_NAME.match(name):
-            found.append(int(name[4:]))
-        elif name.startswith("fli_"):
-            invalid = (
-                f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
-            )
-            problems.append(invalid)
-    found.sort()
+    names = _names(group, label)
+    found = sorted(int(name[4:]) for name in names if _SERIES_NAME.match(name))
+    problems = [
+        f"{label} has the member {name!r}, which is no valid series name (fli_0, fli_1, ...)"
+        for name in names
+        if name.startswith("fli_") and not _SERIES_NAME.match(name)
+    ]
     # the first ten absent numbers, in memory and time in proportion to the members, not to the largest
     gaps = (number for low, high in zip([-1, *found], found) for number in range(low + 1, high))
     missing = [f"fli_{number}" for number in itertools.islice(gaps, 10)]
@@ -1830,23 +1804,25 @@ def _select(
 ) -> list[int]:
     """The positions an index names, in its order; unknown ones raise ImageNotFoundError."""
     count = _series_length(group, label)
-    if selection is None:
-        return list(range(count))
-    if isinstance(selection, slice):
-        return list(range(count)[selection])
+    if selection is None or isinstance(selection, slice):
+        return list(range(count)[selection or slice(None)])
     if isinstance(selection, range) and (
         not selection or -count <= min(selection) <= max(selection) < count
     ):
-        return [p + count if p < 0 else p for p in selection]  # no per-item checks for a long range
+        return [p % count for p in selection]  # no per-item checks for a long range
     chosen: list[int] = []
     missing: list[str] = []
     identifiers: dict[str, int] | None = None
     for item in selection:
         if isinstance(item, int):
-            position = item + count if item < 0 else item
-            found = position if 0 <= position < count else None
+            found = item % count if -count <= item < count else None
         else:
-            found = _guess_identifier(group, label, item, count)
+            # an identifier costs an object header per image to read, so first try the positions its
+            # numbers suggest ("frame-0500" is usually fli_500 or fli_499)
+            digits = [int(d) for d in re.findall(r"[0-9]+", item)[-3:] if len(d) <= 18]
+            guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
+            hits = (p for p in dict.fromkeys(guesses) if _identifier_of(group, label, p) == item)
+            found = next(hits, None)
             if found is None:  # read every identifier, once per call
                 identifiers = _identifiers(group, label, count) if identifiers is None else identifiers
                 found = identifiers.get(item)
@@ -1864,17 +1840,6 @@ def _select(
     return chosen
 
 
-def _guess_identifier(group: h5py.Group, label: str, identifier: str, count: int) -> int | None:
-    """An identifier costs an object header per image to read, so first try the positions its
-    numbers suggest ("frame-0500" is usually fli_500 or fli_499)."""
-    digits = [int(d) for d in re.findall(r"[0-9]+", identifier)[-3:] if len(d) <= 18]
-    guesses = [n - shift for n in reversed(digits) for shift in (0, 1) if 0 <= n - shift < count]
-    for position in dict.fromkeys(guesses):
-        if _identifier_of(group, label, position) == identifier:
-            return position
-    return None
-
-
 _VARIABLE_TEXT = h5py.h5t.py_create(h5py.string_dtype())  # reads variable-length text as bytes objects
 
 
@@ -1889,10 +1854,9 @@ def _identifiers(group: h5py.Group, label: str, count: int) -> dict[str, int]:
 
 
 def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
-    """The identifier of image ``position``. The usual image, a group under a hard link whose identifier
-    (if any) is one variable-length UTF-8 text, is read through h5py's low-level API, at half the
-    cost of its high-level objects; any other goes through _child and _text_attr, which say what is wrong
-    or read what old writers stored, so the low-level read need not know either."""
+    """The identifier of image ``position``. The usual one, a variable-length text on a group under a
+    hard link, is read through h5py's low-level API at half the cost; any other goes through _child and
+    _text_attr, which name what is wrong or read what old writers stored."""
     name = f"fli_{position}".encode()
     try:
         if group.id.links.get_info(name).type == h5py.h5l.TYPE_HARD:  # not followed to another file
@@ -1910,29 +1874,24 @@ def _identifier_of(group: h5py.Group, label: str, position: int) -> str | None:
     except (KeyError, OSError, RuntimeError, ValueError):  # missing, damaged, not UTF-8: named below
         pass
     image = _child(group, f"fli_{position}", label, h5py.Group)
-    return (
-        _text_attr(image, "identifier", label)
-        if "identifier" in _attribute_names(image, label)
-        else None
-    )
+    if "identifier" not in _attribute_names(image, label):
+        return None
+    return _text_attr(image, "identifier", label)
 
 
 def _text_attr(group: h5py.Group, key: str, label: str) -> str:
     value = _attribute(group, key, label)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
+    where = f"{_at(label, group)} attribute {key!r}"
     if isinstance(value, (bytes, np.bytes_)):  # older writers stored bytes
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(
-                f"{_at(label, group)} attribute {key!r} is no UTF-8 text: {value!r}"
-            ) from None
+            raise FormatError(f"{where} is no UTF-8 text: {value!r}") from None
     if isinstance(value, str):
         return value
-    raise FormatError(
-        f"{_at(label, group)} attribute {key!r} must be text, but holds {type(value).__name__}"
-    )
+    raise FormatError(f"{where} must be text, but holds {type(value).__name__}")
 
 
 def _read_meta(
@@ -1977,16 +1936,13 @@ def _warn_unknown(unknown: list[tuple[str, str]]) -> None:
         + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
         for key, labels in places.items()
     ]
-    message = (
-        "left out attributes that are no meta data of the layout (a copy drops them): "
-        + "; ".join(parts)
-    )
+    message = "left out attributes that are no meta data of the layout (a copy drops them): "
     level = 2
     frame = sys._getframe(1)
     while frame.f_code.co_filename == __file__ and frame.f_back:  # point at the caller's line
-        level = level + 1
+        level += 1
         frame = frame.f_back
-    warnings.warn(UnknownMetaWarning(message), stacklevel=level)
+    warnings.warn(UnknownMetaWarning(message + "; ".join(parts)), stacklevel=level)
 
 
 # 5. chunks: HDF5's filters and the ordered thread pipeline ---------------------------------------------
@@ -2004,10 +1960,10 @@ _FLETCHER_BLOCK = 1 << 20
 
 
 @functools.cache
-def _fletcher_weights(block: int) -> npt.NDArray[np.uint64]:
+def _fletcher_weights() -> npt.NDArray[np.uint64]:
     """Each word's count of additions to the second sum in a block: 8 MiB, made on first use
     rather than at import, which a project vendoring the module pays whether it writes or not."""
-    return np.arange(block, 0, -1, dtype=np.uint64)
+    return np.arange(_FLETCHER_BLOCK, 0, -1, dtype=np.uint64)
 
 
 def _zlib() -> ModuleType:
@@ -2016,9 +1972,8 @@ def _zlib() -> ModuleType:
 
 
 def _fletcher32(data: bytes | memoryview) -> int:
-    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, computed blockwise. Its sums fold mod
-    65535 with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact
-    ``s``."""
+    """HDF5's H5_checksum_fletcher32 over big-endian 16-bit words, blockwise. Its sums fold mod 65535
+    with end-around carry: 0 only when every word is 0, else ``(s - 1) % 65535 + 1`` of exact ``s``."""
     words = np.frombuffer(data, dtype=">u2", count=len(data) // 2)
     blocks = [words[start : start + _FLETCHER_BLOCK] for start in range(0, len(words), _FLETCHER_BLOCK)]
     if len(data) % 2:  # HDF5 takes an odd last byte as the high byte of one more word
@@ -2027,9 +1982,7 @@ def _fletcher32(data: bytes | memoryview) -> int:
     for block in blocks:
         wide = block.astype(np.uint64)
         # each word is added to sum2 once for every word from it to the end
-        sum2 += len(wide) * sum1 + int(
-            np.dot(wide, _fletcher_weights(_FLETCHER_BLOCK)[_FLETCHER_BLOCK - len(wide) :])
-        )
+        sum2 += len(wide) * sum1 + int(np.dot(wide, _fletcher_weights()[_FLETCHER_BLOCK - len(wide) :]))
         sum1 += int(wide.sum())
     return ((sum2 - 1) % 65535 + 1) << 16 | ((sum1 - 1) % 65535 + 1) if sum1 else 0
 
@@ -2059,12 +2012,11 @@ def _decode_chunk(
     chunk: Any,
     out: Any,
 ) -> None:
-    """Undo the filters of one stored chunk of ``where`` and write it into ``out``, its part of the image
-    (in ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
+    """Undo the filters of one stored chunk and write it into ``out``, its part of the image (in
+    ``dtype`` or, cast as numpy casts, in another one that the caller asked for)."""
     expected = chunk[0] * chunk[1] * dtype.itemsize
     data: Any = stored
-    for position in reversed(range(len(codes))):
-        code = codes[position]
+    for position, code in reversed(list(enumerate(codes))):
         skipped = mask & (1 << position)
         # HDF5 skips only an optional filter that failed on a chunk; shuffle cannot fail and fletcher32
         # is mandatory, so such a mark means the (unchecksummed) chunk index is damaged
@@ -2090,35 +2042,23 @@ def _decode_chunk(
         raise FormatError(
             f"{label}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
         )
+    if _FILTER_SHUFFLE in codes and dtype.itemsize > 1:
+        planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, -1)
+        data = np.empty(planes.shape[::-1], dtype=np.uint8)
+        for byte, plane in enumerate(planes):  # one strided copy per byte plane: 3x a transposed copy
+            data[:, byte] = plane
     rows, cols = out.shape
-    if _FILTER_SHUFFLE not in codes or dtype.itemsize == 1:
-        out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
-        return
-    # unshuffle straight into the image: one strided copy per byte plane
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)
-    # numpy < 1.23 can view only a contiguous array as bytes: a strided part goes through a copy, as
-    # does a part of another dtype
-    native = dtype.newbyteorder("=")
-    whole = out if out.flags.c_contiguous and out.dtype == native else np.empty(out.shape, native)
-    target = whole.view(np.uint8)
-    swap = dtype.byteorder == (">" if sys.byteorder == "little" else "<")  # stored in the other order
-    for byte in range(dtype.itemsize):
-        place = dtype.itemsize - 1 - byte if swap else byte
-        target[:, place :: dtype.itemsize] = planes[byte, :rows, :cols]
-    if whole is not out:
-        out[...] = whole
+    out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
 
 
 _Tag = TypeVar("_Tag")
-_Item = TypeVar("_Item")
 
 
 def _in_order(
     workers: int, jobs: Iterable[tuple[Callable[[], Any], _Tag]]
 ) -> Iterator[tuple[Any, _Tag]]:
-    """Run the jobs on ``workers`` threads, a bounded window ahead, and yield (result, tag) in job order;
-    ``jobs`` is advanced in the calling thread, so it may call h5py; what is left is cancelled on exit.
-    """
+    """Run the jobs on ``workers`` threads, a bounded window ahead; yield (result, tag) in job order.
+    ``jobs`` is advanced in the calling thread, so it may call h5py; the rest is cancelled on exit."""
     if workers == 1:
         yield from ((function(), tag) for function, tag in jobs)
         return
@@ -2884,14 +2824,12 @@ _Opener = Callable[[], contextlib.AbstractContextManager[tuple[h5py.Group, str]]
 _Progress = Callable[[str, int, int], None]  # (label, images checked, images in all)
 
 
-def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
+def _check(opener: _Opener, progress: _Progress | None) -> list[str]:
     """Every problem found in what ``opener`` opens, through the readers' own code; [] when clean.
-    A group that holds images or series in groups below it has each checked. Images that are
-    appended meanwhile may go unchecked."""
+    A group that holds images or series in groups below it has each checked."""
     problems: list[str] = []
     try:
         inner: list[str] = []
-        series_numbers = None
         with opener() as (group, label):
             try:
                 layout = _layout_of(group, label)
@@ -2899,37 +2837,16 @@ def _check(opener: _Opener, progress: _Progress | None = None) -> list[str]:
                 inner = [found.name for found in _layouts_in(group, label)]
                 if not inner:
                     raise
-                layout = None
+                layout = "groups"
             if layout == "image":
                 _check_one_image(group, label, problems)
-            elif layout == "series":
-                series_numbers = _check_series_root(group, label, problems)
-        if series_numbers is not None:
-            _check_series_images(opener, label, series_numbers, problems, progress)
+        if layout == "series":
+            _check_a_series(opener, problems, progress)
         for name in inner:
             problems += _check(functools.partial(_open_below, opener, name), progress)
     except (OSError, ValueError) as exc:  # FormatError, and ValueError for a FIFO or device
         problems.append(_message(exc))
     return list(dict.fromkeys(problems))  # one damage can surface in several places
-
-
-def _check_series_root(group: h5py.Group, label: str, problems: list[str]) -> list[int]:
-    """What readers do not check of a series root: stray members and attributes; the image numbers."""
-    keys = _attribute_names(group, label)
-    for key in keys:
-        if key != "identifier":
-            problems.append(f"{label} has the attribute {key!r}; a series root holds only 'identifier'")
-    if "identifier" in keys:
-        try:
-            _text_attr(group, "identifier", label)
-        except FormatError as exc:
-            problems.append(str(exc))
-    for name in _names(group, label):
-        if not name.startswith("fli_"):
-            problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
-    numbers, numbering = _scan_series(group, label)
-    problems += numbering
-    return numbers
 
 
 @contextlib.contextmanager
@@ -2940,12 +2857,27 @@ def _open_below(opener: _Opener, name: str) -> Iterator[tuple[h5py.Group, str]]:
         yield below, _at(label, below)
 
 
-def _check_series_images(
-    opener: _Opener, label: str, numbers: list[int], problems: list[str], progress: _Progress | None
-) -> None:
-    """Check the images ``numbers`` of a series, opening the file anew for each block; then
-    duplicate identifiers."""
-    owners: dict[str, list[str]] = {}
+def _check_a_series(opener: _Opener, problems: list[str], progress: _Progress | None) -> None:
+    """What readers do not check of a series root (stray members and attributes), then its images, a
+    block at a time with the file opened anew for each, then duplicate identifiers. Images appended
+    meanwhile may go unchecked."""
+    with opener() as (group, label):
+        for key in _attribute_names(group, label):
+            if key != "identifier":
+                problems.append(
+                    f"{label} has the attribute {key!r}; a series root holds only 'identifier'"
+                )
+                continue
+            try:
+                _text_attr(group, key, label)
+            except FormatError as exc:
+                problems.append(str(exc))
+        for name in _names(group, label):
+            if not name.startswith("fli_"):
+                problems.append(f"{label} has the member {name!r}, which is not part of an FLSeries")
+        numbers, numbering = _scan_series(group, label)
+        problems += numbering
+    owners: dict[str | None, list[str]] = {}  # identifier -> images
     checked = 0
     last_progress = time.monotonic()
     while checked < len(numbers):
@@ -2953,15 +2885,14 @@ def _check_series_images(
             opened = time.monotonic()
             while checked < len(numbers) and time.monotonic() - opened < _CHECK_BLOCK_SECONDS:
                 name = f"fli_{numbers[checked]}"
-                identifier = _check_one_image(group, label, problems, name)
-                if identifier is not None:
-                    owners.setdefault(identifier, []).append(name)
+                owners.setdefault(_check_one_image(group, label, problems, name), []).append(name)
                 checked += 1
                 if progress is not None and time.monotonic() - last_progress > 0.5:
                     last_progress = time.monotonic()
                     progress(label, checked, len(numbers))
     if progress is not None:
         progress(label, len(numbers), len(numbers))  # done: a display of it may go
+    owners.pop(None, None)
     for identifier, owner in owners.items():
         if len(owner) > 1:
             problems.append(
@@ -2979,8 +2910,9 @@ def _check_one_image(
         keys = _attribute_names(group, label)
         for key in ("flimage version", "qpimage version"):
             if key not in keys:
-                lacks = f"{image_label} lacks the attribute {key!r}"
-                problems.append(f"{lacks}: flimage cannot open it read-only")
+                problems.append(
+                    f"{image_label} lacks the attribute {key!r}: flimage cannot open it read-only"
+                )
         fluorescence = _child(group, "fluorescence", label, h5py.Group)
         inner_label = _at(label, fluorescence)
         stray = _attribute_names(fluorescence, label)
@@ -2991,10 +2923,8 @@ def _check_one_image(
         with _reading(label):
             kind = group.attrs.get_id("identifier").get_type() if "identifier" in keys else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
-            problems.append(
-                f"{image_label} stores its identifier as fixed-length bytes: "
-                "flimage cannot find it by it"
-            )
+            fixed = f"{image_label} stores its identifier as fixed-length bytes"
+            problems.append(f"{fixed}: flimage cannot find it by it")
         unknown: list[tuple[str, str]] = []
         (image,) = _load_images(group, label, [None], 1, unknown, problems)  # shapes, dtypes, checksums
         problems += [  # flimage refuses unknown meta keys; it writes attributes of its own on datasets
@@ -3025,9 +2955,8 @@ def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
         if node is not group and _holds_layout(names):
             found.append(node)
             continue
-        hard = _hard_links(node, [name for name in names if _has(node, name, label)], label)
+        groups = _linked_groups(node, names, label)
         with _reading(label):
-            groups = [member for member in map(node.get, hard) if isinstance(member, h5py.Group)]
             fresh = [member for member in groups if member.id not in seen]
         seen.update(member.id for member in fresh)
         pending += reversed(fresh)
