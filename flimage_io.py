@@ -725,19 +725,16 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # 3. opening: one way in, one way out -------------------------------------------------------------------
 
 # Every target (a path, a file object, a group) is opened here and only here, so that locks, commits and
-# rollbacks work alike for each. What HDF5, h5py and POSIX taught us, and where it is handled:
+# rollbacks work alike for each. Lessons from HDF5, h5py and POSIX, and where they are handled:
 # - HDF5 1.12.0 (h5py 3.0) crashed after a file method it called failed or was interrupted by Ctrl-C:
-#   _HeldWrites never fails a write (it keeps the bytes and check() reports the error afterwards), and
-#   _keeps_interrupts runs an interrupted method again.
-# - h5py 3.0 crashes closing a file again after a failed close: _transaction closes once.
-# - h5py 3.0 with HDF5 1.12.0 crashed or misread when a process read a file that it appended to in
-#   another thread: _read_in_process and _append_in_process keep the two apart.
-# - A POSIX lock (lockf) belongs to the process and goes when it closes any handle of the file: the
-#   writer lock is an open-file-description lock, and lockf only serves as a turnstile in _lock.
-# - An flock belongs to the open file description, which a fork shares: see "Forks" below.
-# - HDF5 1.10's superblock marks a file open for writing, so a process killed while appending would leave
-#   it refused: the files are written in the 1.8 format, which every HDF5 since 2008 reads and which
-#   checksums object headers (attributes, links), so that damaged meta data raises instead of misreading.
+#   _HeldWrites never fails a write (check() reports the error afterwards), and _keeps_interrupts
+#   runs an interrupted method again. h5py 3.0 also crashes closing a file again after a failed close.
+# - It crashed or misread when a process read a file it appended to in another thread: _in_process.
+# - lockf belongs to the process and goes when it closes any handle of the file; an flock belongs to
+#   the open file description, which a fork shares (see "Forks").
+# - HDF5 1.10's superblock marks a file open for writing, so a killed append would leave it refused:
+#   we write the 1.8 format, which every HDF5 since 2008 reads; its checksummed object headers make
+#   damaged meta data raise instead of misread.
 _LIBVER = ("v108", "v108")
 _PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
@@ -754,13 +751,11 @@ try:  # h5py's global lock, which every h5py call holds
 except ImportError:  # pragma: no cover - h5py moved it
     _h5py_lock = threading.RLock()
 
-# Forks. A forked child gets a copy of each file descriptor, and an flock belongs to the open file
-# description that parent and child then share: a child forked during a call would keep the file
-# locked for as long as it lives. So a forked child closes its copies of our lock handles at once
-# (closing, never LOCK_UN, which would unlock the parent too), and HDF5 reads through such a handle
-# instead of opening the file itself with an flock of its own. Handles open and close under
-# _FORK_GUARD, which a fork holds too, so that no copy escapes; a fork also holds h5py's lock (h5py
-# before 3.14 does not), so the child's HDF5 is never cloned in the middle of a call by another thread.
+# Forks. A child shares the open file descriptions, and with them our flocks: it would keep the file
+# locked while it lives. So it closes its copies of our lock handles at once (never LOCK_UN, which
+# would unlock the parent too), and HDF5 reads through such a handle instead of taking an flock of its
+# own. Handles open and close under _FORK_GUARD, which a fork holds, so that no copy escapes; a fork
+# holds h5py's lock too (h5py < 3.14 does not), so that no thread's HDF5 call is cloned half done.
 _FORK_GUARD = threading.RLock()  # reentrant: a signal handler may fork while its thread holds it
 _LOCK_HANDLES: weakref.WeakSet[_LockHandle] = weakref.WeakSet()
 _LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks are made anew in a child
@@ -839,9 +834,10 @@ def _fileobj_name(handle: Any) -> str:
 
 
 def _real_path(
-    h5file: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, write: bool
-) -> tuple[str, str, os.stat_result | None]:
-    """(path as given, real path, its stat or None): symlinks followed, non-files refused."""
+    h5file: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, write: bool, append: bool = False
+) -> tuple[str, str]:
+    """(path as given, real path): symlinks followed, non-files refused, and for a write what would
+    only fail at the end (write protection, the final rename)."""
     label = os.fsdecode(os.fspath(h5file))
     real = os.path.realpath(label)
     try:
@@ -857,7 +853,34 @@ def _real_path(
         raise ValueError(
             f"{label} is {kind}, not a regular file; flimage_io reads and writes only files"
         )
-    return label, real, info
+    if not write:
+        return label, real
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        raise _cannot_write(label, errno.ENOENT, f"the directory {directory} does not exist")
+    # an append writes in place, its journal included: only a new file needs a writable directory
+    if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
+        raise _cannot_write(label, errno.EACCES, f"{directory} is not writable")
+    if info is None:
+        return label, real
+    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
+        mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
+        raise PermissionError(
+            errno.EACCES, f"{label} is write-protected ({mode}): make it writable first"
+        )
+    folder = os.stat(directory)
+    if (
+        not append
+        and folder.st_mode & stat.S_ISVTX
+        and os.geteuid() not in (0, info.st_uid, folder.st_uid)
+    ):
+        message = f"cannot replace {label}: another user's file in a sticky directory"
+        raise PermissionError(errno.EPERM, message)
+    return label, real
+
+
+def _cannot_write(label: str, number: int | None, reason: str | None) -> OSError:
+    return OSError(number, f"cannot write {label}: {reason}")  # OSError picks the subclass of errno
 
 
 def _in_use_error(label: str) -> BlockingIOError:
@@ -1061,7 +1084,7 @@ def _open_read(
             group = h5file
             label = _at(h5file.file.filename, h5file)
         elif isinstance(h5file, _PATHS):
-            label, real, _ = _real_path(h5file, write=False)
+            label, real = _real_path(h5file, write=False)
             stack.enter_context(_read_in_process(label, real))
             handle = stack.enter_context(_lock_to_read(label, real))
             if check is not None:
@@ -1444,9 +1467,7 @@ def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
             )
         return label, h5file
     if isinstance(h5file, _PATHS):
-        label, real, info = _real_path(h5file, write=True)
-        _check_writable(label, real, info, append=append)
-        return label, real
+        return _real_path(h5file, write=True, append=append)
     return _fileobj_label(h5file, write=True, read=append), h5file
 
 
@@ -1545,37 +1566,11 @@ def _transaction(
             with contextlib.suppress(OSError), _signals_deferred():
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
-            raise OSError(held.error.errno, f"cannot write {label}: {held.error.strerror}") from exc
+            raise _cannot_write(label, held.error.errno, held.error.strerror) from exc
         if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
             # a Ctrl-C that landed in one of our methods while HDF5 called it: h5py reports it so
             raise exc.__cause__ from None
         raise
-
-
-def _check_writable(label: str, real: str, info: os.stat_result | None, *, append: bool) -> None:
-    """Refuse what would only fail at the end (write protection, the final rename)."""
-    directory = os.path.dirname(real)
-    if not os.path.isdir(directory):
-        message = f"cannot write {label}: the directory {directory} does not exist"
-        raise FileNotFoundError(errno.ENOENT, message)
-    # an append writes in place, its journal included: only a new file needs a writable directory
-    if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"cannot write {label}: {directory} is not writable")
-    if info is None:
-        return
-    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
-        mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-        raise PermissionError(
-            errno.EACCES, f"{label} is write-protected ({mode}): make it writable first"
-        )
-    folder = os.stat(directory)
-    if (
-        not append
-        and folder.st_mode & stat.S_ISVTX
-        and os.geteuid() not in (0, info.st_uid, folder.st_uid)
-    ):
-        message = f"cannot replace {label}: another user's file in a sticky directory"
-        raise PermissionError(errno.EPERM, message)
 
 
 @contextlib.contextmanager
@@ -1619,7 +1614,7 @@ def _replace_path(label: str, real: str) -> Iterator[_Writing]:
             temp, handle = _new_temporary(real)
             stack.enter_context(handle)
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
-            raise OSError(exc.errno, f"cannot write {label}: {exc.strerror}") from None
+            raise _cannot_write(label, exc.errno, exc.strerror) from None
         try:
             if _fcntl is not None:
                 _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
