@@ -782,28 +782,23 @@ class _LockHandle(io.FileIO):
             super().close()
 
 
-def _take_fork_locks() -> None:
-    _h5py_lock.acquire()
-    _FORK_GUARD.acquire()
-
-
-def _release_fork_locks() -> None:
-    _FORK_GUARD.release()
-    _h5py_lock.release()
-
-
 def _after_fork_in_child() -> None:
     for handle in list(_LOCK_HANDLES):
         with contextlib.suppress(OSError):
             handle.close()
     for series in list(_LAZY_SERIES):  # a thread that did not come along may have held one
         series._lock = threading.Lock()
-    _release_fork_locks()
+    _FORK_GUARD.release()
 
 
-if hasattr(os, "register_at_fork"):
+if hasattr(os, "register_at_fork"):  # h5py's lock first: "before" hooks run in reverse order
     os.register_at_fork(
-        before=_take_fork_locks, after_in_parent=_release_fork_locks, after_in_child=_after_fork_in_child
+        before=_FORK_GUARD.acquire,
+        after_in_parent=_FORK_GUARD.release,
+        after_in_child=_after_fork_in_child,
+    )
+    os.register_at_fork(
+        before=_h5py_lock.acquire, after_in_parent=_h5py_lock.release, after_in_child=_h5py_lock.release
     )
 
 
@@ -984,10 +979,11 @@ class _ReaderGate:
 
     _ROUND = 0.05  # seconds the turnstile stays closed to new readers while a commit waits
 
-    def __init__(self, handle: IO[bytes], label: str, *, alone: bool) -> None:
+    def __init__(self, handle: IO[bytes], label: str, *, alone: bool, last_wait: float | None) -> None:
         self._handle = handle
         self._label = label
         self.alone_now = alone
+        self.last_wait = last_wait  # for the last commit; None: as long as it takes
 
     def alone(self, wait: float | None) -> bool:
         """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
@@ -1499,14 +1495,10 @@ class _Writing(NamedTuple):
 
 @contextlib.contextmanager
 def _transaction(
-    handle: IO[bytes],
-    size: int,
-    label: str,
-    gate: _ReaderGate | None = None,
-    final_wait: float | None = 0.0,
+    handle: IO[bytes], size: int, label: str, gate: _ReaderGate | None = None
 ) -> Iterator[_Writing]:
-    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
-    ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
+    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (``gate``:
+    once readers leave) and rolled back on failure."""
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", label)
 
@@ -1536,7 +1528,7 @@ def _transaction(
             yield _Writing(opened, label, held.check, commit)
         finally:
             opened.close()
-        if not commit(final_wait, last=True):
+        if not commit(None if gate is None else gate.last_wait, last=True):
             raise _in_use_error(label)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
         if not held.closed:
@@ -1553,7 +1545,7 @@ def _transaction(
 @contextlib.contextmanager
 def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
     handle, created = _lock(label, real, exclusive=False, writer=True, create=True)
-    gate = _ReaderGate(handle, label, alone=created)
+    gate = _ReaderGate(handle, label, alone=created, last_wait=None if streaming else _LOCK_WAIT)
     with handle, _in_process(label, handle.fileno(), append=True):
         try:
             if _read_journal(handle) is not None:
@@ -1562,8 +1554,7 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
                 _roll_back(handle)
                 gate.shared()  # never a new file: that has no journal
             size = handle.seek(0, os.SEEK_END)
-            final_wait = None if streaming else _LOCK_WAIT
-            with _transaction(handle, size, label, gate, final_wait) as writing:
+            with _transaction(handle, size, label, gate) as writing:
                 yield writing
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
