@@ -701,19 +701,18 @@ def _check_selection(index: Any) -> slice | range | list[int | str] | None:
 # 3. opening: one way in, one way out -------------------------------------------------------------------
 
 # Every target (a path, a file object, a group) is opened here and only here, so that locks, commits and
-# rollbacks work alike for each. What HDF5, h5py and POSIX taught us, and where it is handled:
+# rollbacks work alike for each. Lessons from HDF5, h5py and POSIX, and where they are handled:
 # - HDF5 1.12.0 (h5py 3.0) crashed after a file method it called failed or was interrupted by Ctrl-C:
-#   _HeldWrites never fails a write (it keeps the bytes and check() reports the error afterwards), and
-#   _keeps_interrupts runs an interrupted method again.
-# - h5py 3.0 crashes closing a file again after a failed close: _transaction closes once.
-# - h5py 3.0 with HDF5 1.12.0 crashed or misread when a process read a file that it appended to in
-#   another thread: _read_in_process and _append_in_process keep the two apart.
-# - A POSIX lock (lockf) belongs to the process and goes when it closes any handle of the file: the
-#   writer lock is an open-file-description lock, and lockf only serves as a turnstile in _lock.
-# - An flock belongs to the open file description, which a fork shares: see "Forks" below.
-# - HDF5 1.10's superblock marks a file open for writing, so a process killed while appending would leave
-#   it refused: the files are written in the 1.8 format, which every HDF5 since 2008 reads and which
-#   checksums object headers (attributes, links), so that damaged meta data raises instead of misreading.
+#   _HeldWrites never fails a write (check() reports the error afterwards), and _keeps_interrupts
+#   runs an interrupted method again; h5py 3.0 crashed closing a file again after a failed close:
+#   _transaction closes once.
+# - It crashed or misread when a process read a file it appended to in another thread: _in_process.
+# - lockf belongs to the process and goes when it closes any handle of the file: the writer lock is an
+#   open-file-description lock, lockf only a turnstile. An flock belongs to the open file description,
+#   which a fork shares (see "Forks").
+# - HDF5 1.10's superblock marks a file open for writing, so a killed append would leave it refused:
+#   we write the 1.8 format, which every HDF5 since 2008 reads; its checksummed object headers make
+#   damaged meta data raise instead of misread.
 _LIBVER = ("v108", "v108")
 _PATHS = (str, bytes, os.PathLike)  # a target that names a file: bytes as the os module takes them
 _TEMP_SUFFIX = ".fio~"
@@ -730,13 +729,11 @@ try:  # h5py's global lock, which every h5py call holds
 except ImportError:  # pragma: no cover - h5py moved it
     _h5py_lock = threading.RLock()
 
-# Forks. A forked child gets a copy of each file descriptor, and an flock belongs to the open file
-# description that parent and child then share: a child forked during a call would keep the file
-# locked for as long as it lives. So a forked child closes its copies of our lock handles at once
-# (closing, never LOCK_UN, which would unlock the parent too), and HDF5 reads through such a handle
-# instead of opening the file itself with an flock of its own. Handles open and close under
-# _FORK_GUARD, which a fork holds too, so that no copy escapes; a fork also holds h5py's lock (h5py
-# before 3.14 does not), so the child's HDF5 is never cloned in the middle of a call by another thread.
+# Forks. A child shares the open file descriptions, and with them our flocks: it would keep the file
+# locked while it lives. So it closes its copies of our lock handles at once (never LOCK_UN, which
+# would unlock the parent too), and HDF5 reads through such a handle instead of taking an flock of its
+# own. Handles open and close under _FORK_GUARD, which a fork holds, so that no copy escapes; a fork
+# holds h5py's lock too (h5py < 3.14 does not), so that no thread's HDF5 call is cloned half done.
 _FORK_GUARD = threading.RLock()  # reentrant: a signal handler may fork while its thread holds it
 _LOCK_HANDLES: weakref.WeakSet[_LockHandle] = weakref.WeakSet()
 _LAZY_SERIES: weakref.WeakSet[_LazyImages] = weakref.WeakSet()  # their locks are made anew in a child
@@ -761,28 +758,23 @@ class _LockHandle(io.FileIO):
             super().close()
 
 
-def _take_fork_locks() -> None:
-    _h5py_lock.acquire()
-    _FORK_GUARD.acquire()
-
-
-def _release_fork_locks() -> None:
-    _FORK_GUARD.release()
-    _h5py_lock.release()
-
-
 def _after_fork_in_child() -> None:
     for handle in list(_LOCK_HANDLES):
         with contextlib.suppress(OSError):
             handle.close()
     for series in list(_LAZY_SERIES):  # a thread that did not come along may have held one
         series._lock = threading.Lock()
-    _release_fork_locks()
+    _FORK_GUARD.release()
 
 
-if hasattr(os, "register_at_fork"):
+if hasattr(os, "register_at_fork"):  # h5py's lock first: "before" hooks run in reverse order
     os.register_at_fork(
-        before=_take_fork_locks, after_in_parent=_release_fork_locks, after_in_child=_after_fork_in_child
+        before=_FORK_GUARD.acquire,
+        after_in_parent=_FORK_GUARD.release,
+        after_in_child=_after_fork_in_child,
+    )
+    os.register_at_fork(
+        before=_h5py_lock.acquire, after_in_parent=_h5py_lock.release, after_in_child=_h5py_lock.release
     )
 
 
@@ -815,9 +807,10 @@ def _fileobj_name(handle: Any) -> str:
 
 
 def _real_path(
-    h5file: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, write: bool
-) -> tuple[str, str, os.stat_result | None]:
-    """(path as given, real path, its stat or None): symlinks followed, non-files refused."""
+    h5file: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, write: bool, append: bool = False
+) -> tuple[str, str]:
+    """(path as given, real path): symlinks followed, non-files refused, and for a write what would
+    only fail at the end (write protection, the final rename)."""
     label = os.fsdecode(os.fspath(h5file))
     real = os.path.realpath(label)
     try:
@@ -833,7 +826,34 @@ def _real_path(
         raise ValueError(
             f"{label} is {kind}, not a regular file; flimage_io reads and writes only files"
         )
-    return label, real, info
+    if not write:
+        return label, real
+    directory = os.path.dirname(real)
+    if not os.path.isdir(directory):
+        raise _cannot_write(label, errno.ENOENT, f"the directory {directory} does not exist")
+    # an append writes in place, its journal included: only a new file needs a writable directory
+    if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
+        raise _cannot_write(label, errno.EACCES, f"{directory} is not writable")
+    if info is None:
+        return label, real
+    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
+        mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
+        raise PermissionError(
+            errno.EACCES, f"{label} is write-protected ({mode}): make it writable first"
+        )
+    folder = os.stat(directory)
+    if (
+        not append
+        and folder.st_mode & stat.S_ISVTX
+        and os.geteuid() not in (0, info.st_uid, folder.st_uid)
+    ):
+        message = f"cannot replace {label}: another user's file in a sticky directory"
+        raise PermissionError(errno.EPERM, message)
+    return label, real
+
+
+def _cannot_write(label: str, number: int | None, reason: str | None) -> OSError:
+    return OSError(number, f"cannot write {label}: {reason}")  # OSError picks the subclass of errno
 
 
 def _in_use_error(label: str) -> BlockingIOError:
@@ -844,9 +864,9 @@ def _in_use_error(label: str) -> BlockingIOError:
 def _lock(
     label: str, real: str, *, exclusive: bool, writer: bool = False, create: bool = False
 ) -> tuple[IO[bytes], bool]:
-    """Open ``real`` under our advisory locks: flock, shared or ``exclusive``, keeps readers and commits
-    apart, whatever HDF5's own locking does; a ``writer`` also takes the writer lock, which keeps writers
-    apart. (handle, whether this call created the file); BlockingIOError after _LOCK_WAIT s."""
+    """(handle, whether this call created the file) for ``real`` under our locks: flock (shared or
+    ``exclusive``) keeps readers and commits apart, the writer lock writers; BlockingIOError after
+    _LOCK_WAIT s."""
     deadline = time.monotonic() + _LOCK_WAIT
     while True:
         created = False
@@ -855,7 +875,7 @@ def _lock(
             if fresh is not None:
                 return fresh, True
         try:
-            handle = _LockHandle(real, "r+b" if exclusive or writer else "rb", label)
+            handle = _LockHandle(real, "r+b" if writer else "rb", label)
         except FileNotFoundError:
             if not create:
                 raise FileNotFoundError(errno.ENOENT, f"no such file: {label}") from None
@@ -875,10 +895,8 @@ def _lock(
             if _retry(deadline, label, _fcntl.lockf, handle, kind, 1):
                 _retry(deadline, label, _fcntl.flock, handle, kind)
                 _fcntl.lockf(handle, _fcntl.LOCK_UN, 1)
-            held = os.fstat(handle.fileno())
             with contextlib.suppress(FileNotFoundError):
-                now = os.stat(real)
-                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(real)):
                     return handle, created
         except BaseException:
             handle.close()
@@ -930,17 +948,18 @@ def _writer_lock(handle: IO[bytes]) -> None:
 
 
 class _ReaderGate:
-    """How an append on a path shares its file with readers. Between commits it holds the readers'
-    lock shared, so readers come and go (they see the last commit: new bytes lie past HDF5's end of
-    allocation, changes to old ones are held in memory) and no other HDF5 writer can open the file; for
-    a commit it takes the lock alone. A new file stays alone until its first commit."""
+    """How an append on a path shares its file with readers: between commits it holds the readers' lock
+    shared, so readers come and go (they see the last commit: new bytes lie past HDF5's end of
+    allocation, changes to old ones wait in memory) and no other HDF5 writer gets in; a commit takes it
+    alone. A new file stays alone until its first commit."""
 
     _ROUND = 0.05  # seconds the turnstile stays closed to new readers while a commit waits
 
-    def __init__(self, handle: IO[bytes], label: str, *, alone: bool) -> None:
+    def __init__(self, handle: IO[bytes], label: str, *, alone: bool, last_wait: float | None) -> None:
         self._handle = handle
         self._label = label
         self.alone_now = alone
+        self.last_wait = last_wait  # for the last commit; None: as long as it takes
 
     def alone(self, wait: float | None) -> bool:
         """Take the file alone for a commit; False if readers still hold it after ``wait`` seconds
@@ -948,40 +967,39 @@ class _ReaderGate:
         if self.alone_now or _OFD_SETLK is None:
             return True
         started = time.monotonic()
-        warned = False
+        warn_after = _LOCK_WAIT if wait is None else math.inf
         while True:
-            round_end = time.monotonic() + self._ROUND
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # the turnstile: new readers wait for the round to end
                 _fcntl.lockf(self._handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB, 1)
             try:
-                while True:
-                    try:
-                        _fcntl.flock(self._handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-                        self.alone_now = True
-                        return True
-                    except OSError as exc:
-                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                            return True  # no locks on this file system
-                    # a failed conversion may have dropped our shared lock: take it back
-                    with contextlib.suppress(OSError):
-                        _fcntl.flock(self._handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
-                    if time.monotonic() > round_end:
-                        break
-                    time.sleep(0.002)
+                # False: no locks on this file system
+                self.alone_now = _retry(time.monotonic() + self._ROUND, self._label, self._convert)
+                return True
+            except BlockingIOError:
+                pass
             finally:
                 with contextlib.suppress(OSError):
                     _fcntl.lockf(self._handle, _fcntl.LOCK_UN, 1)
             waited = time.monotonic() - started
             if wait is not None and waited >= wait:
                 return False
-            if wait is None and not warned and waited > _LOCK_WAIT:
-                warned = True
+            if waited > warn_after:
+                warn_after = math.inf
                 message = (
                     f"{self._label}: the images taken since the last commit wait for another process "
                     "that holds the file open (h5py, HDFView, napari) to close it"
                 )
                 warnings.warn(message, ResourceWarning, stacklevel=2)
             time.sleep(self._ROUND / 2)  # the turnstile open: readers waiting at it may read
+
+    def _convert(self) -> None:
+        """The readers' lock alone; a failed conversion may have dropped our shared one: take it back."""
+        try:
+            _fcntl.flock(self._handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except OSError:
+            with contextlib.suppress(OSError):
+                _fcntl.flock(self._handle, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
+            raise
 
     def shared(self) -> None:
         """Let readers in again after a commit."""
@@ -1037,9 +1055,18 @@ def _open_read(
             group = h5file
             label = _at(h5file.file.filename, h5file)
         elif isinstance(h5file, _PATHS):
-            label, real, _ = _real_path(h5file, write=False)
-            stack.enter_context(_read_in_process(label, real))
-            handle = stack.enter_context(_lock_to_read(label, real))
+            label, real = _real_path(h5file, write=False)
+            stack.enter_context(_in_process(label, real, append=False))
+            handle = stack.enter_context(_lock(label, real, exclusive=False)[0])
+            if _read_journal(handle) is not None:  # a commit cut short: roll it back, alone
+                handle.close()
+                try:
+                    writer = _lock(label, real, exclusive=True, writer=True)[0]
+                except PermissionError:
+                    raise _interrupted_error(label) from None
+                with writer:
+                    _roll_back(writer)
+                handle = stack.enter_context(_lock(label, real, exclusive=False)[0])
             if check is not None:
                 check(os.fstat(handle.fileno()))
             # through our handle: HDF5 would flock a descriptor of its own, which a forked child keeps
@@ -1054,22 +1081,6 @@ def _open_read(
         yield group, label
 
 
-def _lock_to_read(label: str, real: str) -> IO[bytes]:
-    """The shared lock on ``real``, after rolling back a commit that a kill or power loss cut short
-    (which needs the file alone, and write permission)."""
-    handle = _lock(label, real, exclusive=False)[0]
-    if _read_journal(handle) is None:
-        return handle
-    handle.close()
-    try:
-        writer = _lock(label, real, exclusive=True, writer=True)[0]
-    except PermissionError:
-        raise _interrupted_error(label) from None
-    with writer:
-        _roll_back(writer)
-    return _lock(label, real, exclusive=False)[0]
-
-
 def _interrupted_error(label: str) -> PermissionError:
     message = (
         f"{label} holds an append that a kill or power loss cut short; the next call that may write "
@@ -1078,58 +1089,51 @@ def _interrupted_error(label: str) -> PermissionError:
     return PermissionError(errno.EACCES, message)
 
 
-# The files this process appends to and reads, by (device, inode). A read in another thread of the
-# process waits for the append to end, and an append for such reads (h5py 3.0 crashed with segfaults
-# or "no VOL object wrap context"); other processes read between commits. A read by the appending call
-# itself (its own lazy images) is refused at once, instead of waiting for itself.
+# The files this process appends to and reads, by (device, inode). A read in another thread waits for the
+# append to end, and an append for such reads (h5py 3.0 crashed: segfaults, "no VOL object wrap
+# context"); other processes read between commits. A read by the appending call itself (its own lazy
+# images) is refused at once, instead of waiting for itself.
 _IN_PROCESS = threading.Condition()
 _APPENDING: dict[tuple[int, int], int] = {}  # -> the appending thread
 _READING: collections.Counter[tuple[int, int]] = collections.Counter()
 
 
 @contextlib.contextmanager
-def _read_in_process(label: str, real: str) -> Iterator[None]:
+def _in_process(label: str, file: str | int, *, append: bool) -> Iterator[None]:
+    """Keep the reads and appends of ``file`` (a path or a descriptor) by this process apart."""
     try:
-        info = os.stat(real)
+        info = os.stat(file)
     except OSError:
         yield  # the lock that follows says what is wrong
         return
     key = (info.st_dev, info.st_ino)
+    thread = threading.current_thread()
     with _IN_PROCESS:
-        reader = threading.current_thread()
-        if _APPENDING.get(key) == (reader.caller if isinstance(reader, _Feed) else reader.ident):
+        if append:
+            if not _IN_PROCESS.wait_for(lambda: not _READING[key], _LOCK_WAIT):
+                raise _in_use_error(label)
+            _APPENDING[key] = threading.get_ident()
+        elif _APPENDING.get(key) == (thread.caller if isinstance(thread, _Feed) else thread.ident):
             raise ValueError(
                 f"{label} is being appended to by this very call, which cannot read from it: "
                 "read the images with lazy=False first"
             )
-        if not _IN_PROCESS.wait_for(lambda: key not in _APPENDING, _LOCK_WAIT):
+        elif not _IN_PROCESS.wait_for(lambda: key not in _APPENDING, _LOCK_WAIT):
             message = f"{label} is being appended to by another thread of this process"
             message += f" for over {_LOCK_WAIT:g} s"
             raise BlockingIOError(errno.EWOULDBLOCK, f"{message}; read it from another process")
-        _READING[key] += 1
+        else:
+            _READING[key] += 1
     try:
         yield
     finally:
         with _IN_PROCESS:
-            _READING[key] -= 1
-            if not _READING[key]:
+            if append:
+                del _APPENDING[key]
+            elif _READING[key] == 1:
                 del _READING[key]
-                _IN_PROCESS.notify_all()
-
-
-@contextlib.contextmanager
-def _append_in_process(label: str, handle: IO[bytes]) -> Iterator[None]:
-    info = os.fstat(handle.fileno())
-    key = (info.st_dev, info.st_ino)
-    with _IN_PROCESS:
-        if not _IN_PROCESS.wait_for(lambda: not _READING[key], _LOCK_WAIT):
-            raise _in_use_error(label)
-        _APPENDING[key] = threading.get_ident()
-    try:
-        yield
-    finally:
-        with _IN_PROCESS:
-            del _APPENDING[key]
+            else:
+                _READING[key] -= 1
             _IN_PROCESS.notify_all()
 
 
@@ -1154,16 +1158,14 @@ def _keeps_interrupts(method: _Method) -> _Method:
 
 
 class _HeldWrites:
-    """The file object HDF5 writes through, so that a failed write changes nothing: bytes past
-    the old end go to the file at once, writes over old bytes wait in memory for ``commit``
-    (after every new byte is on disk), and ``rollback`` cuts the file back to its old length.
-    A full disk or a kill -9 before the commit leaves the old file as it was.
-
-    The commit is the one moment old bytes change. It first appends a rollback journal (the old
-    contents of every region it will overwrite, and the old length) past the new end and syncs it,
-    then writes the held bytes, syncs, and cuts the journal off: that cut is the commit point. A
-    kill, Ctrl-C or power loss in between leaves the journal, and the next call rolls the file back
-    (``_roll_back``). The journal lives in the file itself, so an append needs no writable folder."""
+    """The file object HDF5 writes through, so that a failed write changes nothing: bytes past the
+    old end go to the file at once, writes over old bytes wait in memory for ``commit``, and
+    ``rollback`` cuts the file back to its old length. A full disk or a kill -9 before the commit
+    leaves the old file as it was. The commit, the one moment old bytes change, syncs the new bytes,
+    appends a journal (the old bytes it will overwrite, the old length) past the new end, syncs,
+    writes the held bytes, syncs, and cuts the journal off: the commit point. A kill, Ctrl-C or power
+    loss in between leaves the journal, and the next call rolls back. In the file itself, the journal
+    needs no writable folder."""
 
     def __init__(self, handle: Any, old_size: int) -> None:
         # what the caller buffered goes first; then we bypass the buffer, which a rollback cannot empty
@@ -1275,8 +1277,8 @@ class _HeldWrites:
         self._old_size = end
 
     def rollback(self) -> None:
-        """Undo the call: restore what the write-back overwrote, then cut the file to its old
-        length. If that fails, the journal stays in the file for the next call."""
+        """Undo the call: restore what the write-back overwrote, cut the file to its old length; if
+        that fails, the journal stays for the next call."""
         self.closed = True  # a late flush by HDF5 (at exit) must change nothing
         self._held.clear()
         _restore(self._handle, self._old_size, self._journal or [])
@@ -1303,8 +1305,8 @@ def _journal_bytes(start: int, old_size: int, regions: list[tuple[int, bytes]]) 
 
 
 def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | None:
-    """(old length, [(offset, old bytes)]) of a journal a commit left at the end of the file;
-    None without one, or with one torn by a power loss (which the commit never acted on)."""
+    """(old length, [(offset, old bytes)]) of the journal a commit left at the end of the file; None
+    without one, or for one torn by a power loss (which the commit never acted on)."""
     size = handle.seek(0, os.SEEK_END)
     end = size - _JOURNAL_TAIL.size  # where the tail begins
     if end < 0:
@@ -1328,8 +1330,7 @@ def _read_journal(handle: IO[bytes]) -> tuple[int, list[tuple[int, bytes]]] | No
 
 
 def _roll_back(handle: IO[bytes]) -> None:
-    """Roll back the commit a kill, Ctrl-C or power loss interrupted, from the journal it left
-    (see _HeldWrites), if any. The caller holds the file alone."""
+    """Roll back a commit cut short, from the journal it left; the caller holds the file alone."""
     journal = _read_journal(handle)
     if journal is not None:
         with _signals_deferred():
@@ -1388,13 +1389,11 @@ def _signals_deferred() -> Iterator[None]:
         yield  # Python runs signal handlers in the main thread only
         return
     caught: list[tuple[int, Any]] = []
-    handlers: dict[int, Any] = {}
-    for name in _DEFERRED_SIGNALS:
-        number: int | None = getattr(signal, name, None)
-        handler = None if number is None else signal.getsignal(number)
-        if number is not None and callable(handler):
-            handlers[number] = handler
-            signal.signal(number, lambda number, frame: caught.append((number, frame)))
+    numbers = [getattr(signal, name) for name in _DEFERRED_SIGNALS if hasattr(signal, name)]
+    installed = {number: signal.getsignal(number) for number in numbers}
+    handlers = {number: handler for number, handler in installed.items() if callable(handler)}
+    for number in handlers:
+        signal.signal(number, lambda number, frame: caught.append((number, frame)))
     try:
         yield
     finally:
@@ -1410,8 +1409,8 @@ _WriteTarget = tuple[str, Union[h5py.Group, str, IO[bytes]]]
 
 
 def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
-    """Refuse a target that cannot be written before anything is read or written: a closed or
-    read-only group, a file object that cannot be read or written, a write-protected path."""
+    """Refuse a target that cannot be written (a closed or read-only group, an unfit file object, a
+    protected path) before anything is read or written."""
     if isinstance(h5file, h5py.Group):
         label = _at(h5file.file.filename, h5file) if h5file.id.valid else "?"
         if not h5file.id.valid or h5file.file.mode != "r+":
@@ -1420,18 +1419,16 @@ def _resolve_to_write(h5file: Target, *, append: bool) -> _WriteTarget:
             )
         return label, h5file
     if isinstance(h5file, _PATHS):
-        label, real, info = _real_path(h5file, write=True)
-        _check_writable(label, real, info, append=append)
-        return label, real
+        return _real_path(h5file, write=True, append=append)
     return _fileobj_label(h5file, write=True, read=append), h5file
 
 
 @contextlib.contextmanager
 def _open_write(target: _WriteTarget, *, append: bool, streaming: bool = False) -> Iterator[_Writing]:
-    """Yield what to write into (_Writing); a failure leaves the target as it was, or as its last
-    commit left it. A path is written to a temporary file beside its real target and moved into
-    place; an append holds its changes to old bytes until a commit (_HeldWrites); a group gets back
-    the members and attributes it had. A ``streaming`` append waits for readers at its end."""
+    """Yield what to write into; a failure leaves the target as it was, or as its last commit left it.
+    A path is replaced by a file written beside it; an append holds its changes to old bytes until a
+    commit (_HeldWrites); a group gets back its old members and attributes. A ``streaming`` append
+    waits for readers at its end."""
     label, resolved = target
     if isinstance(resolved, h5py.Group):
         group = resolved
@@ -1474,18 +1471,19 @@ class _Writing(NamedTuple):
 
 @contextlib.contextmanager
 def _transaction(
-    handle: IO[bytes],
-    size: int,
-    label: str,
-    gate: _ReaderGate | None = None,
-    final_wait: float | None = 0.0,
+    handle: IO[bytes], size: int, label: str, gate: _ReaderGate | None = None
 ) -> Iterator[_Writing]:
-    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (waiting
-    ``final_wait`` s for readers to leave, None: as long as it takes) and rolled back on failure."""
+    """h5py over ``handle`` (``size`` old bytes) through _HeldWrites, committed at the end (``gate``:
+    once readers leave) and rolled back on failure."""
     held = _HeldWrites(handle, size)
     opened = _h5_open(held, "r+" if size else "w", label)
 
-    def write_commit(last: bool) -> None:
+    def commit(wait: float | None = _ReaderGate._ROUND, last: bool = False) -> bool:
+        held.check()
+        if not last:
+            opened.flush()  # HDF5 writes what it cached: the file it leaves is whole
+        if gate is not None and not gate.alone(wait):
+            return False
         with _signals_deferred():  # a signal held back lands after the commit
             try:
                 held.commit()
@@ -1493,14 +1491,7 @@ def _transaction(
                 held.error = held.error or OSError(exc.errno, exc.strerror)
                 raise
             held.closed = last  # a signal held back during the last commit undoes nothing
-
-    def commit() -> bool:
-        held.check()
-        opened.flush()  # HDF5 writes what it cached: the file it leaves is whole
-        if gate is not None and not gate.alone(_ReaderGate._ROUND):
-            return False
-        write_commit(last=False)
-        if gate is not None:
+        if gate is not None and not last:
             gate.shared()
         return True
 
@@ -1513,62 +1504,33 @@ def _transaction(
             yield _Writing(opened, label, held.check, commit)
         finally:
             opened.close()
-        if gate is not None and not gate.alone(final_wait):
+        if not commit(None if gate is None else gate.last_wait, last=True):
             raise _in_use_error(label)
-        write_commit(last=True)
     except BaseException as exc:  # closed once only: h5py 3.0 crashes closing a failed file again
         if not held.closed:
             with contextlib.suppress(OSError), _signals_deferred():
                 held.rollback()
         if held.error is not None and isinstance(exc, Exception):
-            raise OSError(held.error.errno, f"cannot write {label}: {held.error.strerror}") from exc
+            raise _cannot_write(label, held.error.errno, held.error.strerror) from exc
         if isinstance(exc, SystemError) and isinstance(exc.__cause__, KeyboardInterrupt):
             # a Ctrl-C that landed in one of our methods while HDF5 called it: h5py reports it so
             raise exc.__cause__ from None
         raise
 
 
-def _check_writable(label: str, real: str, info: os.stat_result | None, *, append: bool) -> None:
-    """Refuse what would only fail at the end (write protection, the final rename)."""
-    directory = os.path.dirname(real)
-    if not os.path.isdir(directory):
-        message = f"cannot write {label}: the directory {directory} does not exist"
-        raise FileNotFoundError(errno.ENOENT, message)
-    # an append writes in place, its journal included: only a new file needs a writable directory
-    if (info is None or not append) and not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"cannot write {label}: {directory} is not writable")
-    if info is None:
-        return
-    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
-        mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-        raise PermissionError(
-            errno.EACCES, f"{label} is write-protected ({mode}): make it writable first"
-        )
-    folder = os.stat(directory)
-    if (
-        not append
-        and folder.st_mode & stat.S_ISVTX
-        and os.geteuid() not in (0, info.st_uid, folder.st_uid)
-    ):
-        message = f"cannot replace {label}: another user's file in a sticky directory"
-        raise PermissionError(errno.EPERM, message)
-
-
 @contextlib.contextmanager
 def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
     handle, created = _lock(label, real, exclusive=False, writer=True, create=True)
-    gate = _ReaderGate(handle, label, alone=created)
-    with handle, _append_in_process(label, handle):
+    gate = _ReaderGate(handle, label, alone=created, last_wait=None if streaming else _LOCK_WAIT)
+    with handle, _in_process(label, handle.fileno(), append=True):
         try:
             if _read_journal(handle) is not None:
                 if not gate.alone(_LOCK_WAIT):
                     raise _in_use_error(label)
                 _roll_back(handle)
-                if not created:
-                    gate.shared()
+                gate.shared()  # never a new file: that has no journal
             size = handle.seek(0, os.SEEK_END)
-            final_wait = None if streaming else _LOCK_WAIT
-            with _transaction(handle, size, label, gate, final_wait) as writing:
+            with _transaction(handle, size, label, gate) as writing:
                 yield writing
         except BaseException:
             if created and handle.seek(0, os.SEEK_END) == 0:
@@ -1580,7 +1542,6 @@ def _append_path(label: str, real: str, streaming: bool) -> Iterator[_Writing]:
 
 @contextlib.contextmanager
 def _replace_path(label: str, real: str) -> Iterator[_Writing]:
-    directory = os.path.dirname(real)
     info: os.stat_result | None = None
     with contextlib.suppress(FileNotFoundError):
         info = os.stat(real)  # now: a generator's first image may have taken a while since the check
@@ -1595,7 +1556,7 @@ def _replace_path(label: str, real: str) -> Iterator[_Writing]:
             temp, handle = _new_temporary(real)
             stack.enter_context(handle)
         except OSError as exc:  # no inode left, a quota: name what the caller wrote
-            raise OSError(exc.errno, f"cannot write {label}: {exc.strerror}") from None
+            raise _cannot_write(label, exc.errno, exc.strerror) from None
         try:
             if _fcntl is not None:
                 _fcntl.flock(handle, _fcntl.LOCK_EX)  # marks the temporary as live
@@ -1612,7 +1573,7 @@ def _replace_path(label: str, real: str) -> Iterator[_Writing]:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        _sync_directory(directory)  # make the rename durable
+        _sync_directory(os.path.dirname(real))  # make the rename durable
 
 
 def _sync_directory(directory: str) -> None:
@@ -1625,30 +1586,23 @@ def _sync_directory(directory: str) -> None:
 
 
 def _new_temporary(real: str) -> tuple[str, _LockHandle]:
-    """A new file beside ``real`` (the umask applies), hidden, named to fit wherever the name of
-    ``real`` fits, after the temporaries that a killed writer of ``real`` left are deleted."""
+    """A new hidden file beside ``real`` (the umask applies), named to fit wherever the name of ``real``
+    fits, after deleting the temporaries that a killed writer of ``real`` left: older than a minute
+    and not locked (a live writer holds its lock). Other files, even names that begin alike, stay."""
     directory, base = os.path.split(real)
     short = base.encode("utf-8", "surrogateescape")[:230].decode("utf-8", "ignore")
-    _remove_stale_temporaries(directory, f".{short}.")
-    temp = os.path.join(directory, f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}")
-    return temp, _LockHandle(temp, "x+b")
-
-
-def _remove_stale_temporaries(directory: str, prefix: str) -> None:
-    """Delete the temporaries (``prefix``, 8 random hex digits, the suffix) that a killed writer left:
-    older than a minute and not locked (a live writer holds its lock); other files are never touched."""
-    if _fcntl is None:  # pragma: no cover - not POSIX: no lock tells a live writer
-        return
-    # longer: another target's, whose name begins like this one
-    length = len(prefix) + 8 + len(_TEMP_SUFFIX)
+    ours = re.compile(re.escape(f".{short}.") + "[0-9a-f]{8}" + re.escape(_TEMP_SUFFIX))
     with contextlib.suppress(OSError):
-        names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]
-        for name in [n for n in names if len(n) == length]:
+        # not POSIX: no lock tells a live writer
+        names = os.listdir(directory) if _fcntl is not None else []
+        for name in filter(ours.fullmatch, names):
             path = os.path.join(directory, name)
             with contextlib.suppress(OSError), _LockHandle(path, "rb") as handle:
                 _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # raises while a writer lives
                 if time.time() - os.fstat(handle.fileno()).st_mtime > _STALE_SECONDS:
                     os.unlink(path)
+    temp = os.path.join(directory, f".{short}.{os.urandom(4).hex()}{_TEMP_SUFFIX}")
+    return temp, _LockHandle(temp, "x+b")
 
 
 def _refuse_occupied(group: h5py.Group, label: str, *, series: bool) -> None:
