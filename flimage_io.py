@@ -2927,8 +2927,8 @@ def _message(exc: BaseException) -> str:
 # 9. command line ---------------------------------------------------------------------------------------
 
 # ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a
-# file checks it, sees what it holds and looks at its frames without a script. It uses only the public
-# API, h5py and the h5py-only helpers above. ``check`` runs in a forked child, stopped after a time
+# file checks it, sees what it holds and looks at its frames without a script. It uses the public API,
+# h5py, the wrappers above that turn h5py's read errors into FormatError, and _retry for its lock. ``check`` runs in a forked child, stopped after a time
 # limit: on a damaged global heap (where HDF5 keeps text) HDF5 can loop forever.
 
 # 3x6 font: one octal digit per row (top to bottom), its value 4 = the left column; capitals and digits
