@@ -2860,6 +2860,71 @@ def test_commit_appending_a_files_own_lazy_images_is_refused_at_once(
     assert len(fio.read_series(path)["images"]) == 2 * len(copies)
 
 
+# Within one process, reads and appends of one file take turns (h5py 3.0 crashed when they overlapped),
+# although the file locks alone would let a read in between two commits.
+@pytest.mark.slow
+def test_a_read_in_another_thread_waits_for_an_append_to_end(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "run.h5"
+    fio.write_series(path, {"identifier": None, "images": [np.full((4, 4), n) for n in range(3)]})
+    camera_waits = threading.Event()
+    go_on = threading.Event()
+
+    def camera() -> Iterator[np.ndarray]:
+        yield np.full((4, 4), 3)
+        camera_waits.set()
+        go_on.wait(10)
+        yield np.full((4, 4), 4)
+
+    appender = threading.Thread(
+        target=fio.write_series,
+        args=(path, {"identifier": None, "images": camera()}),
+        kwargs={"append": True},
+    )
+    appender.start()
+    assert camera_waits.wait(10)
+    read: list[int] = []
+    reader = threading.Thread(
+        target=lambda: read.extend(int(i["raw"][0, 0]) for i in fio.read_series(path)["images"])
+    )
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive(), "the read went ahead while another thread appended"
+    go_on.set()
+    appender.join(10)
+    reader.join(10)
+    assert read == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_an_append_in_another_thread_waits_for_a_read_to_end(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "run.h5"
+    images = [np.full((2, 2), n, dtype=np.uint16) for n in range(1500)]
+    fio.write_series(path, {"identifier": None, "images": images})
+    appended = threading.Event()
+    sizes: list[tuple[int, int]] = []
+
+    def append() -> None:
+        fio.write_series(path, {"identifier": None, "images": [np.ones((64, 64))]}, append=True)
+        appended.set()
+
+    def progress(where: str, checked: int, count: int) -> None:
+        # check calls this with the file open (after half a second of reading): the read is under way
+        if not sizes and checked < count:
+            before = path.stat().st_size
+            threading.Thread(target=append).start()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and path.stat().st_size == before:
+                time.sleep(0.01)
+            sizes.append((before, path.stat().st_size))
+
+    assert fio.check(path, progress=progress) == []
+    assert sizes, "the check took under half a second: use a longer series"
+    before, during = sizes[0]
+    assert during == before, "the append wrote while another thread read"
+    assert appended.wait(10)
+    assert len(fio.read_series(path)["images"]) == 1501
+
+
 FORK_WARNING = r"ignore:.*use of fork\(\) may lead to deadlocks:DeprecationWarning"  # Python >= 3.12
 
 
