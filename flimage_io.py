@@ -2928,8 +2928,9 @@ def _message(exc: BaseException) -> str:
 
 # ``python -m flimage_io demo | check | info | preview``, also as a vendored copy: a scientist handed a
 # file checks it, sees what it holds and looks at its frames without a script. It uses the public API,
-# h5py, the wrappers above that turn h5py's read errors into FormatError, and _retry for its lock. ``check`` runs in a forked child, stopped after a time
-# limit: on a damaged global heap (where HDF5 keeps text) HDF5 can loop forever.
+# h5py, the wrappers above that turn h5py's read errors into FormatError, and _retry for its lock.
+# ``check`` runs in a forked child, stopped after a time limit: on a damaged global heap (where HDF5
+# keeps text) HDF5 can loop forever.
 
 # 3x6 font: one octal digit per row (top to bottom), its value 4 = the left column; capitals and digits
 # use the top five rows, lower case letters drop below the line into the sixth. Small enough to review by
