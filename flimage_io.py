@@ -1629,20 +1629,26 @@ def _at(label: str, node: h5py.HLObject) -> str:
     return label.split(":/", 1)[0] + ("" if node.name == "/" else f":{node.name}")
 
 
-@contextlib.contextmanager
-def _reading(label: str) -> Iterator[None]:
+class _Reading:
     """Around h5py calls that read the file: their errors report its bytes (damaged, or from a newer
-    HDF5) and become a FormatError naming ``label``; only h5py calls go inside, never our own code."""
-    try:
-        yield
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
-        damaged = f"{label} cannot be read, the file is damaged: {exc}"
-        raise FormatError(_too_new_message(label, str(exc)) or damaged) from exc
+    HDF5) and become a FormatError naming ``label``; only h5py calls go inside, never our own code.
+    A class: the readers enter it a dozen times an image, and a generator costs 4x as much."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        if isinstance(exc, (OSError, RuntimeError, KeyError, ValueError, TypeError)):
+            damaged = f"{self._label} cannot be read, the file is damaged: {exc}"
+            raise FormatError(_too_new_message(self._label, str(exc)) or damaged) from exc
 
 
 def _names(group: h5py.Group, label: str) -> list[str]:
     """The member names; one that is not UTF-8 (h5py gives bytes) is shown escaped, never looked up."""
-    with _reading(label):
+    with _Reading(label):
         names = list(group)
     return [
         name if isinstance(name, str) else name.decode("utf-8", "backslashreplace") for name in names
@@ -1650,24 +1656,29 @@ def _names(group: h5py.Group, label: str) -> list[str]:
 
 
 def _has(group: h5py.Group, name: str, label: str) -> bool:
-    with _reading(label):
+    with _Reading(label):
         return name in group
 
 
-def _attribute_names(node: h5py.HLObject, label: str) -> list[str]:
-    with _reading(label):
+def _attribute_names(node: h5py.HLObject, label: str, usual: Collection[str] = ()) -> list[str]:
+    """The names of the attributes of ``node``. When they are only the ``usual`` ones (or none), plain
+    HDF5 calls tell so at a fraction of the cost of a listing, which calls back into Python."""
+    with _Reading(label):
+        count = h5py.h5a.get_num_attrs(node.id)
+        if count == len(usual) and all(h5py.h5a.exists(node.id, key.encode()) for key in usual):
+            return list(usual)
         return list(node.attrs)
 
 
 def _attribute(node: h5py.HLObject, key: str, label: str) -> Any:
-    with _reading(label):
+    with _Reading(label):
         return node.attrs[key]
 
 
 def _linked_groups(group: h5py.Group, names: Iterable[str], label: str) -> list[h5py.Group]:
     """The groups among the members ``names`` of ``group`` under hard links: no soft link (which may
     loop) nor link to another file is followed, nor a name shown escaped."""
-    with _reading(label):
+    with _Reading(label):
         info = group.id.links.get_info
         hard = [
             name for name in names if name in group and info(name.encode()).type == h5py.h5l.TYPE_HARD
@@ -1704,7 +1715,7 @@ _Member = TypeVar("_Member", h5py.Group, h5py.Dataset)
 def _child(group: h5py.Group, name: str, label: str, kind: type[_Member]) -> _Member:
     """The member ``name`` of the given kind; unlike ``group.get``, a damaged member raises, and a
     link to another file is refused."""
-    with _reading(label):
+    with _Reading(label):
         link = group.id.links.get_info(name.encode("utf-8")) if name in group else None
         member = None if link is None or link.type == h5py.h5l.TYPE_EXTERNAL else group[name]
     if isinstance(member, kind):
@@ -1742,7 +1753,7 @@ def _scan_series(group: h5py.Group, label: str) -> tuple[list[int], list[str]]:
 def _series_length(group: h5py.Group, label: str) -> int:
     """Length of a series; without listing the members when the count of links fits 'fli_0' ..
     'fli_{n-1}' (a gap hidden by a stray member then fails when the missing image is read)."""
-    with _reading(label):
+    with _Reading(label):
         count = len(group)
         fits = count and f"fli_{count - 1}" in group and f"fli_{count}" not in group and "fli_0" in group
     if fits:
@@ -1837,14 +1848,14 @@ def _text_attr(group: h5py.Group, key: str, label: str) -> str:
     value = _attribute(group, key, label)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
-    where = f"{_at(label, group)} attribute {key!r}"
+    if isinstance(value, str):
+        return value
+    where = f"{_at(label, group)} attribute {key!r}"  # only here: a node's name costs an HDF5 call
     if isinstance(value, (bytes, np.bytes_)):  # older writers stored bytes
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{where} is no UTF-8 text: {value!r}") from None
-    if isinstance(value, str):
-        return value
     raise FormatError(f"{where} must be text, but holds {type(value).__name__}")
 
 
@@ -1862,15 +1873,16 @@ def _read_meta(
                 meta[key] = _text_attr(group, key, label)
             else:
                 value = np.asarray(_attribute(group, key, label))
-                key_label = f"{_at(label, group)} attribute {key!r}"
-                if value.dtype.kind not in "iuf":
-                    raise FormatError(f"{key_label} must hold numbers, but holds {value.dtype}")
-                if key in SEQUENCE_KEYS:
+                numbers = value.dtype.kind in "iuf"
+                if numbers and key in SEQUENCE_KEYS:
                     meta[key] = tuple(float(v) for v in value.ravel())
-                elif value.size != 1 or value.ndim > 1:
-                    raise FormatError(f"{key_label} must be one number, but has shape {value.shape}")
-                else:
+                elif numbers and value.size == 1 and value.ndim <= 1:
                     meta[key] = float(value.reshape(()))
+                else:  # the node's name only here: it costs an HDF5 call
+                    expected = "be one number" if numbers else "hold numbers"
+                    found = f"has shape {value.shape}" if numbers else f"holds {value.dtype}"
+                    where = f"{_at(label, group)} attribute {key!r}"
+                    raise FormatError(f"{where} must {expected}, but {found}")
         except FormatError as exc:
             if problems is None:
                 raise
@@ -1996,13 +2008,21 @@ def _decode_chunk(
         raise FormatError(
             f"{label}: a chunk holds {len(data)} bytes, expected {expected}; the file is damaged"
         )
-    if _FILTER_SHUFFLE in codes and dtype.itemsize > 1:
-        planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, -1)
-        data = np.empty(planes.shape[::-1], dtype=np.uint8)
-        for byte, plane in enumerate(planes):  # one strided copy per byte plane: 3x a transposed copy
-            data[:, byte] = plane
     rows, cols = out.shape
-    out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
+    if _FILTER_SHUFFLE not in codes or dtype.itemsize == 1:
+        out[...] = np.frombuffer(data, dtype=dtype).reshape(chunk)[:rows, :cols]
+        return
+    # unshuffle straight into the image, one strided copy per byte plane (3x a transposed copy); numpy
+    # < 1.23 views only a contiguous array as bytes, so a strided or cast part goes through a copy
+    native = dtype.newbyteorder("=")
+    whole = out if out.flags.c_contiguous and out.dtype == native else np.empty(out.shape, native)
+    target = whole.view(np.uint8)
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, *chunk)[:, :rows, :cols]
+    for byte, plane in enumerate(planes):
+        place = byte if dtype.isnative else dtype.itemsize - 1 - byte  # stored in the other byte order
+        target[:, place :: dtype.itemsize] = plane
+    if whole is not out:
+        out[...] = whole
 
 
 _Tag = TypeVar("_Tag")
@@ -2224,7 +2244,7 @@ def _store_run(
 
 def _prepare_append(group: h5py.Group, label: str, identifier: str | None) -> int:
     """Check that a group holds a series to append to; return its length."""
-    with _reading(label):
+    with _Reading(label):
         empty = not len(group)
     if not empty and _layout_of(group, label) == "image":
         raise FormatError(f"{label} holds an FLImage, not an FLSeries: cannot append images to it")
@@ -2270,7 +2290,7 @@ def _load_images(
             # the dict holds none of their attributes but HDFView's, which writers add
             for node in nodes:
                 kept = _IMAGE_ATTRIBUTES if isinstance(node, h5py.Dataset) else ()
-                keys = _attribute_names(node, label)
+                keys = _attribute_names(node, label, kept)
                 unknown.extend((key, _at(label, node)) for key in keys if key not in kept)
             jobs = jobs or [lambda: None]  # the image is done when its last job is
             yield from ((job, None) for job in jobs[:-1])
@@ -2282,7 +2302,7 @@ def _load_images(
 
 
 class _Stored(NamedTuple):
-    """What the readers need of a dataset before its data: read once, through ``_reading``."""
+    """What the readers need of a dataset before its data: read once, through ``_Reading``."""
 
     label: str  # the dataset's place
     dtype: np.dtype[Any]
@@ -2291,7 +2311,7 @@ class _Stored(NamedTuple):
 
 def _check_dataset(dataset: h5py.Dataset, label: str, shape: tuple[int, ...] | None) -> _Stored:
     """Refuse a dataset that holds no image (``shape=None``: a raw one) or no background of ``shape``."""
-    with _reading(label):
+    with _Reading(label):
         stored = _Stored(_at(label, dataset), dataset.dtype, dataset.shape)
     found = stored.shape
     if not _storable(stored.dtype):
@@ -2313,7 +2333,7 @@ def _dataset_jobs(
     written or outside the file is an error: our writers store every chunk; fill is no data."""
     label, dtype, found = _check_dataset(dataset, label, shape)  # the dataset's label from here on
     native = dtype.newbyteorder("=")
-    with _reading(label):
+    with _Reading(label):
         plist = dataset.id.get_create_plist()
         layout = plist.get_layout()
         external = plist.get_external_count()
@@ -2335,7 +2355,7 @@ def _dataset_jobs(
         starts = [range(0, size, step) for size, step in zip(found, chunk)]
         total = math.prod(len(r) for r in starts)
         if written != total:
-            with _reading(label):
+            with _Reading(label):
                 lookup = dataset.id.get_chunk_info_by_coord  # not get_chunk_info(i): O(n) a call
                 missing = next(
                     (o for o in itertools.product(*starts) if lookup(o).byte_offset is None), None
@@ -2390,7 +2410,7 @@ def _load_stack(
     def decode_jobs() -> Iterator[tuple[Callable[[], None], None]]:
         for slot, position in enumerate(positions):
             raw = first_raw if slot == 0 else _raw_of(group, label, position)
-            with _reading(label):
+            with _Reading(label):
                 shape = raw.shape
                 stored = raw.dtype.newbyteorder("=")
             if (shape, stored) != (first.shape, kind):
@@ -2874,7 +2894,7 @@ def _check_one_image(
             problems.append(f"{inner_label} has attributes {sorted(stray)}; it should have none")
         if not _has(fluorescence, "bg_data", label):
             problems.append(f"{inner_label} has no 'bg_data' group: flimage cannot open it read-only")
-        with _reading(label):
+        with _Reading(label):
             kind = group.attrs.get_id("identifier").get_type() if "identifier" in keys else None
         if isinstance(kind, h5py.h5t.TypeStringID) and not kind.is_variable_str():
             fixed = f"{image_label} stores its identifier as fixed-length bytes"
@@ -2900,7 +2920,7 @@ def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
     """The groups below ``group`` that hold an FLImage or FLSeries, depth first in name order; through
     hard links only (soft links may loop, external ones lead to other files), each group once."""
     found: list[h5py.Group] = []
-    with _reading(label):
+    with _Reading(label):
         seen = {group.id}  # hashed by the object's address in the file, which HDF5 reads
     pending = [group]
     while pending and len(seen) < _WALK_LIMIT:
@@ -2910,7 +2930,7 @@ def _layouts_in(group: h5py.Group, label: str) -> list[h5py.Group]:
             found.append(node)
             continue
         groups = _linked_groups(node, names, label)
-        with _reading(label):
+        with _Reading(label):
             fresh = [member for member in groups if member.id not in seen]
         seen.update(member.id for member in fresh)
         pending += reversed(fresh)

@@ -5458,6 +5458,9 @@ def bench_odd_attributes(path: pathlib.Path) -> None:
             h5[f"fli_{k}"].attrs["wavelength"] = 5.5e-7
             h5[f"fli_{k}/fluorescence/bg_data/data"].attrs["fit_offset"] = "mean"
         h5["fli_2/fluorescence"].attrs["note"] = "refocused"
+        raw = h5["fli_3/fluorescence/raw"]
+        del raw.attrs["IMAGE_SUBCLASS"]  # three attributes, as usual, but not the usual three
+        raw.attrs["exposure"] = 0.1
 
 
 def bench_warning(record: Any) -> str:
@@ -5497,6 +5500,7 @@ def test_bench_a_copied_series_warns_about_every_attribute_it_drops(
         rf"'fit_offset' on {bg}" + ("" if lazy else rf", {bg}, {bg} and 1 more"), message
     ), message
     assert re.search(rf"'note' on {shown}:/fli_2/fluorescence(;|$)", message), message
+    assert re.search(rf"'exposure' on {shown}:/fli_3/fluorescence/raw(;|$)", message), message
     for kept in ("CLASS", "IMAGE_VERSION", "IMAGE_SUBCLASS", "identifier"):
         assert f"'{kept}'" not in message  # written again by the copy
     with h5py.File(tmp_path / "copy.h5", "r") as h5:  # what was warned about is gone, the rest is kept
